@@ -1,0 +1,38 @@
+"""whilst: run a batch of tasks the right way — one after another, on an asyncio
+event loop, in threads or in processes — with limits, and see where the time went.
+
+*Whilst one task waits, another runs.*
+"""
+
+from ._api import aimap, amap, imap, map
+from ._errors import (
+    TasksFailed,
+    TaskTimeout,
+    UsageError,
+    UsageTypeError,
+    WhilstError,
+    WorkerCrashed,
+)
+from ._result import Result, Status
+from ._run import AsyncRun, Run, Summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncRun",
+    "Result",
+    "Run",
+    "Status",
+    "Summary",
+    "TaskTimeout",
+    "TasksFailed",
+    "UsageError",
+    "UsageTypeError",
+    "WhilstError",
+    "WorkerCrashed",
+    "__version__",
+    "aimap",
+    "amap",
+    "imap",
+    "map",
+]

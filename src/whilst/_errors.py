@@ -1,0 +1,102 @@
+"""The exceptions whilst raises.
+
+One shallow tree, rooted at :class:`WhilstError`::
+
+    WhilstError
+     ├── UsageError (ValueError)       bad option or argument, raised before any task starts
+     │    └── UsageTypeError (TypeError)  an argument of the wrong kind (not callable, not iterable)
+     ├── TasksFailed (ExceptionGroup)  raised by ``map``/``amap`` when any task did not succeed
+     ├── WorkerCrashed                 the process running a task died
+     └── TaskTimeout (TimeoutError)    an attempt ran past its ``timeout``
+
+A task's own exception is never wrapped while the task runs: it becomes that
+task's :class:`~whilst.Result` ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from ._result import Result
+
+
+class WhilstError(Exception):
+    """Root of every exception whilst raises itself."""
+
+
+class UsageError(WhilstError, ValueError):
+    """An option or argument is wrong; the message names the fix."""
+
+
+class UsageTypeError(UsageError, TypeError):
+    """An argument is of the wrong kind; the message names the fix."""
+
+
+class WorkerCrashed(WhilstError):
+    """The worker process running a task died.
+
+    Attributes:
+        exitcode: the process's exit code, negative for a signal (as in
+            :attr:`multiprocessing.Process.exitcode`), or None when unknown.
+    """
+
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode = exitcode
+        if exitcode is None:
+            how = "with an unknown exit status"
+        elif exitcode < 0:
+            how = f"killed by signal {-exitcode}"
+        else:
+            how = f"with exit code {exitcode}"
+        super().__init__(f"the worker process running this task died {how}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.exitcode,))
+
+
+class TaskTimeout(WhilstError, TimeoutError):
+    """An attempt ran longer than its ``timeout`` and was stopped."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an error raised in another process."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class TasksFailed(ExceptionGroup[Exception], WhilstError):
+    """Some tasks of a :func:`whilst.map` call did not succeed.
+
+    An :class:`ExceptionGroup` of the failed tasks' errors, so ``except*``
+    works; :attr:`results` holds every task's :class:`~whilst.Result`,
+    successes included, in input order, so no finished work is lost.
+    """
+
+    results: Sequence[Result]
+
+    def __new__(
+        cls, message: str, exceptions: Sequence[Exception], results: Sequence[Result] = ()
+    ) -> Self:
+        self = super().__new__(cls, message, exceptions)
+        self.results = results
+        return self
+
+    def __init__(
+        self, message: str, exceptions: Sequence[Exception], results: Sequence[Result] = ()
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> TasksFailed:  # type: ignore[override]
+        return TasksFailed(self.message, excs, self.results)
+
+    @property
+    def failed(self) -> list[Result]:
+        """The results that are not ok, in input order."""
+        return [r for r in self.results if not r.ok]

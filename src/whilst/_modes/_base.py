@@ -1,0 +1,58 @@
+"""The one small interface every mode implements.
+
+The scheduler owns policy and bookkeeping; a mode only runs attempts. A slot is
+one of the ``limit`` places a task can run in; the scheduler never has more than
+one attempt in flight per slot, so a mode never needs its own queue or limit.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+#: One attempt's end as a batching mode reports it: (ok, value or exception, start, end).
+Outcome = tuple[bool, Any, float, float]
+Call = Callable[[Any], Awaitable[Any]]
+
+
+class Mode(abc.ABC):
+    """Runs attempts for one run.
+
+    Non-batching modes give the scheduler a :meth:`caller` per slot: an async
+    function of one item that returns the value or raises the task's error.
+    Batching modes (``batching = True``) implement :meth:`run_batch` instead,
+    so many tiny tasks share one round trip to a worker.
+    """
+
+    name: ClassVar[str]
+    batching: bool = False  # runs batches of items (run_batch) rather than one (caller)
+    auto_batch: bool = False  # batches may grow past one item when tasks are quick
+
+    def __init__(self, fn: Callable[..., Any], *, limit: int, is_async: bool) -> None:
+        self.fn = fn
+        self.limit = limit
+        self.is_async = is_async
+
+    async def open(self) -> None:  # noqa: B027 - most modes have nothing to start
+        """Start what the mode needs (pools, workers); called on the scheduler's loop."""
+
+    def caller(self, slot: int) -> Call:
+        """An async function that runs one attempt of one item in ``slot``."""
+        raise NotImplementedError(f"{self.name} mode runs batches")
+
+    async def run_batch(self, slot: int, items: list[Any]) -> list[Outcome]:
+        """Run one attempt of each item, in order, in ``slot``'s worker."""
+        raise NotImplementedError(f"{self.name} mode runs one item at a time")
+
+    @abc.abstractmethod
+    def worker(self, slot: int) -> str:
+        """Where ``slot`` runs, as results and timelines show it."""
+
+    @property
+    def busy_in_caller_thread(self) -> bool:
+        """True while user code runs synchronously in the scheduler's own thread."""
+        return False
+
+    async def close(self, *, abort: bool = False) -> None:  # noqa: B027 - see open()
+        """Release workers; with ``abort``, stop them at once instead of letting them idle."""

@@ -1,0 +1,261 @@
+"""``processes``: functions in worker processes, for CPU-heavy work on every core.
+
+Each worker is a fresh interpreter (``python -c`` of :mod:`whilst._modes._worker`)
+reached over two pipes, not a ``multiprocessing`` pool:
+
+- the scheduler knows which task each worker runs, so a dead worker fails
+  exactly its own tasks instead of breaking the pool for everyone;
+- no ``fork`` of a parent that has threads (the scheduler's loop may run in
+  one), and no re-import of the user's ``__main__``: the function travels by
+  value with cloudpickle, so lambdas, closures and scripts without an
+  ``if __name__ == "__main__"`` guard all work;
+- workers are kept warm between runs in the same process, so start-up (about
+  50 ms, in parallel) is paid once.
+
+Tiny tasks travel in batches (the scheduler sizes them); a coroutine function
+runs on an event loop inside each worker, many tasks at once per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import itertools
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .._errors import RemoteTraceback, UsageTypeError, WorkerCrashed
+from .._options import cpu_count
+from . import _worker
+from ._base import Mode, Outcome
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from whilst._modes._worker import main; "
+    "main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_tags = itertools.count()
+_fn_ids = itertools.count()
+
+
+class _Worker:
+    """One worker process and its two pipes."""
+
+    def __init__(self) -> None:
+        to_child, from_parent = os.pipe()
+        from_child, to_parent = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOT,
+                    _PACKAGE_ROOT,
+                    *map(str, (to_child, to_parent, os.getpid())),
+                ],
+                pass_fds=(to_child, to_parent),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child)
+            os.close(to_parent)
+        self.send = Connection(from_parent, readable=False)
+        self.recv = Connection(from_child, writable=False)
+        self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
+        self.pending: dict[int, asyncio.Future[list[Any]]] = {}
+        self.fn_id = -1
+        self.label = f"pid-{self.proc.pid}"
+        self.dead = False
+
+    def kill(self) -> None:
+        self.dead = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.send.close()
+        self.recv.close()
+
+
+class _Pool:
+    """Idle workers kept warm between runs of this process."""
+
+    def __init__(self) -> None:
+        self.idle: list[_Worker] = []
+
+    def get(self) -> _Worker:
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.proc.poll() is None:
+                return worker
+            worker.kill()
+        return _Worker()
+
+    def put(self, worker: _Worker) -> None:
+        if len(self.idle) < max(cpu_count(), 8):
+            self.idle.append(worker)
+        else:
+            worker.kill()
+
+    def clear(self) -> None:
+        while self.idle:
+            self.idle.pop().kill()
+
+
+_pool = _Pool()
+atexit.register(_pool.clear)
+
+
+class ProcessesMode(Mode):
+    """One worker per slot for plain functions; for coroutine functions, one
+    worker per CPU shared by the slots (each worker runs many at once)."""
+
+    name = "processes"
+    batching = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.auto_batch = not self.is_async
+        self._nworkers = self.limit if not self.is_async else min(self.limit, cpu_count())
+        self._workers: dict[int, _Worker] = {}  # by worker number
+        self._fn_id = next(_fn_ids)
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            payload = cloudpickle.dumps(self.fn)
+        except Exception as exc:
+            raise UsageTypeError(
+                f"mode='processes' must send the function to worker processes, but it cannot "
+                f"be pickled ({type(exc).__name__}: {exc}); define it at module level without "
+                "references to open files, locks or sockets, or use mode='threads'"
+            ) from exc
+        self._fn_message = pickle.dumps((_worker.FN, 0, (list(sys.path), payload)))
+
+    def _attach(self, number: int) -> _Worker:
+        worker = self._workers.get(number)
+        if worker is not None and not worker.dead:
+            return worker
+        worker = _pool.get()
+        if worker.fn_id != self._fn_id:
+            worker.send.send_bytes(self._fn_message)
+            worker.fn_id = self._fn_id
+        self._loop.add_reader(worker.recv.fileno(), self._readable, worker)
+        self._workers[number] = worker
+        return worker
+
+    def _readable(self, worker: _Worker) -> None:
+        # The loop may have made the pipe non-blocking (uvloop does), so read what
+        # is there and cut whole messages out of it, framed as Connection.send_bytes
+        # frames them: a 4-byte big-endian length, or -1 and an 8-byte one.
+        fd, inbox = worker.recv.fileno(), worker.inbox
+        gone = True  # end of file: the worker has exited
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                inbox += chunk
+        except BlockingIOError:
+            gone = False
+        except OSError:
+            pass
+        self._deliver(worker)
+        if gone:
+            self._lost(worker)
+
+    def _deliver(self, worker: _Worker) -> None:
+        inbox = worker.inbox
+        while len(inbox) >= 4:
+            (size,) = struct.unpack_from("!i", inbox)
+            start = 4
+            if size == -1:
+                if len(inbox) < 12:
+                    return
+                (size,) = struct.unpack_from("!Q", inbox, 4)
+                start = 12
+            if len(inbox) < start + size:
+                return
+            with memoryview(inbox) as view:
+                tag, outcomes = pickle.loads(view[start : start + size])
+            del inbox[: start + size]
+            fut = worker.pending.pop(tag, None)
+            if fut is not None and not fut.done():
+                fut.set_result(outcomes)
+
+    def _lost(self, worker: _Worker) -> None:
+        """The worker died: fail what it was running; the next batch gets a new one."""
+        self._loop.remove_reader(worker.recv.fileno())
+        try:
+            code = worker.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        worker.kill()
+        for fut in worker.pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerCrashed(code))
+        worker.pending.clear()
+
+    async def run_batch(self, slot: int, items: list[Any]) -> list[Outcome]:
+        worker = self._attach(slot % self._nworkers)
+        tag = next(_tags)
+        try:
+            message = _worker.dumps((_worker.RUN, tag, items))
+        except Exception:
+            return await self._run_picklable(slot, items)
+        fut = self._loop.create_future()
+        worker.pending[tag] = fut
+        try:
+            worker.send.send_bytes(message)
+        except OSError:
+            self._lost(worker)
+        outcomes = await fut
+        for i, (ok, value, start, end) in enumerate(outcomes):
+            if not ok:
+                exc, tb = value
+                if tb:
+                    exc.__cause__ = RemoteTraceback(tb)
+                outcomes[i] = (False, exc, start, end)
+        return outcomes  # type: ignore[no-any-return]
+
+    async def _run_picklable(self, slot: int, items: list[Any]) -> list[Outcome]:
+        """Some item cannot be pickled: fail just those, run the rest."""
+        outcomes: list[Outcome | None] = []
+        good = []
+        for item in items:
+            try:
+                cloudpickle.dumps(item)
+            except Exception as exc:
+                err = UsageTypeError(
+                    f"mode='processes' must send each item to a worker, but an item of type "
+                    f"{type(item).__name__} cannot be pickled ({exc}); pass plain data instead"
+                )
+                now = time.time()
+                outcomes.append((False, err, now, now))
+            else:
+                outcomes.append(None)
+                good.append(item)
+        done = iter(await self.run_batch(slot, good) if good else [])
+        return [o if o is not None else next(done) for o in outcomes]
+
+    def worker(self, slot: int) -> str:
+        worker = self._workers.get(slot % self._nworkers)
+        return worker.label if worker is not None else ""
+
+    async def close(self, *, abort: bool = False) -> None:
+        for worker in self._workers.values():
+            if worker.dead:
+                continue
+            self._loop.remove_reader(worker.recv.fileno())
+            if abort or worker.pending:
+                worker.kill()
+            else:
+                _pool.put(worker)
+        self._workers.clear()
+        if abort:
+            _pool.clear()  # Ctrl-C: leave no worker process behind

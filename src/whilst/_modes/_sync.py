@@ -1,0 +1,52 @@
+"""``sync``: one task after another in the caller's thread — the baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from typing import Any
+
+from ._base import Call, Mode
+
+
+class SyncMode(Mode):
+    """Runs each task to its end before the next starts, in the scheduler's thread.
+
+    The scheduler gives this mode a single slot, so nothing overlaps. A plain
+    function runs with no event loop marked as running, so code that itself
+    calls ``asyncio.run`` works as it would outside whilst.
+    """
+
+    name = "sync"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._busy = False
+
+    def caller(self, slot: int) -> Call:
+        fn = self.fn
+        if self.is_async:
+            return fn  # awaited on the loop; one slot, so one at a time
+
+        async def call(item: Any) -> Any:
+            loop = asyncio.events._get_running_loop()
+            asyncio.events._set_running_loop(None)
+            self._busy = True
+            try:
+                value = fn(item)
+            finally:
+                self._busy = False
+                asyncio.events._set_running_loop(loop)
+            if inspect.iscoroutine(value):  # a lambda returning a coroutine
+                value = await value
+            return value
+
+        return call
+
+    @property
+    def busy_in_caller_thread(self) -> bool:
+        return self._busy
+
+    def worker(self, slot: int) -> str:
+        return threading.current_thread().name

@@ -1,0 +1,118 @@
+"""``threads``: plain functions in ``limit`` threads, one thread per slot."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import queue
+import threading
+from typing import Any
+
+from ._base import Call, Mode
+
+
+class _Completions:
+    """Hands results from worker threads to the loop with one wake-up per burst.
+
+    ``loop.call_soon_threadsafe`` writes to the loop's self-pipe: a system call
+    and a wake-up. Under load many results arrive while a drain is already
+    scheduled, so they ride along with it instead of paying their own.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = (
+            collections.deque()
+        )
+        self._scheduled = False
+
+    def post(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+        """Called from a worker thread."""
+        self._pending.append((fut, ok, value))
+        if not self._scheduled:
+            self._scheduled = True
+            with contextlib.suppress(RuntimeError):  # a closed loop: the run was abandoned
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # Clear the flag before draining: a result appended after this line
+        # schedules its own drain, so none is ever left behind.
+        self._scheduled = False
+        pending = self._pending
+        while pending:
+            fut, ok, value = pending.popleft()
+            if fut.done():  # the slot was cancelled meanwhile
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+
+class _SlotThread(threading.Thread):
+    def __init__(self, fn: Any, done: _Completions, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fn = fn
+        self.done = done
+        self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], Any] | None] = queue.SimpleQueue()
+        self._runner: asyncio.Runner | None = None
+
+    def run(self) -> None:
+        get, post, fn = self.inbox.get, self.done.post, self.fn
+        try:
+            while (job := get()) is not None:
+                fut, item = job
+                try:
+                    value = fn(item)
+                    if inspect.iscoroutine(value):
+                        value = self._await(value)
+                except BaseException as exc:  # the task's error is its result
+                    post(fut, False, exc)
+                else:
+                    post(fut, True, value)
+                del job, fut, item
+        finally:
+            if self._runner is not None:
+                self._runner.close()
+
+    def _await(self, coro: Any) -> Any:
+        """A coroutine function in threads mode runs on this thread's own loop."""
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(coro)
+
+
+class ThreadsMode(Mode):
+    """Each slot owns one thread; results come back in batched wake-ups."""
+
+    name = "threads"
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._done = _Completions(self._loop)
+        self._threads: dict[int, _SlotThread] = {}
+
+    def caller(self, slot: int) -> Call:
+        thread = _SlotThread(self.fn, self._done, name=self.worker(slot))
+        self._threads[slot] = thread
+        thread.start()
+        put, create_future = thread.inbox.put, self._loop.create_future
+
+        async def call(item: Any) -> Any:
+            fut = create_future()
+            put((fut, item))
+            return await fut
+
+        return call
+
+    def worker(self, slot: int) -> str:
+        return f"thread-{slot}"
+
+    async def close(self, *, abort: bool = False) -> None:
+        for thread in self._threads.values():
+            thread.inbox.put(None)
+        # A thread cannot be killed: one still busy with a task ends when the task
+        # does (the threads are daemons, so they never hold up interpreter exit).
+        self._threads.clear()

@@ -1,0 +1,110 @@
+"""Options of a run: frozen, keyword-only values, checked before any task starts."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import UsageError, UsageTypeError
+
+#: Modes a user can name, in the order the docs list them.
+MODES = ("auto", "sync", "async", "threads", "processes")
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_limit(mode: str) -> int:
+    """The limit a user gets without asking: what each mode is good at."""
+    if mode == "sync":
+        return 1
+    if mode == "async":
+        return 100
+    if mode == "threads":
+        return min(32, cpu_count() + 4)  # as concurrent.futures.ThreadPoolExecutor
+    return cpu_count()
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True when calling ``fn`` returns a coroutine (``async def``, its partials and
+    objects whose ``__call__`` is ``async def``)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - a callable object's async __call__
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything that shapes a run, resolved: ``mode`` is never ``auto`` here."""
+
+    mode: str
+    mode_reason: str
+    limit: int
+    ordered: bool
+    is_async: bool
+
+
+def resolve(
+    fn: object,
+    *,
+    mode: str = "auto",
+    limit: int | None = None,
+    ordered: bool = True,
+) -> Options:
+    """Check the options of one call and choose the mode; raise a UsageError naming the fix."""
+    if not callable(fn):
+        raise UsageTypeError(
+            f"fn must be a function to call on each item, got {type(fn).__name__} {fn!r}; "
+            "pass the function first: whilst.map(fn, items)"
+        )
+    if not isinstance(mode, str) or mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise UsageTypeError(
+            f"limit must be a whole number of tasks, got {type(limit).__name__} {limit!r}"
+        )
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be at least 1, got {limit}; use limit=1 to run one at a time")
+    if not isinstance(ordered, bool):
+        raise UsageTypeError(f"ordered must be True or False, got {ordered!r}")
+    is_async = is_async_callable(fn)
+    reason = f"mode={mode!r} was asked for"
+    if mode == "auto":
+        if is_async:
+            mode, reason = "async", "auto chose async: fn is a coroutine function (async def)"
+        else:
+            mode, reason = (
+                "threads",
+                "auto chose threads: fn is a plain function, and threads overlap its waiting "
+                "(for CPU-heavy work choose mode='processes')",
+            )
+    if mode == "async" and not is_async:
+        raise UsageError(
+            f"mode='async' runs coroutine functions on the event loop, but {_name(fn)} is a "
+            "plain function that would block it; use mode='threads' (or 'auto') for blocking "
+            "code, or make it async def"
+        )
+    if mode == "sync" and limit not in (None, 1):
+        raise UsageError(
+            f"mode='sync' runs one task at a time, so limit={limit} cannot apply; "
+            "drop limit, or choose mode='threads', 'async' or 'processes' to overlap tasks"
+        )
+    return Options(
+        mode=mode,
+        mode_reason=reason,
+        limit=limit if limit is not None else default_limit(mode),
+        ordered=ordered,
+        is_async=is_async,
+    )
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)

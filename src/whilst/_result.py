@@ -1,0 +1,70 @@
+"""How one task ended: :class:`Status` and :class:`Result`."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """The final state of a task. The string values are the words used
+    everywhere: in results, the journal, reports and the CLI."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    CRASHED = "crashed"
+    POISONED = "poisoned"
+    SKIPPED = "skipped"
+
+
+_HAS_VALUE = frozenset({Status.OK, Status.SKIPPED})
+
+
+@dataclass(slots=True, repr=False, eq=False)
+class Result:
+    """How one task ended.
+
+    Attributes:
+        index: the item's position in the input.
+        item: the input element.
+        status: how the task ended.
+        value: what the function returned (None unless :attr:`ok`).
+        error: the exception that ended the last attempt (None when ok).
+        attempts: how many attempts ran (0 for a task that never started).
+        start: when the first attempt started, ``time.time()`` seconds.
+        end: when the last attempt ended, ``time.time()`` seconds.
+        mode: where it ran: ``sync``, ``async``, ``threads``, ``processes``...
+        worker: which worker slot ran it (a thread name, a process id...).
+    """
+
+    index: int
+    item: Any
+    status: Status
+    value: Any = None
+    error: BaseException | None = None
+    attempts: int = 1
+    start: float = 0.0
+    end: float = 0.0
+    mode: str = ""
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True exactly when the task has a value: status ok or skipped."""
+        return self.status in _HAS_VALUE
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first attempt's start to the last one's end."""
+        return self.end - self.start
+
+    def __repr__(self) -> str:
+        what = f"value={self.value!r}" if self.ok else f"error={self.error!r}"
+        return (
+            f"Result(index={self.index}, item={self.item!r}, status={self.status.value}, "
+            f"{what}, attempts={self.attempts}, duration={self.duration:.6f}, "
+            f"mode={self.mode!r}, worker={self.worker!r})"
+        )

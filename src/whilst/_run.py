@@ -1,0 +1,226 @@
+"""What ``imap`` and ``aimap`` return: a lazy iterator of results, and its summary."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from ._options import Options
+from ._output import Stream
+from ._result import Result
+from ._runner import Runner, make_runner
+from ._scheduler import Scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A finished run in figures.
+
+    Attributes:
+        counts: results by status word (``{"ok": 98, "failed": 2}``).
+        wall: seconds from the run's start to its end.
+        task_time: the tasks' durations added up: what running them one after
+            another would have cost.
+        mode: where the tasks ran; ``mode_reason`` says why.
+    """
+
+    counts: dict[str, int]
+    wall: float
+    task_time: float
+    mode: str
+    mode_reason: str
+    limit: int
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", sum(self.counts.values()))
+
+    @property
+    def speedup(self) -> float:
+        """Task time over wall time: how many times faster than one after another."""
+        return self.task_time / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def failed(self) -> int:
+        """Tasks that ended without a value."""
+        return self.total - self.counts.get("ok", 0) - self.counts.get("skipped", 0)
+
+
+class _Tally:
+    __slots__ = ("counts", "task_time")
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.task_time = 0.0
+
+    def add(self, result: Result) -> None:
+        self.counts[result.status.value] += 1
+        self.task_time += result.end - result.start
+
+    def summary(self, scheduler: Scheduler) -> Summary:
+        o = scheduler.options
+        return Summary(
+            counts=dict(self.counts),
+            wall=scheduler.ended - scheduler.started,
+            task_time=self.task_time,
+            mode=o.mode,
+            mode_reason=o.mode_reason,
+            limit=o.limit,
+        )
+
+
+def streaming(fn: Any, items: Any, options: Options) -> tuple[Scheduler, Stream]:
+    """A scheduler whose results stream out, at most about ``2 * limit`` held at once."""
+    stream = Stream(ordered=options.ordered, window=2 * options.limit + 16)
+    return Scheduler(fn, items, options, stream), stream
+
+
+def raise_run_error(scheduler: Scheduler, error: BaseException | None) -> None:
+    """After a run: surface what went wrong with the run itself (never a task's error)."""
+    if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]  # the TaskGroup's wrapping of an internal error
+    if error is not None:
+        raise error
+    if scheduler.input_error is not None:
+        exc = scheduler.input_error
+        exc.add_note(f"whilst: reading item {scheduler._pulled} of the input failed")
+        raise exc
+
+
+class Run(Iterator[Result]):
+    """Results of an :func:`~whilst.imap` call, one at a time, as they are ready.
+
+    Tasks start on the first ``next()``; only ``limit`` (plus a small buffer) are
+    ever held, so it is safe over endless or huge inputs. Stop early with
+    :meth:`close` or a ``with`` block: running tasks are cancelled and workers
+    stopped. Once exhausted, :attr:`summary` tells how the run went.
+    """
+
+    def __init__(self, scheduler: Scheduler, stream: Stream) -> None:
+        self._scheduler = scheduler
+        self._stream = stream
+        self._runner: Runner | None = None
+        self._ready: collections.deque[Result] = collections.deque()
+        self._tally = _Tally()
+        self._closed = False
+        self.summary: Summary | None = None
+
+    def __iter__(self) -> Run:
+        return self
+
+    def __next__(self) -> Result:
+        ready = self._ready
+        if not ready:
+            self._fill()
+        result = ready.popleft()
+        self._tally.add(result)
+        return result
+
+    def _fill(self) -> None:
+        if self._closed:
+            raise StopIteration
+        runner = self._runner
+        if runner is None:
+            runner = self._runner = make_runner()
+            runner.on_interrupt = self._scheduler.interrupt
+            runner.raise_now = lambda: self._scheduler.mode.busy_in_caller_thread
+            runner.start(self._scheduler.run())
+            runner.main.add_done_callback(lambda _: self._stream.finish())  # type: ignore[union-attr]
+        try:
+            batch = runner.call(self._stream.take())
+        except BaseException:
+            self.close()
+            raise
+        if batch:
+            self._ready.extend(batch)
+            return
+        main = runner.main
+        assert main is not None
+        interrupted = runner.interrupted or main.cancelled()
+        error = None if main.cancelled() else main.exception()
+        self.close()
+        self.summary = self._tally.summary(self._scheduler)
+        if interrupted:
+            raise KeyboardInterrupt
+        raise_run_error(self._scheduler, error)
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the run: cancel running tasks, stop workers. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            self._runner.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+
+class AsyncRun(AsyncIterator[Result]):
+    """Results of an :func:`~whilst.aimap` call, on the caller's event loop."""
+
+    def __init__(self, scheduler: Scheduler, stream: Stream) -> None:
+        self._scheduler = scheduler
+        self._stream = stream
+        self._main: Any = None
+        self._ready: collections.deque[Result] = collections.deque()
+        self._tally = _Tally()
+        self.summary: Summary | None = None
+
+    def __aiter__(self) -> AsyncRun:
+        return self
+
+    async def __anext__(self) -> Result:
+        ready = self._ready
+        if not ready:
+            await self._fill()
+        result = ready.popleft()
+        self._tally.add(result)
+        return result
+
+    async def _fill(self) -> None:
+        if self._main is None:
+            self._main = asyncio.get_running_loop().create_task(self._scheduler.run())
+            self._main.add_done_callback(lambda _: self._stream.finish())
+        try:
+            batch = await self._stream.take()
+        except BaseException:
+            await self.aclose()
+            raise
+        if batch:
+            self._ready.extend(batch)
+            return
+        main = self._main
+        await asyncio.wait([main])
+        self.summary = self._tally.summary(self._scheduler)
+        if main.cancelled():
+            raise asyncio.CancelledError
+        raise_run_error(self._scheduler, main.exception())
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop the run: cancel running tasks and stop workers."""
+        main = self._main
+        if main is not None and not main.done():
+            main.cancel()
+            await asyncio.wait([main])
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

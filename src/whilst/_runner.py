@@ -1,0 +1,179 @@
+"""Drivers: how the sync API forms run the scheduler's event loop.
+
+- :class:`InlineRunner` (the usual case): a fresh loop (uvloop when installed)
+  in the caller's own thread, run only while the caller waits for results. So
+  ``sync`` mode really runs in the caller's thread, and an ``imap`` the caller
+  stops reading simply pauses.
+- :class:`ThreadRunner`: when the caller's thread already runs an event loop
+  (a notebook cell, an ``async def`` that calls ``whilst.map``), a loop cannot
+  be nested in it, so the run gets a loop in a helper thread instead.
+
+Both catch Ctrl-C the way :class:`asyncio.Runner` does: the first SIGINT
+cancels the run (the scheduler then stops its workers) and the caller gets
+``KeyboardInterrupt``; a second one interrupts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: How long a cancelled run may take to stop its workers before the caller gets
+#: control back anyway (the Ctrl-C promise is "within 2 seconds").
+STOP_WAIT = 1.5
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.wait([task], timeout=STOP_WAIT)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def in_running_loop() -> bool:
+    return asyncio.events._get_running_loop() is not None
+
+
+class Runner:
+    """Runs the coroutines of one run on one loop; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.main: asyncio.Task[Any] | None = None
+        self.interrupted = False
+        self.on_interrupt: Any = None  # called on the loop's thread at the first Ctrl-C
+        self.raise_now: Any = lambda: False  # True when Ctrl-C must interrupt user code
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        raise NotImplementedError
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        self.interrupted = True
+        if self.on_interrupt is not None:
+            self.on_interrupt()
+        if self.main is not None and not self.main.done():
+            self.main.cancel()
+
+    def _stop_main(self) -> None:
+        """Cancel the run and give it a moment to stop its workers."""
+        main = self.main
+        if main is None:
+            return
+        with contextlib.suppress(BaseException):
+            self.call(_stop(main))
+        if main.done() and not main.cancelled():
+            main.exception()  # retrieved, so asyncio does not log it as lost
+
+
+class InlineRunner(Runner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = new_loop()
+        self._sigint = 0
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        self.main = self.loop.create_task(coro)
+        return self.main
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        handle = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if handle:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            return self.loop.run_until_complete(coro)
+        except BaseException:
+            # The loop may still hold the run: cancel it so no worker is left behind.
+            if not self.loop.is_closed() and self.main is not None and not self.main.done():
+                self.interrupted = True
+                if handle:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    handle = False
+                self._stop_main()
+            raise
+        finally:
+            if handle:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._sigint += 1
+        if self._sigint == 1:
+            self._interrupt()
+            self.loop.call_soon_threadsafe(lambda: None)  # wake the selector
+            if not self.raise_now():
+                return
+        raise KeyboardInterrupt()
+
+    def close(self) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return
+        try:
+            self._stop_main()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+class ThreadRunner(Runner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = new_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="whilst-loop", daemon=True
+        )
+        self._thread.start()
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        async def create() -> asyncio.Task[Any]:
+            return asyncio.get_running_loop().create_task(coro)
+
+        self.main = asyncio.run_coroutine_threadsafe(create(), self.loop).result()
+        return self.main
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            fut.cancel()
+            self.loop.call_soon_threadsafe(self._interrupt)
+            self._stop_main()
+            raise
+
+    def close(self) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return
+        try:
+            self._stop_main()
+            self.call(loop.shutdown_asyncgens())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(STOP_WAIT)
+            if not self._thread.is_alive():
+                loop.close()
+
+
+def make_runner() -> Runner:
+    return ThreadRunner() if in_running_loop() else InlineRunner()
