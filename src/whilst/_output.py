@@ -25,6 +25,9 @@ class Collect:
     def fit_batch(self, size: int, slots: int) -> None:
         pass
 
+    def finish(self) -> None:
+        pass
+
     def in_order(self) -> list[Result]:
         results = self.results
         return [results[i] for i in range(len(results))]

@@ -129,7 +129,6 @@ class Run(Iterator[Result]):
             runner.on_interrupt = self._scheduler.interrupt
             runner.raise_now = lambda: self._scheduler.mode.busy_in_caller_thread
             runner.start(self._scheduler.run())
-            runner.main.add_done_callback(lambda _: self._stream.finish())  # type: ignore[union-attr]
         try:
             batch = runner.call(self._stream.take())
         except BaseException:
@@ -195,7 +194,6 @@ class AsyncRun(AsyncIterator[Result]):
     async def _fill(self) -> None:
         if self._main is None:
             self._main = asyncio.get_running_loop().create_task(self._scheduler.run())
-            self._main.add_done_callback(lambda _: self._stream.finish())
         try:
             batch = await self._stream.take()
         except BaseException:

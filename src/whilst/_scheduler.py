@@ -41,6 +41,8 @@ class Output(Protocol):
 
     def fit_batch(self, size: int, slots: int) -> None: ...
 
+    def finish(self) -> None: ...
+
 
 def check_items(items: object) -> Iterator[Any] | AsyncIterator[Any]:
     """The iterator a run pulls from; a UsageTypeError when ``items`` is no iterable."""
@@ -101,7 +103,10 @@ class Scheduler:
             aborted = False
         finally:
             self.ended = time.time()
-            await mode.close(abort=aborted)
+            try:
+                await mode.close(abort=aborted)
+            finally:
+                self.output.finish()
 
     def interrupt(self) -> None:
         """Ctrl-C: start nothing more (the driver cancels the running slots)."""

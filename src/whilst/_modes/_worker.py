@@ -118,6 +118,22 @@ async def _serve_async(conn: Connection, out: Connection, fn: Any) -> Any:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _load(payload: bytes) -> Any:
+    """The run's function, or one that fails every task saying why it could not load."""
+    try:
+        return cloudpickle.loads(payload)
+    except Exception as exc:
+        error = RemoteError(
+            f"the worker process could not load the function ({type(exc).__name__}: {exc}); "
+            "define it in a module the workers can import, or use mode='threads'"
+        )
+
+        def cannot_load(item: Any) -> Any:
+            raise error
+
+        return cannot_load
+
+
 def serve(conn: Connection, out: Connection) -> None:
     fn: Any = None
     data: bytes | None = None
@@ -130,8 +146,8 @@ def serve(conn: Connection, out: Connection) -> None:
         op, tag, payload = pickle.loads(data)
         data = None
         if op == FN:
-            path, fn = payload[0], cloudpickle.loads(payload[1])
-            sys.path[:] = path
+            sys.path[:] = payload[0]
+            fn = _load(payload[1])
             if inspect.iscoroutinefunction(fn):
                 data = asyncio.run(_serve_async(conn, out, fn))
                 if data is None:

@@ -1,0 +1,31 @@
+"""The ``whilst`` command. It only parses flags and calls the library: every
+feature is a library feature first (here :func:`whilst._demo.run_demo`)."""
+
+from __future__ import annotations
+
+import click
+
+from . import __version__
+
+
+@click.group(name="whilst", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="whilst")
+def main() -> None:
+    """Run a batch of tasks the right way: one after another, on an asyncio event
+    loop, in threads or in processes, and see where the time went.
+
+    Whilst one task waits, another runs.
+    """
+
+
+@main.command()
+@click.option(
+    "--quick", is_flag=True, help="Scale the work down so the demo ends in about 10 seconds."
+)
+def demo(quick: bool) -> None:
+    """Measure sync vs async on this machine: the seed's two tasks, the
+    "When to use which?" table (API calls, CPU work, file reads) and the
+    coroutine that does nothing until awaited."""
+    from ._demo import run_demo
+
+    run_demo(quick=quick)

@@ -1,0 +1,70 @@
+"""Shared fixtures: one contract suite runs on every mode (style.md, principle 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+# Every loop whilst creates in the tests runs in asyncio debug mode, so a
+# never-awaited coroutine or a never-retrieved exception fails loudly.
+os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+MODES = ["sync", "async", "threads", "processes"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# Task functions live at module level so processes mode can import them by name.
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+async def adouble(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * 2
+
+
+def nap(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+async def anap(x: float) -> float:
+    await asyncio.sleep(x)
+    return x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"no threes: {x}")
+    return x
+
+
+async def afail_on_three(x: int) -> int:
+    await asyncio.sleep(0)
+    return fail_on_three(x)
+
+
+def for_mode(mode: str, plain: Callable[..., Any], coro: Callable[..., Any]) -> Callable[..., Any]:
+    """The task function a mode takes: coroutine functions for async, plain ones elsewhere."""
+    return coro if mode == "async" else plain
+
+
+def max_overlap(results: list[Any]) -> int:
+    """Most tasks running at once, computed from recorded start and end times."""
+    edges = sorted([(r.start, 1) for r in results] + [(r.end, -1) for r in results])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak

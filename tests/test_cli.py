@@ -1,0 +1,82 @@
+"""The ``whilst`` command line, through click's runner and as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import whilst
+from whilst._cli import main
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_version() -> None:
+    code, out = invoke("--version")
+    assert code == 0
+    assert out.strip() == f"whilst, version {whilst.__version__}"
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_demo(flag: str) -> None:
+    code, out = invoke(flag)
+    assert code == 0
+    assert out.startswith("Usage: whilst")
+    assert "demo" in out
+    assert "Whilst one task waits, another runs." in out
+
+
+def test_demo_help() -> None:
+    code, out = invoke("demo", "--help")
+    assert code == 0
+    assert "--quick" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "No such command 'nope'"),
+        (["--nope"], "--nope"),
+        (["demo", "--fast"], "--fast"),
+        (["demo", "extra"], "extra"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
+    code, out = invoke(*args)
+    assert code == 2
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert message in errors[0]
+    assert out.rstrip().endswith(errors[0])
+    assert "Traceback" not in out
+
+
+def test_demo_quick_as_a_real_command() -> None:
+    script = Path(sys.executable).with_name("whilst")
+    assert script.exists(), f"the console script is missing: pip install -e . ({script})"
+    # As a user runs it: no asyncio debug mode (conftest.py turns it on for the tests'
+    # own loops, and it logs every slow callback to stderr).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+    env["PYTHONWARNINGS"] = "error::RuntimeWarning"
+    done = subprocess.run(
+        [str(script), "demo", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    out = done.stdout
+    assert "\x1b[" not in out  # not a terminal: plain text
+    for text in ("Task started", "When to use which?", "<coroutine object greet", "demo finished"):
+        assert text in out
