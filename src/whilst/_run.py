@@ -153,6 +153,7 @@ class Run(Iterator[Result]):
         if self._closed:
             return
         self._closed = True
+        self._ready.clear()
         if self._runner is not None:
             self._runner.close()
 

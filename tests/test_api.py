@@ -1,0 +1,209 @@
+"""Behaviour of the API forms beyond the per-mode contract."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import adouble, anap, double, max_overlap
+
+import whilst
+from whilst import Status
+
+
+class Counted:
+    """A generator that counts how far it has been read."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.pulled = 0
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        for i in itertools.count() if self.n is None else range(self.n):
+            self.pulled += 1
+            yield i
+
+
+@pytest.mark.parametrize("mode", ["async", "threads", "sync"])
+def test_imap_reads_the_input_lazily(mode: str) -> None:
+    source = Counted()  # endless
+    fn = anap if mode == "async" else (lambda x: x)
+    limit = 1 if mode == "sync" else 4
+    run = whilst.imap(fn, (0 for _ in iter(source)), mode=mode, limit=limit)
+    assert source.pulled == 0  # nothing starts before the first next()
+    for consumed, _ in enumerate(itertools.islice(run, 500), start=1):
+        # never more than limit in flight, plus the window of held results (2 * limit + 16),
+        # plus the one batch of them the iterator has taken and not yet handed out
+        assert source.pulled - consumed <= limit + 2 * (2 * limit + 16)
+    run.close()
+
+
+def test_ordered_imap_holds_a_bounded_window_behind_a_slow_task() -> None:
+    source = Counted()
+    started = []
+
+    async def fn(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0.5 if x == 0 else 0)
+        return x
+
+    with whilst.imap(fn, iter(source), mode="async", limit=4) as run:
+        first = next(run)
+    assert first.index == 0
+    # While item 0 ran, the fast ones piled up only to the window, not the whole input.
+    assert len(started) <= 4 + 2 * (2 * 4 + 16)
+
+
+def test_async_mode_overlaps_on_one_loop() -> None:
+    loops = set()
+
+    async def fn(x: float) -> float:
+        loops.add(id(asyncio.get_running_loop()))
+        await asyncio.sleep(x)
+        return x
+
+    t0 = time.perf_counter()
+    results = list(whilst.imap(fn, [0.2] * 50, mode="async", limit=50))
+    wall = time.perf_counter() - t0
+    assert len(loops) == 1
+    assert max_overlap(results) == 50
+    assert wall < 0.2 * 50 / 4  # overlapped, not one after another
+
+
+def test_sync_mode_is_one_after_another() -> None:
+    results = list(whilst.imap(lambda x: time.sleep(x), [0.02] * 5, mode="sync"))
+    assert max_overlap(results) == 1
+    assert all(a.end <= b.start for a, b in itertools.pairwise(results))
+
+
+def test_sync_mode_lets_tasks_call_asyncio_run() -> None:
+    async def inner(x: int) -> int:
+        return x + 1
+
+    assert whilst.map(lambda x: asyncio.run(inner(x)), range(3), mode="sync") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", ["sync", "threads", "processes", "auto"])
+def test_a_coroutine_function_is_awaited_in_every_mode(mode: str) -> None:
+    assert whilst.map(anap, [0.01, 0.02], mode=mode) == [0.01, 0.02]
+
+
+@pytest.mark.parametrize("mode", ["sync", "threads", "processes"])
+def test_a_lambda_returning_a_coroutine_is_awaited(mode: str) -> None:
+    assert whilst.map(lambda x: anap(x), [0.01], mode=mode) == [0.01]
+
+
+def test_auto_chooses_by_the_kind_of_function() -> None:
+    run = whilst.imap(anap, [0])
+    list(run)
+    assert run.summary is not None
+    assert run.summary.mode == "async"
+    assert "coroutine function" in run.summary.mode_reason
+    run = whilst.imap(double, [0])
+    list(run)
+    assert run.summary is not None
+    assert run.summary.mode == "threads"
+
+
+def test_default_limits() -> None:
+    from whilst._options import cpu_count, resolve
+
+    assert resolve(anap).limit == 100
+    assert resolve(double).limit == min(32, cpu_count() + 4)
+    assert resolve(double, mode="processes").limit == cpu_count()
+    assert resolve(double, mode="sync").limit == 1
+
+
+def test_summary_counts_and_speedup() -> None:
+    run = whilst.imap(
+        lambda x: 1 / x if x else time.sleep(0.1) or 1 / x, [0, 1, 2, 4], mode="threads"
+    )
+    results = list(run)
+    s = run.summary
+    assert s is not None
+    assert s.counts == {"ok": 3, "failed": 1}
+    assert s.total == 4
+    assert s.failed == 1
+    assert s.task_time == pytest.approx(sum(r.duration for r in results))
+    assert s.wall > 0
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("mode", ["sync", "threads", "processes"])
+def test_a_task_raising_base_exceptions_fails_alone(mode: str, exc: type) -> None:
+    def fn(x: int) -> int:
+        if x == 1:
+            raise exc(3)
+        return x
+
+    results = list(whilst.imap(fn, range(4), mode=mode))
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK, Status.OK]
+    assert isinstance(results[1].error, exc)
+    with pytest.raises(whilst.TasksFailed) as info:
+        whilst.map(fn, range(4), mode=mode)
+    assert [r.value for r in info.value.results if r.ok] == [0, 2, 3]
+
+
+def test_a_task_raising_cancelled_error_itself_is_cancelled() -> None:
+    async def fn(x: int) -> int:
+        if x == 1:
+            raise asyncio.CancelledError
+        return x
+
+    results = list(whilst.imap(fn, range(3)))
+    assert [r.status for r in results] == [Status.OK, Status.CANCELLED, Status.OK]
+
+
+def test_an_input_that_fails_raises_after_the_items_before_it() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    seen = []
+    with pytest.raises(OSError, match="disk gone") as info:
+        for r in whilst.imap(lambda x: x, items(), mode="threads"):
+            seen.append(r.value)
+    assert seen == [1, 2]
+    assert "reading item 2 of the input failed" in str(info.value.__notes__)
+
+
+def test_async_iterables_are_read_too() -> None:
+    async def items():  # type: ignore[no-untyped-def]
+        for i in range(30):
+            await asyncio.sleep(0)
+            yield i
+
+    assert whilst.map(double, items(), mode="threads") == [x * 2 for x in range(30)]
+    assert whilst.map(adouble, items(), mode="async") == [x * 2 for x in range(30)]
+
+
+def test_closing_imap_early_stops_the_run() -> None:
+    started = []
+
+    async def fn(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0.01)
+        return x
+
+    run = whilst.imap(fn, itertools.count(), mode="async", limit=3)
+    assert [next(run).value for _ in range(5)] == [0, 1, 2, 3, 4]
+    run.close()
+    n = len(started)
+    time.sleep(0.05)
+    assert len(started) == n
+    with pytest.raises(StopIteration):
+        next(run)
+
+
+def test_threads_mode_threads_end_after_the_run() -> None:
+    before = threading.active_count()
+    whilst.map(double, range(100), mode="threads", limit=8)
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
