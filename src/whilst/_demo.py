@@ -377,7 +377,7 @@ def _cpu_row(scale: Scale, console: Console) -> Row:
         times,
         f"{len(windows)} tasks of about {scale.cpu_seconds:g} s of pure-Python prime counting "
         f"({sum(counts['sync']):,} primes). Threads take turns holding the GIL, so they are no "
-        f"faster than sync; processes run on {min(cpu_count(), default_limit('processes'))} "
+        f"faster than sync; processes run on {default_limit('processes')} "
         "CPUs at once. Best of two runs: the first also starts the worker processes, which "
         "whilst then keeps warm.",
     )
@@ -391,15 +391,15 @@ class _LocalServer:
         self.latency = latency
         self.served = 0
         self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="whilst-demo-server", daemon=True
-        )
         self._runner: web.AppRunner | None = None
 
     def __enter__(self) -> _LocalServer:
         import aiohttp.web  # noqa: F401 - import here: on the server's loop it would block it
 
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="whilst-demo-server", daemon=True
+        )
         self._thread.start()
         try:
             self.url = self._call(self._start())

@@ -1,0 +1,88 @@
+"""Ctrl-C during a run: nothing new starts, workers stop, the caller hears of it fast."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, os, sys, time
+    import whilst
+
+    MODE = sys.argv[1]
+
+    def task(x):
+        print("started", os.getpid(), flush=True)
+        time.sleep(30)
+        print("finished", flush=True)
+
+    async def atask(x):
+        print("started", os.getpid(), flush=True)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            print("cleaned", flush=True)
+
+    fn = atask if MODE == "async" else task
+    limit = 1 if MODE == "sync" else 2
+    try:
+        if sys.argv[2] == "map":
+            whilst.map(fn, range(20), mode=MODE, limit=limit)
+        else:
+            for r in whilst.imap(fn, range(20), mode=MODE, limit=limit):
+                pass
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+    """
+)
+
+
+@pytest.mark.parametrize("form", ["map", "imap"])
+@pytest.mark.parametrize("mode", ["sync", "async", "threads", "processes"])
+def test_ctrl_c_stops_the_run_within_two_seconds(mode: str, form: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, mode, form],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        expect = 1 if mode == "sync" else 2
+        lines = [proc.stdout.readline() for _ in range(expect)]  # type: ignore[union-attr]
+        assert all(line.startswith("started") for line in lines), lines
+        time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert elapsed < 2.0, f"took {elapsed:.2f}s to stop"
+    assert "interrupted" in out
+    assert "KeyboardInterrupt" in err
+    assert proc.returncode in (-signal.SIGINT, 130, 1)
+    assert "started" not in out  # nothing new started after the signal
+    if mode == "async":
+        assert out.count("cleaned") == 2  # running coroutines were cancelled, finally ran
+    deadline = time.monotonic() + 3
+    alive = [c for c in children if _alive(c)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [c for c in children if _alive(c)]
+    assert alive == [], f"left behind: {alive}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,93 @@
+"""Processes mode: real worker processes, batching, crashes, coroutines inside workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import whilst
+from whilst import Status
+
+
+def crash_on_three(x: int) -> int:
+    time.sleep(0.05)
+    if x == 3:
+        os._exit(7)
+    return x
+
+
+def test_a_worker_that_dies_fails_only_its_task() -> None:
+    results = list(whilst.imap(crash_on_three, range(8), mode="processes", limit=2))
+    assert [r.status for r in results] == [
+        Status.CRASHED if i == 3 else Status.OK for i in range(8)
+    ]
+    error = results[3].error
+    assert isinstance(error, whilst.WorkerCrashed)
+    assert error.exitcode == 7
+    assert "exit code 7" in str(error)
+    assert [r.value for r in results if r.ok] == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_tiny_tasks_travel_in_batches() -> None:
+    results = list(whilst.imap(abs, range(20_000), mode="processes", limit=2))
+    assert [r.value for r in results] == list(range(20_000))
+    # Results of one batch share a worker and follow each other without a round trip
+    # between them: far fewer distinct (worker, start) runs than tasks.
+    workers = {r.worker for r in results}
+    assert 1 <= len(workers) <= 2
+    switches = sum(1 for a, b in zip(results, results[1:], strict=False) if a.worker != b.worker)
+    assert switches < 2_000
+
+
+def test_batches_do_not_swallow_errors() -> None:
+    results = list(whilst.imap(reciprocal, range(-500, 500), mode="processes"))
+    bad = [r for r in results if not r.ok]
+    assert [r.item for r in bad] == [0]
+    assert isinstance(bad[0].error, ZeroDivisionError)
+    # the worker's traceback travels with the error
+    assert "reciprocal" in str(bad[0].error.__cause__)
+
+
+def reciprocal(x: int) -> float:
+    return 1 / x
+
+
+async def sleepy(x: float) -> int:
+    await asyncio.sleep(x)
+    return os.getpid()
+
+
+def test_coroutine_functions_run_concurrently_inside_each_worker() -> None:
+    t0 = time.perf_counter()
+    pids = whilst.map(sleepy, [0.3] * 40, mode="processes", limit=40)
+    wall = time.perf_counter() - t0
+    assert os.getpid() not in pids
+    assert len(set(pids)) <= (os.cpu_count() or 1)
+    assert wall < 40 * 0.3 / 4  # many at once per worker, not one after another
+
+
+def test_closures_and_lambdas_travel_by_value() -> None:
+    offset = 10
+
+    def add(x: int) -> int:
+        return x + offset
+
+    assert whilst.map(add, range(3), mode="processes") == [10, 11, 12]
+    assert whilst.map(lambda x: x * offset, range(3), mode="processes") == [0, 10, 20]
+
+
+def test_workers_stay_warm_between_runs() -> None:
+    first = set(whilst.map(lambda _: os.getpid(), range(4), mode="processes", limit=2))
+    second = set(whilst.map(lambda _: os.getpid(), range(4), mode="processes", limit=2))
+    assert first & second
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_limit_is_the_number_of_workers(limit: int) -> None:
+    pids = whilst.map(
+        lambda _: (time.sleep(0.05), os.getpid())[1], range(12), limit=limit, mode="processes"
+    )
+    assert len(set(pids)) == limit
