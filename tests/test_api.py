@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import adouble, anap, double, max_overlap
 
 import whilst
 from whilst import Status
+
+from conftest import adouble, anap, double, max_overlap
 
 
 class Counted:
@@ -165,9 +166,10 @@ def test_an_input_that_fails_raises_after_the_items_before_it() -> None:
         raise OSError("disk gone")
 
     seen = []
+    run = whilst.imap(lambda x: x, items(), mode="threads")
+    seen.extend(next(run).value for _ in range(2))
     with pytest.raises(OSError, match="disk gone") as info:
-        for r in whilst.imap(lambda x: x, items(), mode="threads"):
-            seen.append(r.value)
+        next(run)
     assert seen == [1, 2]
     assert "reading item 2 of the input failed" in str(info.value.__notes__)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import anap
 
 import whilst
+
+from conftest import anap
 
 ran: list[object] = []
 
@@ -72,7 +73,7 @@ def test_an_unpicklable_function_in_processes_mode() -> None:
         with lock:
             return x
 
-    with pytest.raises(TypeError, match="cannot be pickled.*use mode='threads'"):
+    with pytest.raises(TypeError, match=r"cannot be pickled.*use mode='threads'"):
         whilst.map(uses_lock, [1, 2], mode="processes")
 
 

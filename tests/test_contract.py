@@ -7,6 +7,10 @@ import threading
 import time
 
 import pytest
+
+import whilst
+from whilst import Status
+
 from conftest import (
     adouble,
     afail_on_three,
@@ -17,9 +21,6 @@ from conftest import (
     max_overlap,
     nap,
 )
-
-import whilst
-from whilst import Status
 
 
 def test_map_returns_values_in_input_order(mode: str) -> None:

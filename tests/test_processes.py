@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 
@@ -38,7 +39,7 @@ def test_tiny_tasks_travel_in_batches() -> None:
     # between them: far fewer distinct (worker, start) runs than tasks.
     workers = {r.worker for r in results}
     assert 1 <= len(workers) <= 2
-    switches = sum(1 for a, b in zip(results, results[1:], strict=False) if a.worker != b.worker)
+    switches = sum(1 for a, b in itertools.pairwise(results) if a.worker != b.worker)
     assert switches < 2_000
 
 
