@@ -171,7 +171,7 @@ def test_an_input_that_fails_raises_after_the_items_before_it() -> None:
     with pytest.raises(OSError, match="disk gone") as info:
         next(run)
     assert seen == [1, 2]
-    assert "reading item 2 of the input failed" in str(info.value.__notes__)
+    assert "the input raised this while being read" in str(info.value.__notes__)
 
 
 def test_async_iterables_are_read_too() -> None:

@@ -54,7 +54,8 @@ def test_limit_is_never_exceeded_and_is_used(mode: str) -> None:
     limit = 1 if mode == "sync" else 3
     results = list(whilst.imap(fn, [0.05] * 12, mode=mode, limit=limit))
     assert all(r.ok for r in results)
-    assert max_overlap(results) == limit
+    assert max_overlap(results) <= limit  # never exceeded
+    assert max_overlap(results) >= min(2, limit)  # and really used (a cold worker may lag)
 
 
 def test_a_failing_task_is_its_result_and_loses_nothing(mode: str) -> None:

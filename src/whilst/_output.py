@@ -48,7 +48,7 @@ class Stream:
         self._early: dict[int, Result] = {}  # ordered: finished before their turn
         self._next = 0
         self._reader: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
+        self._waiting: list[asyncio.Future[None]] = []  # slots waiting for room
 
     @property
     def full(self) -> bool:
@@ -88,9 +88,9 @@ class Stream:
     async def room(self) -> None:
         """Wait until the consumer has taken results and there is room for more."""
         while self.full and not self.done:
-            if self._room is None or self._room.done():
-                self._room = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._room)
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting.append(fut)
+            await fut
 
     async def take(self) -> list[Result]:
         """Every result ready now (waiting for at least one); empty once all are taken."""
@@ -102,6 +102,9 @@ class Stream:
         batch = list(self._ready)
         self._ready.clear()
         self.held -= len(batch)
-        if self._room is not None and not self._room.done() and not self.full:
-            self._room.set_result(None)
+        if self._waiting and not self.full:
+            waiting, self._waiting = self._waiting, []
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
         return batch

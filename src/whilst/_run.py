@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -11,7 +12,7 @@ from typing import Any
 
 from ._options import Options
 from ._output import Stream
-from ._result import Result
+from ._result import Result, Status
 from ._runner import Runner, make_runner
 from ._scheduler import Scheduler
 
@@ -54,17 +55,20 @@ class _Tally:
     __slots__ = ("counts", "task_time")
 
     def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[Status] = collections.Counter()
         self.task_time = 0.0
 
-    def add(self, result: Result) -> None:
-        self.counts[result.status.value] += 1
-        self.task_time += result.end - result.start
+    def add(self, results: list[Result]) -> None:
+        counts, task_time = self.counts, self.task_time
+        for r in results:
+            counts[r.status] += 1
+            task_time += r.end - r.start
+        self.task_time = task_time
 
     def summary(self, scheduler: Scheduler) -> Summary:
         o = scheduler.options
         return Summary(
-            counts=dict(self.counts),
+            counts={status.value: n for status, n in self.counts.items()},
             wall=scheduler.ended - scheduler.started,
             task_time=self.task_time,
             mode=o.mode,
@@ -87,7 +91,7 @@ def raise_run_error(scheduler: Scheduler, error: BaseException | None) -> None:
         raise error
     if scheduler.input_error is not None:
         exc = scheduler.input_error
-        exc.add_note(f"whilst: reading item {scheduler._pulled} of the input failed")
+        exc.add_note("whilst: the input raised this while being read; the items before it ran")
         raise exc
 
 
@@ -104,25 +108,25 @@ class Run(Iterator[Result]):
         self._scheduler = scheduler
         self._stream = stream
         self._runner: Runner | None = None
-        self._ready: collections.deque[Result] = collections.deque()
         self._tally = _Tally()
         self._closed = False
+        self._results = self._iterate()  # a generator: the cheapest way to hand out results
         self.summary: Summary | None = None
 
-    def __iter__(self) -> Run:
-        return self
+    def __iter__(self) -> Iterator[Result]:
+        return self._results
 
     def __next__(self) -> Result:
-        ready = self._ready
-        if not ready:
-            self._fill()
-        result = ready.popleft()
-        self._tally.add(result)
-        return result
+        return next(self._results)
 
-    def _fill(self) -> None:
+    def _iterate(self) -> Iterator[Result]:
+        while batch := self._take():
+            self._tally.add(batch)
+            yield from batch
+
+    def _take(self) -> list[Result]:
         if self._closed:
-            raise StopIteration
+            return []
         runner = self._runner
         if runner is None:
             runner = self._runner = make_runner()
@@ -132,28 +136,31 @@ class Run(Iterator[Result]):
         try:
             batch = runner.call(self._stream.take())
         except BaseException:
-            self.close()
+            self._shutdown()
             raise
         if batch:
-            self._ready.extend(batch)
-            return
+            return batch
         main = runner.main
         assert main is not None
         interrupted = runner.interrupted or main.cancelled()
         error = None if main.cancelled() else main.exception()
-        self.close()
+        self._shutdown()
         self.summary = self._tally.summary(self._scheduler)
         if interrupted:
             raise KeyboardInterrupt
         raise_run_error(self._scheduler, error)
-        raise StopIteration
+        return []
 
     def close(self) -> None:
         """Stop the run: cancel running tasks, stop workers. Safe to call twice."""
+        with contextlib.suppress(ValueError):  # "generator already executing": it ends anyway
+            self._results.close()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._ready.clear()
         if self._runner is not None:
             self._runner.close()
 
@@ -188,9 +195,7 @@ class AsyncRun(AsyncIterator[Result]):
         ready = self._ready
         if not ready:
             await self._fill()
-        result = ready.popleft()
-        self._tally.add(result)
-        return result
+        return ready.popleft()
 
     async def _fill(self) -> None:
         if self._main is None:
@@ -201,6 +206,7 @@ class AsyncRun(AsyncIterator[Result]):
             await self.aclose()
             raise
         if batch:
+            self._tally.add(batch)
             self._ready.extend(batch)
             return
         main = self._main

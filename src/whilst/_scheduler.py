@@ -78,6 +78,9 @@ class Scheduler:
         self.ended = 0.0
         self._source = check_items(items)
         self._sync_source = isinstance(self._source, Iterator)
+        self._items: Iterator[tuple[int, Any]] = (
+            enumerate(self._source) if isinstance(self._source, Iterator) else iter(())
+        )
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
         self._pulled = 0
@@ -111,7 +114,11 @@ class Scheduler:
     def interrupt(self) -> None:
         """Ctrl-C: start nothing more (the driver cancels the running slots)."""
         self.interrupted = True
+        self._stop_pulling()
+
+    def _stop_pulling(self) -> None:
         self._exhausted = True
+        self._items = iter(())
 
     def _spawn(self) -> None:
         if self._group is None or self._slots >= self.options.limit or self._exhausted:
@@ -122,60 +129,68 @@ class Scheduler:
 
     # -- pulling items -------------------------------------------------------
 
-    def _take(self) -> tuple[int, Any] | None:
-        if self._exhausted:
-            return None
-        try:
-            item = next(self._source)  # type: ignore[arg-type]
-        except StopIteration:
-            self._exhausted = True
-            return None
-        except Exception as exc:  # the input itself failed: stop, and tell the caller
-            self.input_error, self._exhausted = exc, True
-            return None
-        index, self._pulled = self._pulled, self._pulled + 1
-        return index, item
-
     async def _atake(self) -> tuple[int, Any] | None:
+        """The next (index, item) of an async iterable, None at its end."""
         async with self._lock:
             if self._exhausted:
                 return None
             try:
                 item = await anext(self._source)  # type: ignore[arg-type]
             except StopAsyncIteration:
-                self._exhausted = True
+                self._stop_pulling()
                 return None
             except Exception as exc:
-                self.input_error, self._exhausted = exc, True
+                self.input_error = exc
+                self._stop_pulling()
                 return None
             index, self._pulled = self._pulled, self._pulled + 1
             return index, item
 
     async def _take_many(self, n: int) -> list[tuple[int, Any]]:
         batch: list[tuple[int, Any]] = []
-        while len(batch) < n:
-            got = self._take() if self._sync_source else await self._atake()
-            if got is None:
-                break
+        if self._sync_source:
+            append, items = batch.append, self._items
+            try:
+                for _ in range(n):
+                    if (got := next(items, None)) is None:
+                        self._stop_pulling()
+                        break
+                    append(got)
+            except Exception as exc:
+                self.input_error = exc
+                self._stop_pulling()
+            return batch
+        while len(batch) < n and (got := await self._atake()) is not None:
             batch.append(got)
         return batch
 
     # -- slots ---------------------------------------------------------------
 
     async def _slot(self, slot: int) -> None:
-        """One place a task runs: take an item, run it, record it, repeat."""
+        """One place a task runs: take an item, run it, record it, repeat.
+
+        This is the per-task hot path: keep it free of calls it does not need.
+        """
         mode = self.mode
         call, worker, name = mode.caller(slot), mode.worker(slot), mode.name
-        output = self.output
-        add, take, sync_source = output.add, self._take, self._sync_source
+        output, limit = self.output, self.options.limit
+        add, sync_source = output.add, self._sync_source
         now = time.time
         while True:
             if output.full:
                 await output.room()
-            got = take() if sync_source else await self._atake()
-            if got is None:
+            if sync_source:
+                try:
+                    got = next(self._items, None)
+                except Exception as exc:  # the input itself failed: stop, tell the caller
+                    self.input_error, got = exc, None
+                if got is None:
+                    self._stop_pulling()
+                    return
+            elif (got := await self._atake()) is None:
                 return
-            self._spawn()
+            if self._slots < limit:
+                self._spawn()
             index, item = got
             start = now()
             try:
