@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -119,7 +119,7 @@ class Run(Iterator[Result]):
     def __next__(self) -> Result:
         return next(self._results)
 
-    def _iterate(self) -> Iterator[Result]:
+    def _iterate(self) -> Generator[Result, None, None]:
         while batch := self._take():
             self._tally.add(batch)
             yield from batch
