@@ -26,7 +26,10 @@ from ._result import Result, Status
 #: round trip to it (about 0.1 ms) costs about 1% (joblib's batch_size="auto"
 #: does the same with a 0.2 s target; ours is shorter to keep results flowing).
 BATCH_TARGET = 0.02
-MAX_BATCH = 1 << 16
+#: Most items all slots of a batching mode hold at once, so a huge input of tiny
+#: tasks keeps memory bounded: with 2 slots a batch grows to 4096 items, with 32
+#: to 256 (a round trip shared by 256 tasks costs each of them under a microsecond).
+BATCH_BUDGET = 8192
 
 OK, FAILED, CANCELLED, CRASHED = Status.OK, Status.FAILED, Status.CANCELLED, Status.CRASHED
 
@@ -86,10 +89,11 @@ class Scheduler:
         self._pulled = 0
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
-        self._max_batch = MAX_BATCH
+        self._max_batch = max(1, BATCH_BUDGET // options.limit)
         if isinstance(items, Sized):
-            # Four batches per slot at most, so the last ones do not leave slots idle.
-            self._max_batch = max(1, min(MAX_BATCH, math.ceil(len(items) / (4 * options.limit))))
+            # Four batches per slot at least, so the last ones do not leave slots idle.
+            share = math.ceil(len(items) / (4 * options.limit))
+            self._max_batch = max(1, min(self._max_batch, share))
 
     # -- the run -------------------------------------------------------------
 

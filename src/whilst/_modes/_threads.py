@@ -8,9 +8,10 @@ import contextlib
 import inspect
 import queue
 import threading
+import time
 from typing import Any
 
-from ._base import Call, Mode
+from ._base import Mode, Outcome
 
 
 class _Completions:
@@ -23,14 +24,12 @@ class _Completions:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
         self._scheduled = False
 
-    def post(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    def post(self, fut: asyncio.Future[Any], value: Any) -> None:
         """Called from a worker thread."""
-        self._pending.append((fut, ok, value))
+        self._pending.append((fut, value))
         if not self._scheduled:
             self._scheduled = True
             with contextlib.suppress(RuntimeError):  # a closed loop: the run was abandoned
@@ -42,13 +41,9 @@ class _Completions:
         self._scheduled = False
         pending = self._pending
         while pending:
-            fut, ok, value = pending.popleft()
-            if fut.done():  # the slot was cancelled meanwhile
-                continue
-            if ok:
+            fut, value = pending.popleft()
+            if not fut.done():  # else the slot was cancelled meanwhile
                 fut.set_result(value)
-            else:
-                fut.set_exception(value)
 
 
 class _SlotThread(threading.Thread):
@@ -56,26 +51,31 @@ class _SlotThread(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.fn = fn
         self.done = done
-        self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], Any] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], list[Any]] | None] = (
+            queue.SimpleQueue()
+        )
         self._runner: asyncio.Runner | None = None
 
     def run(self) -> None:
-        get, post, fn = self.inbox.get, self.done.post, self.fn
+        get, post = self.inbox.get, self.done.post
         try:
             while (job := get()) is not None:
-                fut, item = job
-                try:
-                    value = fn(item)
-                    if inspect.iscoroutine(value):
-                        value = self._await(value)
-                except BaseException as exc:  # the task's error is its result
-                    post(fut, False, exc)
-                else:
-                    post(fut, True, value)
-                del job, fut, item
+                fut, items = job
+                post(fut, [self._run_one(item) for item in items])
+                del job, fut, items
         finally:
             if self._runner is not None:
                 self._runner.close()
+
+    def _run_one(self, item: Any) -> Outcome:
+        start = time.time()
+        try:
+            value = self.fn(item)
+            if inspect.iscoroutine(value):
+                value = self._await(value)
+        except BaseException as exc:  # the task's error is its result
+            return (False, exc, start, time.time())
+        return (True, value, start, time.time())
 
     def _await(self, coro: Any) -> Any:
         """A coroutine function in threads mode runs on this thread's own loop."""
@@ -85,27 +85,27 @@ class _SlotThread(threading.Thread):
 
 
 class ThreadsMode(Mode):
-    """Each slot owns one thread; results come back in batched wake-ups."""
+    """Each slot owns one thread. Tiny tasks travel to it in batches and results
+    come back in batched wake-ups, so the loop is not woken once per task."""
 
     name = "threads"
+    batching = True
+    auto_batch = True
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._done = _Completions(self._loop)
         self._threads: dict[int, _SlotThread] = {}
 
-    def caller(self, slot: int) -> Call:
-        thread = _SlotThread(self.fn, self._done, name=self.worker(slot))
-        self._threads[slot] = thread
-        thread.start()
-        put, create_future = thread.inbox.put, self._loop.create_future
-
-        async def call(item: Any) -> Any:
-            fut = create_future()
-            put((fut, item))
-            return await fut
-
-        return call
+    async def run_batch(self, slot: int, items: list[Any]) -> list[Outcome]:
+        thread = self._threads.get(slot)
+        if thread is None:
+            thread = self._threads[slot] = _SlotThread(self.fn, self._done, self.worker(slot))
+            thread.start()
+        fut = self._loop.create_future()
+        thread.inbox.put((fut, items))
+        outcomes: list[Outcome] = await fut
+        return outcomes
 
     def worker(self, slot: int) -> str:
         return f"thread-{slot}"
