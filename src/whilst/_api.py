@@ -58,7 +58,7 @@ def map(
     finally:
         runner.close()
     raise_run_error(scheduler, error)
-    return _values(collect.in_order())
+    return _values(collect)
 
 
 async def amap(
@@ -81,7 +81,7 @@ async def amap(
     except BaseExceptionGroup as group:
         raise_run_error(scheduler, group)
     raise_run_error(scheduler, None)
-    return _values(collect.in_order())
+    return _values(collect)
 
 
 def imap(
@@ -124,11 +124,12 @@ async def _wait(task: Any) -> None:
     await asyncio.wait([task])
 
 
-def _values(results: list[Result]) -> list[Any]:
+def _values(collect: Collect) -> list[Any]:
+    if not collect.failed:
+        return collect.values()
+    results = collect.in_order()
     failed = [r for r in results if not r.ok]
-    if failed:
-        raise TasksFailed(_failure_message(failed, len(results)), _errors(failed), results)
-    return [r.value for r in results]
+    raise TasksFailed(_failure_message(failed, len(results)), _errors(failed), results)
 
 
 def _failure_message(failed: Sequence[Result], total: int) -> str:

@@ -7,7 +7,8 @@ One shallow tree, rooted at :class:`WhilstError`::
      │    └── UsageTypeError (TypeError)  an argument of the wrong kind (not callable, not iterable)
      ├── TasksFailed (ExceptionGroup)  raised by ``map``/``amap`` when any task did not succeed
      ├── WorkerCrashed                 the process running a task died
-     └── TaskTimeout (TimeoutError)    an attempt ran past its ``timeout``
+     ├── TaskTimeout (TimeoutError)    an attempt ran past its ``timeout``
+ └── RemoteError                   a task's exception that could not leave its worker process
 
 A task's own exception is never wrapped while the task runs: it becomes that
 task's :class:`~whilst.Result` ``error``.
@@ -58,6 +59,11 @@ class WorkerCrashed(WhilstError):
 
 class TaskTimeout(WhilstError, TimeoutError):
     """An attempt ran longer than its ``timeout`` and was stopped."""
+
+
+class RemoteError(WhilstError):
+    """Stands in for a task's exception that could not be pickled back from its
+    worker process; the message keeps the original type and text."""
 
 
 class RemoteTraceback(Exception):

@@ -4,20 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any
 
-from ._result import Result
+from ._modes import Outcomes
+from ._result import Result, batch_results
 
 
 class Collect:
-    """Keeps every result, for ``map``: memory grows with the input, by its nature."""
+    """Keeps every result, for ``map``: memory grows with the input, by its nature.
+
+    Batches stay in the columns they arrived in; a Result per task is built only
+    if one is asked for (a task failed), so a ``map`` of many tiny tasks that all
+    succeed pays for its values and nothing more.
+    """
 
     full = False  # never holds the scheduler back
 
     def __init__(self) -> None:
         self.results: dict[int, Result] = {}
+        self._batches: list[tuple[list[tuple[int, Any]], Outcomes, str, str]] = []
+        self._batch_failed = False
 
     def add(self, result: Result) -> None:
         self.results[result.index] = result
+
+    def add_batch(
+        self, batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+    ) -> None:
+        self._batches.append((batch, outcomes, mode, worker))
+        self._batch_failed = self._batch_failed or bool(outcomes.errors)
+
+    @property
+    def failed(self) -> bool:
+        """Whether any task did not succeed."""
+        return self._batch_failed or any(not r.ok for r in self.results.values())
+
+    def values(self) -> list[Any]:
+        """Every task's value, in input order."""
+        out: list[Any] = [None] * (len(self.results) + sum(len(b[0]) for b in self._batches))
+        for index, result in self.results.items():
+            out[index] = result.value
+        for batch, outcomes, _, _ in self._batches:
+            first = batch[0][0]
+            if batch[-1][0] - first == len(batch) - 1:  # a run of indexes: copy at C speed
+                out[first : first + len(batch)] = outcomes.values
+            else:
+                for (index, _), value in zip(batch, outcomes.values, strict=True):
+                    out[index] = value
+        return out
 
     async def room(self) -> None:
         pass
@@ -29,7 +63,10 @@ class Collect:
         pass
 
     def in_order(self) -> list[Result]:
-        results = self.results
+        """Every task's Result, in input order."""
+        results = dict(self.results)
+        for batch in self._batches:
+            results.update((r.index, r) for r in batch_results(*batch))
         return [results[i] for i in range(len(results))]
 
 
@@ -53,6 +90,12 @@ class Stream:
     @property
     def full(self) -> bool:
         return self.held >= self.window
+
+    def add_batch(
+        self, batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+    ) -> None:
+        for result in batch_results(batch, outcomes, mode, worker):
+            self.add(result)
 
     def add(self, result: Result) -> None:
         self.held += 1

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ._errors import WorkerCrashed
+
+if TYPE_CHECKING:
+    from ._modes import Outcomes
 
 
 class Status(enum.StrEnum):
@@ -68,3 +73,21 @@ class Result:
             f"{what}, attempts={self.attempts}, duration={self.duration:.6f}, "
             f"mode={self.mode!r}, worker={self.worker!r})"
         )
+
+
+def batch_results(
+    batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+) -> list[Result]:
+    """One Result per item of a batch a mode ran (see :class:`Outcomes`)."""
+    start, errors, results = outcomes.start, outcomes.errors, []
+    for k, ((index, item), value, end) in enumerate(
+        zip(batch, outcomes.values, outcomes.ends, strict=True)
+    ):
+        if k in errors:
+            error = errors[k]
+            status = Status.CRASHED if isinstance(error, WorkerCrashed) else Status.FAILED
+            results.append(Result(index, item, status, None, error, 1, start, end, mode, worker))
+        else:
+            results.append(Result(index, item, Status.OK, value, None, 1, start, end, mode, worker))
+        start = end
+    return results

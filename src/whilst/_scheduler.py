@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import Any, Protocol
 
 from ._errors import UsageTypeError, WorkerCrashed
-from ._modes import Mode, mode_class
+from ._modes import Mode, Outcomes, mode_class
 from ._options import Options
 from ._result import Result, Status
 
@@ -31,7 +31,7 @@ BATCH_TARGET = 0.02
 #: to 256 (a round trip shared by 256 tasks costs each of them under a microsecond).
 BATCH_BUDGET = 8192
 
-OK, FAILED, CANCELLED, CRASHED = Status.OK, Status.FAILED, Status.CANCELLED, Status.CRASHED
+OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
 
 
 class Output(Protocol):
@@ -39,6 +39,10 @@ class Output(Protocol):
     def full(self) -> bool: ...
 
     def add(self, result: Result) -> None: ...
+
+    def add_batch(
+        self, batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+    ) -> None: ...
 
     async def room(self) -> None: ...
 
@@ -226,19 +230,11 @@ class Scheduler:
             try:
                 outcomes = await mode.run_batch(slot, [item for _, item in batch])
             except WorkerCrashed as exc:
-                end = time.time()
-                for index, item in batch:
-                    output.add(Result(index, item, CRASHED, None, exc, 1, end, end, name, ""))
-                continue
-            worker = mode.worker(slot)
-            add = output.add
-            for (index, item), (ok, value, start, end) in zip(batch, outcomes, strict=True):
-                if ok:
-                    add(Result(index, item, OK, value, None, 1, start, end, name, worker))
-                else:
-                    add(Result(index, item, FAILED, None, value, 1, start, end, name, worker))
+                end, n = time.time(), len(batch)
+                outcomes = Outcomes(end, [end] * n, [None] * n, dict.fromkeys(range(n), exc))
+            output.add_batch(batch, outcomes, name, mode.worker(slot))
             if mode.auto_batch:
-                size = self._next_size(size, outcomes[-1][3] - outcomes[0][2])
+                size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
 
     def _next_size(self, size: int, busy: float) -> int:
         if busy < BATCH_TARGET / 2:

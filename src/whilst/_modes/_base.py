@@ -8,12 +8,23 @@ one attempt in flight per slot, so a mode never needs its own queue or limit.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
-#: One attempt's end as a batching mode reports it: (ok, value or exception, start, end).
-Outcome = tuple[bool, Any, float, float]
 Call = Callable[[Any], Awaitable[Any]]
+
+
+class Outcomes(NamedTuple):
+    """How one batch of attempts ended, in columns (cheap to build, send and keep).
+
+    Item ``i`` ran from ``ends[i - 1]`` (``start`` for the first) to ``ends[i]``:
+    a worker runs a batch's items one after another.
+    """
+
+    start: float
+    ends: Sequence[float]
+    values: list[Any]  # None where the item failed
+    errors: dict[int, BaseException]  # by position in the batch
 
 
 class Mode(abc.ABC):
@@ -41,7 +52,7 @@ class Mode(abc.ABC):
         """An async function that runs one attempt of one item in ``slot``."""
         raise NotImplementedError(f"{self.name} mode runs batches")
 
-    async def run_batch(self, slot: int, items: list[Any]) -> list[Outcome]:
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         """Run one attempt of each item, in order, in ``slot``'s worker."""
         raise NotImplementedError(f"{self.name} mode runs one item at a time")
 

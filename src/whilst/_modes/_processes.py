@@ -20,29 +20,32 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
-from .._errors import RemoteTraceback, UsageTypeError, WorkerCrashed
+from .._errors import RemoteError, RemoteTraceback, UsageTypeError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcome
+from ._base import Mode, Outcomes
 
+# Load the worker by path under a name of its own: importing the whilst package
+# in every worker would triple its start-up time.
 _BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from whilst._modes._worker import main; "
-    "main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+    "import sys, importlib.util as u; "
+    "s = u.spec_from_file_location('_whilst_worker', sys.argv[1]); m = u.module_from_spec(s); "
+    "sys.modules[s.name] = m; s.loader.exec_module(m); "
+    "m.main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
 )
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER_FILE = str(Path(_worker.__file__).resolve())
 _tags = itertools.count()
 _fn_ids = itertools.count()
 
@@ -59,7 +62,7 @@ class _Worker:
                     sys.executable,
                     "-c",
                     _BOOT,
-                    _PACKAGE_ROOT,
+                    _WORKER_FILE,
                     *map(str, (to_child, to_parent, os.getpid())),
                 ],
                 pass_fds=(to_child, to_parent),
@@ -68,8 +71,7 @@ class _Worker:
         finally:
             os.close(to_child)
             os.close(to_parent)
-        self.send = Connection(from_parent, readable=False)
-        self.recv = Connection(from_child, writable=False)
+        self.send_fd, self.recv_fd = from_parent, from_child
         self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
         self.fn_id = -1
@@ -81,8 +83,9 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self.send.close()
-        self.recv.close()
+        for fd in (self.send_fd, self.recv_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class _Pool:
@@ -146,17 +149,16 @@ class ProcessesMode(Mode):
             return worker
         worker = _pool.get()
         if worker.fn_id != self._fn_id:
-            worker.send.send_bytes(self._fn_message)
+            _worker.write_frame(worker.send_fd, self._fn_message)
             worker.fn_id = self._fn_id
-        self._loop.add_reader(worker.recv.fileno(), self._readable, worker)
+        self._loop.add_reader(worker.recv_fd, self._readable, worker)
         self._workers[number] = worker
         return worker
 
     def _readable(self, worker: _Worker) -> None:
         # The loop may have made the pipe non-blocking (uvloop does), so read what
-        # is there and cut whole messages out of it, framed as Connection.send_bytes
-        # frames them: a 4-byte big-endian length, or -1 and an 8-byte one.
-        fd, inbox = worker.recv.fileno(), worker.inbox
+        # is there and cut whole frames out of it.
+        fd, inbox = worker.recv_fd, worker.inbox
         gone = True  # end of file: the worker has exited
         try:
             while chunk := os.read(fd, 1 << 20):
@@ -171,14 +173,10 @@ class ProcessesMode(Mode):
 
     def _deliver(self, worker: _Worker) -> None:
         inbox = worker.inbox
-        while len(inbox) >= 4:
-            (size,) = struct.unpack_from("!i", inbox)
-            start = 4
-            if size == -1:
-                if len(inbox) < 12:
-                    return
-                (size,) = struct.unpack_from("!Q", inbox, 4)
-                start = 12
+        header = _worker.HEADER
+        while len(inbox) >= header.size:
+            (size,) = header.unpack_from(inbox)
+            start = header.size
             if len(inbox) < start + size:
                 return
             with memoryview(inbox) as view:
@@ -190,7 +188,7 @@ class ProcessesMode(Mode):
 
     def _lost(self, worker: _Worker) -> None:
         """The worker died: fail what it was running; the next batch gets a new one."""
-        self._loop.remove_reader(worker.recv.fileno())
+        self._loop.remove_reader(worker.recv_fd)
         try:
             code = worker.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -201,7 +199,7 @@ class ProcessesMode(Mode):
                 fut.set_exception(WorkerCrashed(code))
         worker.pending.clear()
 
-    async def run_batch(self, slot: int, items: list[Any]) -> list[Outcome]:
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         worker = self._attach(slot % self._nworkers)
         tag = next(_tags)
         try:
@@ -211,37 +209,42 @@ class ProcessesMode(Mode):
         fut = self._loop.create_future()
         worker.pending[tag] = fut
         try:
-            worker.send.send_bytes(message)
+            _worker.write_frame(worker.send_fd, message)
         except OSError:
             self._lost(worker)
-        outcomes = await fut
-        for i, (ok, value, start, end) in enumerate(outcomes):
-            if not ok:
-                exc, tb = value
-                if tb:
-                    exc.__cause__ = RemoteTraceback(tb)
-                outcomes[i] = (False, exc, start, end)
-        return outcomes  # type: ignore[no-any-return]
+        start, ends, values, wired = await fut
+        errors = {}
+        for i, (exc, what, tb) in wired.items():
+            if exc is None:
+                exc = RemoteError(what)
+            if tb:
+                exc.__cause__ = RemoteTraceback(tb)
+            errors[i] = exc
+        return Outcomes(start, ends, values, errors)
 
-    async def _run_picklable(self, slot: int, items: list[Any]) -> list[Outcome]:
-        """Some item cannot be pickled: fail just those, run the rest."""
-        outcomes: list[Outcome | None] = []
-        good = []
-        for item in items:
+    async def _run_picklable(self, slot: int, items: list[Any]) -> Outcomes:
+        """Some item cannot be pickled: fail just those (taking no time), run the rest."""
+        errors: dict[int, BaseException] = {}
+        for i, item in enumerate(items):
             try:
                 cloudpickle.dumps(item)
             except Exception as exc:
-                err = UsageTypeError(
+                errors[i] = UsageTypeError(
                     f"mode='processes' must send each item to a worker, but an item of type "
                     f"{type(item).__name__} cannot be pickled ({exc}); pass plain data instead"
                 )
-                now = time.time()
-                outcomes.append((False, err, now, now))
-            else:
-                outcomes.append(None)
-                good.append(item)
-        done = iter(await self.run_batch(slot, good) if good else [])
-        return [o if o is not None else next(done) for o in outcomes]
+        good = [i for i in range(len(items)) if i not in errors]
+        ran = await self.run_batch(slot, [items[i] for i in good]) if good else None
+        end = start = ran.start if ran is not None else time.time()
+        ends, values = [0.0] * len(items), [None] * len(items)
+        done = dict(zip(good, range(len(good)), strict=True))
+        for i in range(len(items)):
+            if (k := done.get(i)) is not None and ran is not None:
+                end, values[i] = ran.ends[k], ran.values[k]
+                if k in ran.errors:
+                    errors[i] = ran.errors[k]
+            ends[i] = end
+        return Outcomes(start, ends, values, errors)
 
     def worker(self, slot: int) -> str:
         worker = self._workers.get(slot % self._nworkers)
@@ -251,7 +254,7 @@ class ProcessesMode(Mode):
         for worker in self._workers.values():
             if worker.dead:
                 continue
-            self._loop.remove_reader(worker.recv.fileno())
+            self._loop.remove_reader(worker.recv_fd)
             if abort or worker.pending:
                 worker.kill()
             else:

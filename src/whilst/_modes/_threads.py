@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import queue
 import threading
-import time
 from typing import Any
 
-from ._base import Mode, Outcome
+from ._base import Mode, Outcomes
+from ._worker import run_batch
 
 
 class _Completions:
@@ -46,6 +45,10 @@ class _Completions:
                 fut.set_result(value)
 
 
+def _same(exc: BaseException) -> BaseException:
+    return exc
+
+
 class _SlotThread(threading.Thread):
     def __init__(self, fn: Any, done: _Completions, name: str) -> None:
         super().__init__(name=name, daemon=True)
@@ -61,21 +64,12 @@ class _SlotThread(threading.Thread):
         try:
             while (job := get()) is not None:
                 fut, items = job
-                post(fut, [self._run_one(item) for item in items])
+                start, ends, values, errors = run_batch(self.fn, items, _same, self._await)
+                post(fut, Outcomes(start, ends, values, errors))
                 del job, fut, items
         finally:
             if self._runner is not None:
                 self._runner.close()
-
-    def _run_one(self, item: Any) -> Outcome:
-        start = time.time()
-        try:
-            value = self.fn(item)
-            if inspect.iscoroutine(value):
-                value = self._await(value)
-        except BaseException as exc:  # the task's error is its result
-            return (False, exc, start, time.time())
-        return (True, value, start, time.time())
 
     def _await(self, coro: Any) -> Any:
         """A coroutine function in threads mode runs on this thread's own loop."""
@@ -97,14 +91,14 @@ class ThreadsMode(Mode):
         self._done = _Completions(self._loop)
         self._threads: dict[int, _SlotThread] = {}
 
-    async def run_batch(self, slot: int, items: list[Any]) -> list[Outcome]:
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         thread = self._threads.get(slot)
         if thread is None:
             thread = self._threads[slot] = _SlotThread(self.fn, self._done, self.worker(slot))
             thread.start()
         fut = self._loop.create_future()
         thread.inbox.put((fut, items))
-        outcomes: list[Outcome] = await fut
+        outcomes: Outcomes = await fut
         return outcomes
 
     def worker(self, slot: int) -> str:
