@@ -22,16 +22,16 @@ class Collect:
 
     def __init__(self) -> None:
         self.results: dict[int, Result] = {}
-        self._batches: list[tuple[list[tuple[int, Any]], Outcomes, str, str]] = []
+        self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
         self._batch_failed = False
 
     def add(self, result: Result) -> None:
         self.results[result.index] = result
 
     def add_batch(
-        self, batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+        self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None:
-        self._batches.append((batch, outcomes, mode, worker))
+        self._batches.append((first, items, outcomes, mode, worker))
         self._batch_failed = self._batch_failed or bool(outcomes.errors)
 
     @property
@@ -41,16 +41,11 @@ class Collect:
 
     def values(self) -> list[Any]:
         """Every task's value, in input order."""
-        out: list[Any] = [None] * (len(self.results) + sum(len(b[0]) for b in self._batches))
+        out: list[Any] = [None] * (len(self.results) + sum(len(b[1]) for b in self._batches))
         for index, result in self.results.items():
             out[index] = result.value
-        for batch, outcomes, _, _ in self._batches:
-            first = batch[0][0]
-            if batch[-1][0] - first == len(batch) - 1:  # a run of indexes: copy at C speed
-                out[first : first + len(batch)] = outcomes.values
-            else:
-                for (index, _), value in zip(batch, outcomes.values, strict=True):
-                    out[index] = value
+        for first, items, outcomes, _, _ in self._batches:
+            out[first : first + len(items)] = outcomes.values
         return out
 
     async def room(self) -> None:
@@ -92,9 +87,9 @@ class Stream:
         return self.held >= self.window
 
     def add_batch(
-        self, batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+        self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None:
-        for result in batch_results(batch, outcomes, mode, worker):
+        for result in batch_results(first, items, outcomes, mode, worker):
             self.add(result)
 
     def add(self, result: Result) -> None:

@@ -76,13 +76,12 @@ class Result:
 
 
 def batch_results(
-    batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+    first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
 ) -> list[Result]:
     """One Result per item of a batch a mode ran (see :class:`Outcomes`)."""
     start, errors, results = outcomes.start, outcomes.errors, []
-    for k, ((index, item), value, end) in enumerate(
-        zip(batch, outcomes.values, outcomes.ends, strict=True)
-    ):
+    for k, (item, value, end) in enumerate(zip(items, outcomes.values, outcomes.ends, strict=True)):
+        index = first + k
         if k in errors:
             error = errors[k]
             status = Status.CRASHED if isinstance(error, WorkerCrashed) else Status.FAILED

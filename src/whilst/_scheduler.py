@@ -12,6 +12,7 @@ Slots are spawned as items arrive, so a run of three items starts three slots.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
@@ -32,6 +33,7 @@ BATCH_TARGET = 0.02
 BATCH_BUDGET = 8192
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
+_END = object()
 
 
 class Output(Protocol):
@@ -41,7 +43,7 @@ class Output(Protocol):
     def add(self, result: Result) -> None: ...
 
     def add_batch(
-        self, batch: list[tuple[int, Any]], outcomes: Outcomes, mode: str, worker: str
+        self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None: ...
 
     async def room(self) -> None: ...
@@ -83,14 +85,15 @@ class Scheduler:
         self.input_error: BaseException | None = None
         self.started = 0.0
         self.ended = 0.0
-        self._source = check_items(items)
-        self._sync_source = isinstance(self._source, Iterator)
-        self._items: Iterator[tuple[int, Any]] = (
-            enumerate(self._source) if isinstance(self._source, Iterator) else iter(())
+        source = check_items(items)
+        self._sync_source = isinstance(source, Iterator)
+        self._items: Iterator[Any] = (
+            self._guarded(source) if isinstance(source, Iterator) else iter(())
         )
+        self._aitems = source if isinstance(source, AsyncIterator) else None
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
-        self._pulled = 0
+        self._pulled = 0  # the index of the next item
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
         self._max_batch = max(1, BATCH_BUDGET // options.limit)
@@ -137,40 +140,35 @@ class Scheduler:
 
     # -- pulling items -------------------------------------------------------
 
-    async def _atake(self) -> tuple[int, Any] | None:
-        """The next (index, item) of an async iterable, None at its end."""
-        async with self._lock:
-            if self._exhausted:
-                return None
-            try:
-                item = await anext(self._source)  # type: ignore[arg-type]
-            except StopAsyncIteration:
-                self._stop_pulling()
-                return None
-            except Exception as exc:
-                self.input_error = exc
-                self._stop_pulling()
-                return None
-            index, self._pulled = self._pulled, self._pulled + 1
-            return index, item
+    def _guarded(self, source: Iterator[Any]) -> Iterator[Any]:
+        """The input, ending quietly if it raises: the error is kept for the caller,
+        after the results of every item read before it."""
+        try:
+            yield from source
+        except Exception as exc:
+            self.input_error = exc
 
-    async def _take_many(self, n: int) -> list[tuple[int, Any]]:
-        batch: list[tuple[int, Any]] = []
+    async def _take(self, n: int) -> tuple[int, list[Any]]:
+        """Up to ``n`` items and the index of the first; no items at the input's end."""
+        first = self._pulled
         if self._sync_source:
-            append, items = batch.append, self._items
-            try:
-                for _ in range(n):
-                    if (got := next(items, None)) is None:
-                        self._stop_pulling()
+            items = list(itertools.islice(self._items, n))
+        else:
+            items = []
+            async with self._lock:  # one batch's items are consecutive
+                first = self._pulled
+                while len(items) < n and not self._exhausted:
+                    try:
+                        items.append(await anext(self._aitems))  # type: ignore[arg-type]
+                    except StopAsyncIteration:
                         break
-                    append(got)
-            except Exception as exc:
-                self.input_error = exc
-                self._stop_pulling()
-            return batch
-        while len(batch) < n and (got := await self._atake()) is not None:
-            batch.append(got)
-        return batch
+                    except Exception as exc:
+                        self.input_error = exc
+                        break
+        self._pulled = first + len(items)
+        if len(items) < n:
+            self._stop_pulling()
+        return first, items
 
     # -- slots ---------------------------------------------------------------
 
@@ -182,24 +180,24 @@ class Scheduler:
         mode = self.mode
         call, worker, name = mode.caller(slot), mode.worker(slot), mode.name
         output, limit = self.output, self.options.limit
-        add, sync_source = output.add, self._sync_source
-        now = time.time
+        add, sync_source, take = output.add, self._sync_source, self._take
+        now, end = time.time, _END
         while True:
             if output.full:
                 await output.room()
             if sync_source:
-                try:
-                    got = next(self._items, None)
-                except Exception as exc:  # the input itself failed: stop, tell the caller
-                    self.input_error, got = exc, None
-                if got is None:
+                if (item := next(self._items, end)) is end:
                     self._stop_pulling()
                     return
-            elif (got := await self._atake()) is None:
-                return
+                index = self._pulled
+                self._pulled = index + 1
+            else:
+                index, items = await take(1)
+                if not items:
+                    return
+                item = items[0]
             if self._slots < limit:
                 self._spawn()
-            index, item = got
             start = now()
             try:
                 value = await call(item)
@@ -223,16 +221,16 @@ class Scheduler:
         while True:
             if output.full:
                 await output.room()
-            batch = await self._take_many(size)
-            if not batch:
+            first, items = await self._take(size)
+            if not items:
                 return
             self._spawn()
             try:
-                outcomes = await mode.run_batch(slot, [item for _, item in batch])
+                outcomes = await mode.run_batch(slot, items)
             except WorkerCrashed as exc:
-                end, n = time.time(), len(batch)
+                end, n = time.time(), len(items)
                 outcomes = Outcomes(end, [end] * n, [None] * n, dict.fromkeys(range(n), exc))
-            output.add_batch(batch, outcomes, name, mode.worker(slot))
+            output.add_batch(first, items, outcomes, name, mode.worker(slot))
             if mode.auto_batch:
                 size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
 
