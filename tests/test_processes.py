@@ -7,6 +7,7 @@ import itertools
 import os
 import time
 
+import psutil
 import pytest
 
 import whilst
@@ -30,6 +31,9 @@ def test_a_worker_that_dies_fails_only_its_task() -> None:
     assert error.exitcode == 7
     assert "exit code 7" in str(error)
     assert [r.value for r in results if r.ok] == [0, 1, 2, 4, 5, 6, 7]
+    dead = results[3].worker  # the worker that died, not the one that replaced it
+    assert dead.startswith("pid-")
+    assert not psutil.pid_exists(int(dead.removeprefix("pid-")))
 
 
 def test_tiny_tasks_travel_in_batches() -> None:

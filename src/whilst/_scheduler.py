@@ -15,13 +15,22 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+    Sized,
+)
 from typing import Any, Protocol
 
 from ._errors import UsageTypeError, WorkerCrashed
+from ._events import Event, EventKind, Sink
 from ._modes import Mode, Outcomes, mode_class
 from ._options import Options
-from ._result import Result, Status
+from ._result import Result, Status, batch_results
 
 #: A batching mode aims for batches that keep a worker busy this long, so the
 #: round trip to it (about 0.1 ms) costs about 1% (joblib's batch_size="auto"
@@ -34,6 +43,7 @@ BATCH_BUDGET = 8192
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
 _END = object()
+QUEUED, STARTED, FINISHED = EventKind.QUEUED, EventKind.STARTED, EventKind.FINISHED
 
 
 class Output(Protocol):
@@ -75,9 +85,11 @@ class Scheduler:
         items: Iterable[Any] | AsyncIterable[Any],
         options: Options,
         output: Output,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         self.options = options
         self.output = output
+        self.sinks = tuple(sinks)
         self.mode: Mode = mode_class(options.mode)(
             fn, limit=options.limit, is_async=options.is_async
         )
@@ -181,7 +193,7 @@ class Scheduler:
         call, worker, name = mode.caller(slot), mode.worker(slot), mode.name
         output, limit = self.output, self.options.limit
         add, sync_source, take = output.add, self._sync_source, self._take
-        now, end = time.time, _END
+        now, end, sinks = time.time, _END, self.sinks
         while True:
             if output.full:
                 await output.room()
@@ -199,18 +211,24 @@ class Scheduler:
             if self._slots < limit:
                 self._spawn()
             start = now()
+            if sinks:
+                self._emit(QUEUED, index, item, start)
+                self._emit(STARTED, index, item, start, worker)
             try:
                 value = await call(item)
             except asyncio.CancelledError as exc:
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise  # the run is being stopped, not just this task
-                add(Result(index, item, CANCELLED, None, exc, 1, start, now(), name, worker))
+                result = Result(index, item, CANCELLED, None, exc, 1, start, now(), name, worker)
             except BaseException as exc:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
-                add(Result(index, item, FAILED, None, exc, 1, start, now(), name, worker))
+                result = Result(index, item, FAILED, None, exc, 1, start, now(), name, worker)
             else:
-                add(Result(index, item, OK, value, None, 1, start, now(), name, worker))
+                result = Result(index, item, OK, value, None, 1, start, now(), name, worker)
+            add(result)
+            if sinks:
+                self._emit(FINISHED, index, item, result.end, worker, result)
 
     async def _batch_slot(self, slot: int) -> None:
         """A slot of a batching mode: tiny tasks travel to the worker in batches,
@@ -225,14 +243,36 @@ class Scheduler:
             if not items:
                 return
             self._spawn()
+            worker = mode.worker(slot)
+            if self.sinks:
+                now = time.time()
+                for kind in (QUEUED, STARTED):
+                    for k, item in enumerate(items):
+                        self._emit(kind, first + k, item, now, worker)
             try:
                 outcomes = await mode.run_batch(slot, items)
             except WorkerCrashed as exc:
                 end, n = time.time(), len(items)
                 outcomes = Outcomes(end, [end] * n, [None] * n, dict.fromkeys(range(n), exc))
-            output.add_batch(first, items, outcomes, name, mode.worker(slot))
+            output.add_batch(first, items, outcomes, name, worker)
+            if self.sinks:
+                for r in batch_results(first, items, outcomes, name, worker):
+                    self._emit(FINISHED, r.index, r.item, r.end, worker, r)
             if mode.auto_batch:
                 size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+
+    def _emit(
+        self,
+        kind: EventKind,
+        index: int,
+        item: Any,
+        at: float,
+        worker: str = "",
+        result: Result | None = None,
+    ) -> None:
+        event = Event(kind, index, item, at, worker, result)
+        for sink in self.sinks:
+            sink(event)
 
     def _next_size(self, size: int, busy: float) -> int:
         if busy < BATCH_TARGET / 2:

@@ -72,6 +72,7 @@ class _Worker:
             os.close(to_child)
             os.close(to_parent)
         self.send_fd, self.recv_fd = from_parent, from_child
+        os.set_blocking(from_child, False)  # read from the loop: never block it
         self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
         self.fn_id = -1
@@ -156,8 +157,7 @@ class ProcessesMode(Mode):
         return worker
 
     def _readable(self, worker: _Worker) -> None:
-        # The loop may have made the pipe non-blocking (uvloop does), so read what
-        # is there and cut whole frames out of it.
+        # Read what is there (the pipe is non-blocking) and cut whole frames out of it.
         fd, inbox = worker.recv_fd, worker.inbox
         gone = True  # end of file: the worker has exited
         try:
@@ -247,8 +247,7 @@ class ProcessesMode(Mode):
         return Outcomes(start, ends, values, errors)
 
     def worker(self, slot: int) -> str:
-        worker = self._workers.get(slot % self._nworkers)
-        return worker.label if worker is not None else ""
+        return self._attach(slot % self._nworkers).label
 
     async def close(self, *, abort: bool = False) -> None:
         for worker in self._workers.values():
