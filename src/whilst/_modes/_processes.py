@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 from .._errors import RemoteError, RemoteTraceback, UsageTypeError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
@@ -48,6 +46,19 @@ _BOOT = (
 _WORKER_FILE = str(Path(_worker.__file__).resolve())
 _tags = itertools.count()
 _fn_ids = itertools.count()
+
+
+def _dumps_function(fn: Any) -> bytes:
+    """A module-level function travels by name (plain pickle, and the worker need
+    not import cloudpickle); one from ``__main__``, a lambda or a closure by value."""
+    if getattr(fn, "__module__", None) != "__main__":
+        try:
+            return pickle.dumps(fn, _worker.PROTOCOL)
+        except Exception:
+            pass
+    import cloudpickle
+
+    return cloudpickle.dumps(fn, _worker.PROTOCOL)  # type: ignore[no-any-return]
 
 
 class _Worker:
@@ -135,7 +146,7 @@ class ProcessesMode(Mode):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            payload = cloudpickle.dumps(self.fn)
+            payload = _dumps_function(self.fn)
         except Exception as exc:
             raise UsageTypeError(
                 f"mode='processes' must send the function to worker processes, but it cannot "
@@ -227,7 +238,7 @@ class ProcessesMode(Mode):
         errors: dict[int, BaseException] = {}
         for i, item in enumerate(items):
             try:
-                cloudpickle.dumps(item)
+                _worker.dumps(item)
             except Exception as exc:
                 errors[i] = UsageTypeError(
                     f"mode='processes' must send each item to a worker, but an item of type "
