@@ -96,3 +96,16 @@ def test_limit_is_the_number_of_workers(limit: int) -> None:
         lambda _: (time.sleep(0.05), os.getpid())[1], range(12), limit=limit, mode="processes"
     )
     assert len(set(pids)) == limit
+
+
+async def echo(x: str) -> str:
+    await asyncio.sleep(0.01)
+    return x
+
+
+def test_big_items_and_values_never_deadlock_the_pipes() -> None:
+    # 400 tasks of 20 kB in flight at once both ways: far more than a pipe holds.
+    big = ["x" * 20_000] * 400
+    assert whilst.map(echo, big, mode="processes", limit=400) == big
+    huge = ["y" * 1_000_000] * 6
+    assert whilst.map(str.upper, huge, mode="processes") == [s.upper() for s in huge]

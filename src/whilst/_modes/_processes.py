@@ -83,8 +83,13 @@ class _Worker:
             os.close(to_child)
             os.close(to_parent)
         self.send_fd, self.recv_fd = from_parent, from_child
-        os.set_blocking(from_child, False)  # read from the loop: never block it
+        # Both ends are used from the loop, which must never block on a full pipe
+        # (a worker blocked writing results while we block writing items would
+        # deadlock), so writes that do not fit wait in outbox for the pipe to drain.
+        os.set_blocking(from_child, False)
+        os.set_blocking(from_parent, False)
         self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
+        self.outbox = bytearray()  # bytes for the worker the pipe has not taken yet
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
         self.fn_id = -1
         self.label = f"pid-{self.proc.pid}"
@@ -160,12 +165,31 @@ class ProcessesMode(Mode):
         if worker is not None and not worker.dead:
             return worker
         worker = _pool.get()
-        if worker.fn_id != self._fn_id:
-            _worker.write_frame(worker.send_fd, self._fn_message)
-            worker.fn_id = self._fn_id
         self._loop.add_reader(worker.recv_fd, self._readable, worker)
         self._workers[number] = worker
+        if worker.fn_id != self._fn_id:
+            self._send(worker, self._fn_message)
+            worker.fn_id = self._fn_id
         return worker
+
+    def _send(self, worker: _Worker, message: bytes) -> None:
+        pending = bool(worker.outbox)
+        worker.outbox += _worker.HEADER.pack(len(message))
+        worker.outbox += message
+        if not pending:
+            self._writable(worker)
+
+    def _writable(self, worker: _Worker) -> None:
+        outbox = worker.outbox
+        try:
+            while outbox:
+                del outbox[: os.write(worker.send_fd, outbox)]
+        except BlockingIOError:
+            self._loop.add_writer(worker.send_fd, self._writable, worker)
+            return
+        except OSError:  # the worker is gone; its reader will tell
+            outbox.clear()
+        self._loop.remove_writer(worker.send_fd)
 
     def _readable(self, worker: _Worker) -> None:
         # Read what is there (the pipe is non-blocking) and cut whole frames out of it.
@@ -200,6 +224,7 @@ class ProcessesMode(Mode):
     def _lost(self, worker: _Worker) -> None:
         """The worker died: fail what it was running; the next batch gets a new one."""
         self._loop.remove_reader(worker.recv_fd)
+        self._loop.remove_writer(worker.send_fd)
         try:
             code = worker.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -219,10 +244,7 @@ class ProcessesMode(Mode):
             return await self._run_picklable(slot, items)
         fut = self._loop.create_future()
         worker.pending[tag] = fut
-        try:
-            _worker.write_frame(worker.send_fd, message)
-        except OSError:
-            self._lost(worker)
+        self._send(worker, message)
         start, ends, values, wired = await fut
         errors = {}
         for i, (exc, what, tb) in wired.items():
@@ -265,7 +287,8 @@ class ProcessesMode(Mode):
             if worker.dead:
                 continue
             self._loop.remove_reader(worker.recv_fd)
-            if abort or worker.pending:
+            self._loop.remove_writer(worker.send_fd)
+            if abort or worker.pending or worker.outbox:
                 worker.kill()
             else:
                 _pool.put(worker)
