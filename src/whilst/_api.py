@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any
@@ -46,12 +47,9 @@ def map(
     collect = Collect()
     scheduler = Scheduler(fn, items, options, collect)
     runner = make_runner()
-    runner.on_interrupt = scheduler.interrupt
-    runner.raise_now = lambda: scheduler.mode.busy_in_caller_thread
-    error: BaseException | None = None
     try:
-        main = runner.start(scheduler.run())
-        runner.call(_wait(main))
+        main = runner.start(scheduler)
+        runner.call(asyncio.wait([main]))
         error = None if main.cancelled() else main.exception()
         if runner.interrupted or main.cancelled():
             raise KeyboardInterrupt
@@ -116,12 +114,6 @@ def aimap(
     """:func:`imap` for use inside a running event loop: ``async for r in whilst.aimap(...)``."""
     options = resolve(fn, mode=mode, limit=limit, ordered=ordered)
     return AsyncRun(*streaming(fn, items, options))
-
-
-async def _wait(task: Any) -> None:
-    import asyncio
-
-    await asyncio.wait([task])
 
 
 def _values(collect: Collect) -> list[Any]:

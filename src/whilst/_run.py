@@ -130,9 +130,7 @@ class Run(Iterator[Result]):
         runner = self._runner
         if runner is None:
             runner = self._runner = make_runner()
-            runner.on_interrupt = self._scheduler.interrupt
-            runner.raise_now = lambda: self._scheduler.mode.busy_in_caller_thread
-            runner.start(self._scheduler.run())
+            runner.start(self._scheduler)
         try:
             batch = runner.call(self._stream.take())
         except BaseException:

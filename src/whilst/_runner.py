@@ -20,7 +20,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
 
 T = TypeVar("T")
 
@@ -51,11 +54,16 @@ class Runner:
 
     def __init__(self) -> None:
         self.main: asyncio.Task[Any] | None = None
+        self.scheduler: Scheduler | None = None
         self.interrupted = False
-        self.on_interrupt: Any = None  # called on the loop's thread at the first Ctrl-C
-        self.raise_now: Any = lambda: False  # True when Ctrl-C must interrupt user code
 
-    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def start(self, scheduler: Scheduler) -> asyncio.Task[Any]:
+        """Start the run (it progresses whenever :meth:`call` runs the loop)."""
+        self.scheduler = scheduler
+        self.main = self._create(scheduler.run())
+        return self.main
+
+    def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         raise NotImplementedError
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -66,8 +74,8 @@ class Runner:
 
     def _interrupt(self) -> None:
         self.interrupted = True
-        if self.on_interrupt is not None:
-            self.on_interrupt()
+        if self.scheduler is not None:
+            self.scheduler.interrupt()
         if self.main is not None and not self.main.done():
             self.main.cancel()
 
@@ -88,9 +96,8 @@ class InlineRunner(Runner):
         self.loop = new_loop()
         self._sigint = 0
 
-    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        self.main = self.loop.create_task(coro)
-        return self.main
+    def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return self.loop.create_task(coro)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         handle = (
@@ -119,8 +126,9 @@ class InlineRunner(Runner):
         if self._sigint == 1:
             self._interrupt()
             self.loop.call_soon_threadsafe(lambda: None)  # wake the selector
-            if not self.raise_now():
-                return
+            scheduler = self.scheduler
+            if scheduler is None or not scheduler.mode.busy_in_caller_thread:
+                return  # else sync mode's task is running here: interrupt it
         raise KeyboardInterrupt()
 
     def close(self) -> None:
@@ -144,12 +152,11 @@ class ThreadRunner(Runner):
         )
         self._thread.start()
 
-    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         async def create() -> asyncio.Task[Any]:
             return asyncio.get_running_loop().create_task(coro)
 
-        self.main = asyncio.run_coroutine_threadsafe(create(), self.loop).result()
-        return self.main
+        return asyncio.run_coroutine_threadsafe(create(), self.loop).result()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
