@@ -4,49 +4,115 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from array import array
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._modes import Outcomes
-from ._result import Result, batch_results
+from ._result import Result, Status, batch_results
+
+#: Records how one task ended: (index, item, status, value, error, start, end).
+Record = Callable[[int, Any, Status, Any, "BaseException | None", float, float], None]
+
+
+class _Columns:
+    """The tasks one slot finished, kept in columns: appending to a few lists costs
+    a third of building and keeping a Result object per task (which the garbage
+    collector must also walk, over and over, as a big ``map`` grows)."""
+
+    __slots__ = ("ends", "failures", "indexes", "items", "mode", "starts", "values", "worker")
+
+    def __init__(self, mode: str, worker: str) -> None:
+        self.mode, self.worker = mode, worker
+        self.indexes: list[int] = []
+        self.items: list[Any] = []
+        self.values: list[Any] = []
+        self.starts = array("d")
+        self.ends = array("d")
+        self.failures: dict[int, tuple[Status, BaseException | None]] = {}  # by position
+
+    def recorder(self) -> Record:
+        indexes, items, values = self.indexes.append, self.items.append, self.values.append
+        starts, ends, failures = self.starts.append, self.ends.append, self.failures
+        ok = Status.OK
+
+        def record(
+            index: int,
+            item: Any,
+            status: Status,
+            value: Any,
+            error: BaseException | None,
+            start: float,
+            end: float,
+        ) -> None:
+            if status is not ok:
+                failures[len(self.indexes)] = (status, error)
+            indexes(index)
+            items(item)
+            values(value)
+            starts(start)
+            ends(end)
+
+        return record
+
+    def results(self) -> Iterator[Result]:
+        failures, mode, worker = self.failures, self.mode, self.worker
+        for k, (index, item, value, start, end) in enumerate(
+            zip(self.indexes, self.items, self.values, self.starts, self.ends, strict=True)
+        ):
+            status, error = failures.get(k, (Status.OK, None))
+            yield Result(index, item, status, value, error, 1, start, end, mode, worker)
 
 
 class Collect:
     """Keeps every result, for ``map``: memory grows with the input, by its nature.
 
-    Batches stay in the columns they arrived in; a Result per task is built only
-    if one is asked for (a task failed), so a ``map`` of many tiny tasks that all
-    succeed pays for its values and nothing more.
+    Results stay in the columns they were recorded in (per slot, or per batch as
+    a mode returned it); a Result per task is built only if one is asked for (a
+    task failed), so a ``map`` whose tasks all succeed pays for its values and
+    little more.
     """
 
     full = False  # never holds the scheduler back
 
     def __init__(self) -> None:
-        self.results: dict[int, Result] = {}
+        self._columns: list[_Columns] = []
         self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
-        self._batch_failed = False
 
-    def add(self, result: Result) -> None:
-        self.results[result.index] = result
+    def recorder(self, mode: str, worker: str) -> Record:
+        columns = _Columns(mode, worker)
+        self._columns.append(columns)
+        return columns.recorder()
 
     def add_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None:
         self._batches.append((first, items, outcomes, mode, worker))
-        self._batch_failed = self._batch_failed or bool(outcomes.errors)
 
     @property
     def failed(self) -> bool:
         """Whether any task did not succeed."""
-        return self._batch_failed or any(not r.ok for r in self.results.values())
+        return any(c.failures for c in self._columns) or any(b[2].errors for b in self._batches)
 
     def values(self) -> list[Any]:
         """Every task's value, in input order."""
-        out: list[Any] = [None] * (len(self.results) + sum(len(b[1]) for b in self._batches))
-        for index, result in self.results.items():
-            out[index] = result.value
+        n = sum(len(c.indexes) for c in self._columns) + sum(len(b[1]) for b in self._batches)
+        out: list[Any] = [None] * n
+        for columns in self._columns:
+            for index, value in zip(columns.indexes, columns.values, strict=True):
+                out[index] = value
         for first, items, outcomes, _, _ in self._batches:
             out[first : first + len(items)] = outcomes.values
         return out
+
+    def in_order(self) -> list[Result]:
+        """Every task's Result, in input order."""
+        results: dict[int, Result] = {}
+        for columns in self._columns:
+            results.update((r.index, r) for r in columns.results())
+        for batch in self._batches:
+            results.update((r.index, r) for r in batch_results(*batch))
+        return [results[i] for i in range(len(results))]
 
     async def room(self) -> None:
         pass
@@ -56,13 +122,6 @@ class Collect:
 
     def finish(self) -> None:
         pass
-
-    def in_order(self) -> list[Result]:
-        """Every task's Result, in input order."""
-        results = dict(self.results)
-        for batch in self._batches:
-            results.update((r.index, r) for r in batch_results(*batch))
-        return [results[i] for i in range(len(results))]
 
 
 class Stream:
@@ -85,6 +144,22 @@ class Stream:
     @property
     def full(self) -> bool:
         return self.held >= self.window
+
+    def recorder(self, mode: str, worker: str) -> Record:
+        add = self.add
+
+        def record(
+            index: int,
+            item: Any,
+            status: Status,
+            value: Any,
+            error: BaseException | None,
+            start: float,
+            end: float,
+        ) -> None:
+            add(Result(index, item, status, value, error, 1, start, end, mode, worker))
+
+        return record
 
     def add_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str

@@ -30,6 +30,7 @@ from ._errors import UsageTypeError, WorkerCrashed
 from ._events import Event, EventKind, Sink
 from ._modes import Mode, Outcomes, mode_class
 from ._options import Options
+from ._output import Record
 from ._result import Result, Status, batch_results
 
 #: A batching mode aims for batches that keep a worker busy this long, so the
@@ -50,7 +51,7 @@ class Output(Protocol):
     @property
     def full(self) -> bool: ...
 
-    def add(self, result: Result) -> None: ...
+    def recorder(self, mode: str, worker: str) -> Record: ...
 
     def add_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
@@ -192,7 +193,10 @@ class Scheduler:
         mode = self.mode
         call, worker, name = mode.caller(slot), mode.worker(slot), mode.name
         output, limit = self.output, self.options.limit
-        add, sync_source, take = output.add, self._sync_source, self._take
+        record = output.recorder(name, worker)
+        if self.sinks:
+            record = self._telling(record, name, worker)
+        sync_source, take = self._sync_source, self._take
         now, end, sinks = time.time, _END, self.sinks
         while True:
             if output.full:
@@ -219,16 +223,13 @@ class Scheduler:
             except asyncio.CancelledError as exc:
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise  # the run is being stopped, not just this task
-                result = Result(index, item, CANCELLED, None, exc, 1, start, now(), name, worker)
+                record(index, item, CANCELLED, None, exc, start, now())
             except BaseException as exc:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
-                result = Result(index, item, FAILED, None, exc, 1, start, now(), name, worker)
+                record(index, item, FAILED, None, exc, start, now())
             else:
-                result = Result(index, item, OK, value, None, 1, start, now(), name, worker)
-            add(result)
-            if sinks:
-                self._emit(FINISHED, index, item, result.end, worker, result)
+                record(index, item, OK, value, None, start, now())
 
     async def _batch_slot(self, slot: int) -> None:
         """A slot of a batching mode: tiny tasks travel to the worker in batches,
@@ -260,6 +261,24 @@ class Scheduler:
                     self._emit(FINISHED, r.index, r.item, r.end, worker, r)
             if mode.auto_batch:
                 size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+
+    def _telling(self, record: Record, mode: str, worker: str) -> Record:
+        """``record``, also telling the sinks each task's result."""
+
+        def telling(
+            index: int,
+            item: Any,
+            status: Status,
+            value: Any,
+            error: BaseException | None,
+            start: float,
+            end: float,
+        ) -> None:
+            record(index, item, status, value, error, start, end)
+            result = Result(index, item, status, value, error, 1, start, end, mode, worker)
+            self._emit(FINISHED, index, item, end, worker, result)
+
+        return telling
 
     def _emit(
         self,
