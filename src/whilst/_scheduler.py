@@ -100,9 +100,11 @@ class Scheduler:
         self.ended = 0.0
         source = check_items(items)
         self._sync_source = isinstance(source, Iterator)
-        self._items: Iterator[Any] = (
-            self._guarded(source) if isinstance(source, Iterator) else iter(())
-        )
+        self._items: Iterator[Any] = iter(())
+        if isinstance(source, Iterator):
+            # Batches are cut with islice, which would drop the items of a batch
+            # if the input raised half way: those read through _guarded instead.
+            self._items = self._guarded(source) if self.mode.batching else source
         self._aitems = source if isinstance(source, AsyncIterator) else None
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
@@ -202,7 +204,11 @@ class Scheduler:
             if output.full:
                 await output.room()
             if sync_source:
-                if (item := next(self._items, end)) is end:
+                try:
+                    item = next(self._items, end)
+                except Exception as exc:  # the input itself failed: keep it for the caller
+                    self.input_error, item = exc, end
+                if item is end:
                     self._stop_pulling()
                     return
                 index = self._pulled
