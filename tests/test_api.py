@@ -12,6 +12,7 @@ import pytest
 
 import whilst
 from whilst import Status
+from whilst._output import window_for
 from whilst._scheduler import BATCH_BUDGET
 
 from conftest import adouble, anap, double, max_overlap
@@ -34,9 +35,9 @@ def read_ahead_bound(mode: str, limit: int) -> int:
     """How far imap may read ahead of its consumer: a constant, whatever the input."""
     if mode in ("threads", "processes"):  # batching modes
         in_flight = BATCH_BUDGET
-        window = max(2 * limit + 16, 2 * BATCH_BUDGET)
+        window = max(window_for(limit), 2 * BATCH_BUDGET)
     else:
-        in_flight, window = limit, 2 * limit + 16
+        in_flight, window = limit, window_for(limit)
     return in_flight + 2 * window
 
 
@@ -67,7 +68,7 @@ def test_ordered_imap_holds_a_bounded_window_behind_a_slow_task() -> None:
         first = next(run)
     assert first.index == 0
     # While item 0 ran, the fast ones piled up only to the window, not the whole input.
-    assert len(started) <= 4 + 2 * (2 * 4 + 16)
+    assert len(started) <= 4 + 2 * window_for(4)
 
 
 def test_async_mode_overlaps_on_one_loop() -> None:

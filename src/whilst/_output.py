@@ -124,6 +124,16 @@ class Collect:
         pass
 
 
+def window_for(limit: int) -> int:
+    """How many finished results an ``imap`` may hold before the scheduler waits.
+
+    Four rounds of ``limit`` results: while the caller is away, every slot can
+    finish a task or two without waiting for room (each wait costs a future),
+    and memory still grows with ``limit``, never with the input.
+    """
+    return 4 * limit + 16
+
+
 class Stream:
     """Hands results to a consumer in input order or as completed, holding at most
     ``window`` of them: when the consumer falls behind (or, in order, one slow task

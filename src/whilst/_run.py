@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from ._options import Options
-from ._output import Stream
+from ._output import Stream, window_for
 from ._result import Result, Status
 from ._runner import Runner, make_runner
 from ._scheduler import Scheduler
@@ -79,7 +79,7 @@ class _Tally:
 
 def streaming(fn: Any, items: Any, options: Options) -> tuple[Scheduler, Stream]:
     """A scheduler whose results stream out, at most about ``2 * limit`` held at once."""
-    stream = Stream(ordered=options.ordered, window=2 * options.limit + 16)
+    stream = Stream(ordered=options.ordered, window=window_for(options.limit))
     return Scheduler(fn, items, options, stream), stream
 
 
