@@ -1,0 +1,840 @@
+"""Benchmarks: whilst against the hand-written and standard-library peers it replaces.
+
+Every peer is measured in the same run, on this machine, with the repeats of
+the cases of one benchmark interleaved (A, B, A, B...) so drift hits them
+alike; each time is the median of its repeats and each ratio the median of the
+ratios within a round. Prints one table of ratios, with the target for each row
+and whether it is met, and writes the figures as JSON (``bench/results.json``
+for a full run) so the README table can be refreshed.
+
+Run ``make bench`` or ``.venv/bin/python bench/run.py [--quick] [--only NAME]``.
+The machine should be otherwise idle: a timed round during which other processes
+used the CPUs is redone (see ``--wait-quiet``), and the run says which figures
+were still measured beside other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import uvloop
+from joblib import Parallel, delayed
+from rich.console import Console
+from rich.table import Table
+
+import whilst
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from _work import nap, noop, spin, square, yield_once  # noqa: E402 - needs the path set-up
+
+T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+Coro = Callable[[int], Awaitable[int]]
+
+
+@dataclass
+class Row:
+    """One line of the table: whilst's figure, the peer's, and their ratio."""
+
+    key: str
+    number: str  # the issue's row number; "" for a sub-row
+    name: str
+    whilst: str
+    peer: str
+    ratio: float
+    target: str  # "" for a reference row
+    met: bool | None  # None for a reference row
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(
+        self,
+        key: str,
+        number: str,
+        name: str,
+        whilst: str,
+        peer: str,
+        ratio: float,
+        target: tuple[str, float] | None = None,
+    ) -> None:
+        """``target`` is ``("<=", 2.0)`` or ``(">=", 7.0)`` on ``ratio``; None for reference."""
+        met: bool | None = None
+        text = ""
+        if target is not None:
+            op, bound = target
+            met = ratio <= bound if op == "<=" else ratio >= bound
+            text = f"{'≤' if op == '<=' else '≥'} {bound:g}"
+        self.rows.append(Row(key, number, name, whilst, peer, ratio, text, met))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int
+    async_n: int
+    memory_n: int
+    memory_repeats: int
+    gather_memory_n: int
+    sleep_n: int
+    threads_n: int
+    processes_n: int
+    cpu_tasks: int
+    cpu_seconds: float
+
+
+FULL = Sizes(
+    repeats=5,
+    async_n=100_000,
+    memory_n=1_000_000,
+    memory_repeats=3,
+    gather_memory_n=100_000,
+    sleep_n=10_000,
+    threads_n=100_000,
+    processes_n=100_000,
+    cpu_tasks=8,
+    cpu_seconds=0.2,
+)
+QUICK = Sizes(
+    repeats=2,
+    async_n=20_000,
+    memory_n=100_000,
+    memory_repeats=1,
+    gather_memory_n=20_000,
+    sleep_n=2_000,
+    threads_n=10_000,
+    processes_n=20_000,
+    cpu_tasks=4,
+    cpu_seconds=0.05,
+)
+LIMIT = 1000  # the async rows' limit, as the issue states them
+BUSY = 0.1  # cores used by other processes that make a benchmark's figures suspect
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")  # of psutil.cpu_times()
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# -- timing -------------------------------------------------------------------
+
+
+@dataclass
+class Quiet:
+    """``--wait-quiet``: how long to wait for other processes to go idle (0: never)."""
+
+    wait: float = 60.0
+    redo: int = 3  # most times one round is run again because the machine got busy
+    redone: int = 0
+    kept: list[float] = field(default_factory=list)  # cores busy elsewhere, per kept round
+    console: Console = field(default_factory=Console)
+
+
+QUIET = Quiet()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a case returns when it times itself (work in child processes, say)."""
+
+    seconds: float
+
+
+def timed(case: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    result = case()
+    took = time.perf_counter() - start
+    return result.seconds if isinstance(result, Measured) else took
+
+
+def measure(
+    cases: dict[str, Callable[[], object]], repeats: int, *, warm_up: bool = True
+) -> dict[str, list[float]]:
+    """Seconds of each case, ``repeats`` times, interleaved; one untimed run first.
+    With ``--wait-quiet``, a round during which other processes were busy is redone."""
+    if warm_up:
+        for case in cases.values():
+            case()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        took = quietly(lambda: {name: timed(case) for name, case in cases.items()})
+        for name, seconds in took.items():
+            samples[name].append(seconds)
+    return samples
+
+
+def quietly(run: Callable[[], T]) -> T:
+    """``run()``; when other processes got busy meanwhile, wait for them to go idle
+    (``--wait-quiet`` seconds at most) and run again, a few times at most."""
+    for attempt in range(QUIET.redo + 1):
+        other = Background()
+        value = run()
+        cores, _ = other.cores()
+        if QUIET.wait <= 0 or cores < BUSY or attempt == QUIET.redo:
+            QUIET.kept.append(cores)
+            return value
+        QUIET.redone += 1
+        wait_quiet(QUIET.console, QUIET.wait)
+    raise AssertionError("unreachable")
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def paired(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """The median of ``a / b`` over the rounds: each round runs every case back to
+    back, so a ratio within a round is steadier than a ratio of medians when the
+    machine's speed drifts (a shared VM's does, by half at times)."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+
+def record(report: Report, key: str, samples: dict[str, list[float]], **extra: Any) -> None:
+    report.figures[key] = {"seconds": samples, "median": medians(samples), **extra}
+
+
+def us(seconds: float, n: int) -> str:
+    return f"{seconds / n * 1e6:.2f} µs/task"
+
+
+def secs(seconds: float) -> str:
+    return f"{seconds:.3f} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms"
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+# -- hand-written asyncio peers -------------------------------------------------
+
+
+def raw_pool(fn: Coro, items: range, limit: int, loop_factory: LoopFactory | None) -> list[int]:
+    """The cheapest bounded asyncio map: ``limit`` workers pulling from one iterator."""
+
+    async def main() -> list[int]:
+        results: list[int] = [0] * len(items)
+        source = enumerate(items)
+
+        async def worker() -> None:
+            for index, item in source:
+                results[index] = await fn(item)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(limit, len(items))):
+                group.create_task(worker())
+        return results
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+def gather_all(fn: Coro, items: Iterable[int], loop_factory: LoopFactory | None) -> list[int]:
+    """Everything at once: one task per item."""
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(fn(item) for item in items))
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+def whilst_on_plain_asyncio(case: Callable[[], object]) -> Callable[[], object] | None:
+    """``case`` with whilst's loop forced to plain asyncio, for reference; None when
+    the private hook this needs is gone."""
+    from whilst import _runner
+
+    if not hasattr(_runner, "new_loop"):
+        return None
+
+    def run() -> object:
+        original = _runner.new_loop
+        _runner.new_loop = asyncio.new_event_loop
+        try:
+            return case()
+        finally:
+            _runner.new_loop = original
+
+    return run
+
+
+# -- the benchmarks -------------------------------------------------------------
+
+
+def bench_async(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Row 1: per-task overhead of async mode against a raw pool and gather."""
+    n = sizes.async_n
+    items = range(n)
+    uv = uvloop.new_event_loop
+
+    def whilst_map() -> object:
+        return whilst.map(yield_once, items, mode="async", limit=LIMIT)
+
+    cases: dict[str, Callable[[], object]] = {
+        "whilst": whilst_map,
+        "raw_pool_uvloop": lambda: raw_pool(yield_once, items, LIMIT, uv),
+        "gather_uvloop": lambda: gather_all(yield_once, items, uv),
+        "raw_pool_asyncio": lambda: raw_pool(yield_once, items, LIMIT, None),
+        "gather_asyncio": lambda: gather_all(yield_once, items, None),
+    }
+    plain = whilst_on_plain_asyncio(whilst_map)
+    if plain is not None:
+        cases["whilst_asyncio"] = plain
+    assert whilst_map() == list(items)
+    samples = measure(cases, sizes.repeats)
+    m = medians(samples)
+    record(report, "async", samples, n=n, limit=LIMIT)
+    w = m["whilst"]
+    report.add(
+        "async",
+        "1",
+        f"async, {n // 1000}k yield-once: whilst / raw worker pool",
+        us(w, n),
+        us(m["raw_pool_uvloop"], n),
+        paired(samples, "whilst", "raw_pool_uvloop"),
+        ("<=", 2.0),
+    )
+    report.add(
+        "async",
+        "",
+        "  gather / whilst (times faster than gather)",
+        us(w, n),
+        us(m["gather_uvloop"], n),
+        paired(samples, "gather_uvloop", "whilst"),
+        (">=", 7.0),
+    )
+    if "whilst_asyncio" in m:
+        report.add(
+            "async",
+            "",
+            "  ref: on plain asyncio: whilst / raw pool",
+            us(m["whilst_asyncio"], n),
+            us(m["raw_pool_asyncio"], n),
+            paired(samples, "whilst_asyncio", "raw_pool_asyncio"),
+        )
+        report.add(
+            "async",
+            "",
+            "  ref: on plain asyncio: gather / whilst",
+            us(m["whilst_asyncio"], n),
+            us(m["gather_asyncio"], n),
+            paired(samples, "gather_asyncio", "whilst_asyncio"),
+        )
+
+
+def child_memory(what: str, n: int) -> dict[str, float]:
+    """Run ``bench/_memory.py`` in a fresh interpreter; its peak RSS above its baseline."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "_memory.py"), what, str(n), str(LIMIT)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    got = json.loads(out)
+    return {"rss_mb": (got["peak_kib"] - got["baseline_kib"]) / 1024, "wall": got["wall"]}
+
+
+def bench_memory(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Row 2: imap over a generator of a million items stays small and quick."""
+    n = sizes.memory_n
+    runs = [quietly(lambda: child_memory("whilst", n)) for _ in range(sizes.memory_repeats)]
+    rss = statistics.median(r["rss_mb"] for r in runs)
+    wall = statistics.median(r["wall"] for r in runs)
+    gather_n = n if args.gather_1m else sizes.gather_memory_n
+    gathered = quietly(lambda: child_memory("gather", gather_n))
+    report.figures["memory"] = {
+        "n": n,
+        "limit": LIMIT,
+        "whilst_runs": runs,
+        "gather_n": gather_n,
+        "gather": gathered,
+    }
+    name = f"imap, {millions(n)}-item generator"
+    report.add("memory", "2", f"{name}: peak RSS, MB", f"{rss:.1f} MB", "", rss, ("<=", 60))
+    budget = 3.0 * n / 1_000_000  # the issue's 3 s for a million, scaled for --quick
+    report.add(
+        "memory", "", f"{name}: wall, s", f"{secs(wall)}, {us(wall, n)}", "", wall, ("<=", budget)
+    )
+    report.add(
+        "memory",
+        "",
+        f"  ref: gather of {millions(gather_n)}: its peak RSS / whilst's",
+        f"{rss:.1f} MB",
+        f"{gathered['rss_mb']:.1f} MB, {secs(gathered['wall'])}",
+        gathered["rss_mb"] / rss if rss > 0 else math.inf,
+    )
+
+
+def bench_sleep(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Row 3: waiting tasks overlap: N sleeps of 50 ms at limit 1000 take N/1000 * 50 ms."""
+    n, seconds = sizes.sleep_n, 0.05
+    items = range(n)
+    ideal = math.ceil(n / LIMIT) * seconds
+    cases: dict[str, Callable[[], object]] = {
+        "whilst": lambda: whilst.map(nap, items, mode="async", limit=LIMIT),
+        "raw_pool_uvloop": lambda: raw_pool(nap, items, LIMIT, uvloop.new_event_loop),
+    }
+    samples = measure(cases, sizes.repeats)
+    m = medians(samples)
+    record(report, "sleep", samples, n=n, limit=LIMIT, ideal=ideal)
+    name = f"async, {n // 1000}k sleeps of 50 ms: wall / ideal"
+    report.add("sleep", "3", name, secs(m["whilst"]), secs(ideal), m["whilst"] / ideal, ("<=", 1.1))
+    report.add(
+        "sleep",
+        "",
+        "  ref: raw worker pool / ideal",
+        secs(m["whilst"]),
+        secs(m["raw_pool_uvloop"]),
+        m["raw_pool_uvloop"] / ideal,
+    )
+
+
+def bench_threads(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Row 4: per-task overhead of threads mode against ThreadPoolExecutor.map."""
+    n = sizes.threads_n
+    items = range(n)
+    workers = min(32, CPUS + 4)  # whilst's default limit, as ThreadPoolExecutor's
+
+    def executor_map() -> list[int]:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(noop, items))
+
+    cases: dict[str, Callable[[], object]] = {
+        "whilst": lambda: whilst.map(noop, items, mode="threads", limit=workers),
+        "thread_pool_executor": executor_map,
+    }
+    samples = measure(cases, sizes.repeats)
+    m = medians(samples)
+    record(report, "threads", samples, n=n, workers=workers)
+    report.add(
+        "threads",
+        "4",
+        f"threads, {n // 1000}k no-ops, {workers} threads: whilst / ThreadPoolExecutor",
+        us(m["whilst"], n),
+        us(m["thread_pool_executor"], n),
+        paired(samples, "whilst", "thread_pool_executor"),
+        ("<=", 1.3),
+    )
+
+
+def bench_processes(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Row 5: tiny CPU tasks in processes: whilst against Pool.map and joblib, warm."""
+    n = sizes.processes_n
+    items = range(n)
+    procs = CPUS
+    auto = math.ceil(n / (4 * procs))  # what Pool.map picks: divmod(len, 4 * processes)
+    chunks = sorted({1000, 5000, auto, 4 * auto})
+    expected = [square(x) for x in items]
+    # Warm: whilst keeps its workers between runs, and measure()'s untimed first
+    # run starts them; the Pool is started before the timing and joblib's loky
+    # executor is reused between calls, so all three are timed warm.
+    with multiprocessing.Pool(procs) as pool:
+        cases: dict[str, Callable[[], object]] = {
+            "whilst": lambda: whilst.map(square, items, mode="processes", limit=procs),
+        }
+        for size in chunks:
+            label = f"pool_chunksize_{size}" + ("_auto" if size == auto else "")
+            cases[label] = lambda size=size: pool.map(square, items, chunksize=size)
+        cases["joblib"] = lambda: Parallel(n_jobs=procs)(delayed(square)(x) for x in items)
+        assert whilst.map(square, items, mode="processes", limit=procs) == expected
+        samples = measure(cases, sizes.repeats)
+    m = medians(samples)
+    pools = {k: v for k, v in m.items() if k.startswith("pool_")}
+    best = min(pools, key=pools.__getitem__)
+    auto_key = f"pool_chunksize_{auto}_auto"
+    record(report, "processes", samples, n=n, processes=procs, best_pool=best)
+    w = m["whilst"]
+    report.add(
+        "processes",
+        "5",
+        f"processes, {n // 1000}k x*x, warm: whilst / Pool.map (chunks {auto})",
+        secs(w),
+        secs(m[auto_key]),
+        paired(samples, "whilst", auto_key),
+        ("<=", 1.3),
+    )
+    report.add(
+        "processes",
+        "",
+        f"  ref: whilst / best Pool.map (chunks {best.split('_')[2]})",
+        secs(w),
+        secs(pools[best]),
+        paired(samples, "whilst", best),
+    )
+    report.add(
+        "processes",
+        "",
+        "  ref: whilst / joblib Parallel (batch_size auto)",
+        secs(w),
+        secs(m["joblib"]),
+        paired(samples, "whilst", "joblib"),
+    )
+
+
+def calibrate_spin(seconds: float) -> int:
+    """Loop turns of :func:`spin` that take about ``seconds`` here."""
+    turns = 100_000
+    while True:
+        took = min(timed(lambda: spin(turns)) for _ in range(3))  # noqa: B023 - called at once
+        if took > 0.02:
+            return int(turns * seconds / took)
+        turns *= 4
+
+
+def plain_processes(turns: int, tasks: int) -> Measured:
+    """The tasks split over one fresh interpreter per CPU, with no pool at all: what
+    this machine gives CPU-bound processes side by side (a shared VM may give less
+    than one CPU each). Timed from the first start of work to the last end, so
+    interpreter start-up does not count."""
+    share = math.ceil(tasks / CPUS)
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(BENCH)!r}); from _work import spin\n"
+        f"start = time.time()\nfor _ in range({share}): spin({turns})\n"
+        "print(start, time.time())"
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(CPUS)
+    ]
+    spans = [tuple(map(float, child.communicate()[0].split())) for child in children]
+    if any(child.returncode != 0 for child in children):
+        raise RuntimeError("a plain spin process failed")
+    return Measured(max(end for _, end in spans) - min(start for start, _ in spans))
+
+
+def bench_cpu(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Row 6: coarse CPU tasks in processes really use every core."""
+    turns = calibrate_spin(sizes.cpu_seconds)
+    items = [turns] * sizes.cpu_tasks
+    with multiprocessing.Pool(CPUS) as pool:
+        cases: dict[str, Callable[[], object]] = {
+            "sync": lambda: whilst.map(spin, items, mode="sync"),
+            "processes": lambda: whilst.map(spin, items, mode="processes"),
+            "pool": lambda: pool.map(spin, items, chunksize=1),
+            "plain_processes": lambda: plain_processes(turns, len(items)),
+        }
+        samples = measure(cases, sizes.repeats)
+    m = medians(samples)
+    record(report, "cpu", samples, tasks=len(items), turns=turns, cpus=CPUS)
+    report.add(
+        "cpu",
+        "6",
+        f"processes, {len(items)} CPU tasks of {sizes.cpu_seconds:g} s: speed-up over sync",
+        secs(m["processes"]),
+        secs(m["sync"]),
+        paired(samples, "sync", "processes"),
+        (">=", 1.9),
+    )
+    report.add(
+        "cpu",
+        "",
+        "  ref: Pool.map (chunksize 1) speed-up over sync",
+        secs(m["processes"]),
+        secs(m["pool"]),
+        paired(samples, "sync", "pool"),
+    )
+    report.add(
+        "cpu",
+        "",
+        f"  ref: {CPUS} plain processes sharing the tasks: the machine's ceiling",
+        secs(m["processes"]),
+        secs(m["plain_processes"]),
+        paired(samples, "sync", "plain_processes"),
+    )
+
+
+BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
+    "async": bench_async,
+    "memory": bench_memory,
+    "sleep": bench_sleep,
+    "threads": bench_threads,
+    "processes": bench_processes,
+    "cpu": bench_cpu,
+}
+
+
+# -- other load on the machine ---------------------------------------------------
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (steal too: a busy neighbour VM)."""
+    t = psutil.cpu_times()
+    return float(sum(getattr(t, name, 0.0) for name in BUSY_FIELDS))
+
+
+def _our_seconds() -> float:
+    """CPU seconds of this process and its descendants, living or reaped."""
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = float(times.user + times.system + times.children_user + times.children_system)
+    for child in me.children(recursive=True):
+        try:
+            total += _cpu_seconds(child)
+        except psutil.Error:
+            continue
+    return total
+
+
+class Background:
+    """CPU time the rest of the machine uses meanwhile (all of it busy, minus this
+    process and its children): a figure measured beside a test run is suspect."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.busy = _busy_seconds()
+        self.ours = _our_seconds()
+        self.procs = self._others()
+
+    @staticmethod
+    def _others() -> dict[tuple[int, float], tuple[float, str]]:
+        me = psutil.Process()
+        ours = {me.pid, *(child.pid for child in me.children(recursive=True))}
+        seen: dict[tuple[int, float], tuple[float, str]] = {}
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            if proc.pid in ours:
+                continue
+            try:
+                key = (proc.pid, proc.create_time())
+                args = proc.info["cmdline"] or [proc.info["name"] or "?"]
+                what = " ".join(" ".join(args).split())[:50]  # python -c may span lines
+                seen[key] = (_cpu_seconds(proc), f"pid {proc.pid} {what}")
+            except psutil.Error:
+                continue
+        return seen
+
+    def cores(self) -> tuple[float, list[str]]:
+        """Mean cores used elsewhere since the start, and the busiest other processes
+        still alive (short-lived ones count in the total but cannot be named)."""
+        wall = time.perf_counter() - self.start
+        if wall <= 0:
+            return 0.0, []
+        others = (_busy_seconds() - self.busy) - (_our_seconds() - self.ours)
+        used: list[tuple[float, str]] = []
+        for key, (cpu, what) in self._others().items():
+            earlier = self.procs.get(key)
+            used.append((cpu - (earlier[0] if earlier else 0.0), what))
+        used.sort(reverse=True)
+        busiest = [f"{cpu / wall:.2f} {what}" for cpu, what in used[:3] if cpu / wall >= 0.05]
+        return max(0.0, others / wall), busiest
+
+
+def wait_quiet(console: Console, seconds: float) -> None:
+    """Wait up to ``seconds`` for other processes to leave the CPUs alone."""
+    start = time.monotonic()
+    said: set[str] = set()
+    while time.monotonic() - start < seconds:
+        other = Background()
+        time.sleep(1.0)
+        cores, busiest = other.cores()
+        if cores < BUSY:
+            break
+        news = [what for what in busiest if what.split(" ", 3)[2] not in said]
+        if news or not said:
+            said.update([what.split(" ", 3)[2] for what in busiest] or ["?"])
+            console.print(
+                f"[dim]other processes are busy ({cores:.2f} cores), waiting: "
+                f"{'; '.join(news) or 'short-lived ones'}[/]"
+            )
+    console.print(f"[dim]waited {time.monotonic() - start:.0f} s for a quiet machine[/]")
+
+
+# -- output ---------------------------------------------------------------------
+
+
+NOTES = (
+    "Async rows: limit 1000, uvloop for whilst and its peers alike (whilst uses uvloop when "
+    "installed), a new loop per run inside the timing. Threads: each pool is started and "
+    "stopped inside the timing. Processes: warm for all: whilst's workers and the Pool are "
+    "started before the timing, joblib's executor is reused between calls. Memory: peak RSS "
+    "(VmHWM) of a fresh child process above its own peak after imports."
+)
+
+
+def table(report: Report, title: str) -> Table:
+    out = Table(title=title, title_justify="left", caption=NOTES, caption_justify="left")
+    out.add_column("#", justify="right")
+    out.add_column("benchmark")
+    out.add_column("whilst", justify="right")
+    out.add_column("peer", justify="right")
+    out.add_column("ratio", justify="right")
+    out.add_column("target", justify="right")
+    out.add_column("met", justify="center")
+    for row in report.rows:
+        met = {True: "[green]yes[/]", False: "[red]NO[/]", None: "[dim]ref[/]"}[row.met]
+        style = "dim" if row.met is None else None
+        out.add_row(
+            row.number,
+            row.name,
+            row.whilst,
+            row.peer,
+            f"{row.ratio:.2f}",
+            row.target,
+            met,
+            style=style,
+        )
+    return out
+
+
+def commit(where: Path) -> str:
+    """The git commit whilst was imported from, marked ``-dirty`` when its sources
+    differ from it; ``-`` outside a git work tree."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "-"
+    return head + ("-dirty" if git("status", "--porcelain", "--", ".") else "")
+
+
+def machine() -> dict[str, Any]:
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    return {
+        "whilst_source": str(Path(whilst.__file__).parent),
+        "whilst_commit": commit(Path(whilst.__file__).parent),
+        "cpus": CPUS,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "whilst": whilst.__version__,
+        "uvloop": version("uvloop"),
+        "joblib": version("joblib"),
+    }
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"run just this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--gather-1m",
+        action="store_true",
+        help="measure gather's memory over the full million items (about 20 s, 1.4 GB)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="when other processes were busy during a timed round, wait up to this long "
+        "for them to go idle and redo the round (default: %(default)g; 0: never redo)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where to write the figures (default: bench/results.json for a full run of "
+        "every benchmark; not written for --quick or --only unless given)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    sizes = QUICK if args.quick else FULL
+    names = args.only or list(BENCHMARKS)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    QUIET.wait, QUIET.console = args.wait_quiet, console
+    info = machine()  # now: whilst was imported at the start, whatever happens on disk later
+    report = Report()
+    started = time.perf_counter()
+    background: dict[str, dict[str, Any]] = {}
+    for name in names:
+        redone, first = QUIET.redone, len(QUIET.kept)
+        other = Background()
+        with console.status(f"benchmark {name}..."):
+            took = timed(lambda name=name: BENCHMARKS[name](report, sizes, args))
+        cores, busiest = other.cores()
+        redone = QUIET.redone - redone
+        worst = max(QUIET.kept[first:], default=cores)
+        background[name] = {
+            "cores": cores,
+            "worst_timed_round": worst,
+            "busiest": busiest,
+            "rounds_redone": redone,
+        }
+        line = (
+            f"{name}: {took:.1f} s; other processes used {worst:.2f} of {CPUS} cores "
+            f"in its busiest timed round"
+        )
+        if redone:
+            line += f"; {redone} rounds redone when the machine got busy"
+        if worst >= BUSY:
+            line = f"[yellow]{line}: {'; '.join(busiest)}[/]"
+        console.print(line if worst >= BUSY else f"[dim]{line}[/]")
+    total = time.perf_counter() - started
+    version = info["whilst_commit"] if info["whilst_commit"] != "-" else info["whilst_source"]
+    title = (
+        f"whilst {version} benchmarks{' (quick)' if args.quick else ''}: {info['cpus']} CPUs, "
+        f"Python {info['python']}, uvloop {info['uvloop']}; medians, {total:.0f} s in all"
+    )
+    console.print(table(report, title))
+    missed = [row for row in report.rows if row.met is False]
+    console.print(f"{len(missed)} of {sum(r.met is not None for r in report.rows)} targets missed")
+    now = commit(Path(whilst.__file__).parent)
+    if now != info["whilst_commit"]:
+        console.print(
+            f"[yellow]warning: whilst's sources changed during the run ({info['whilst_commit']} "
+            f"at the start, {now} at the end); worker processes may have run either[/]"
+        )
+    noisy = [name for name, bg in background.items() if bg["worst_timed_round"] >= BUSY]
+    if noisy:
+        console.print(
+            f"[yellow]warning: other processes were busy during {', '.join(noisy)}; "
+            "those figures are not to be trusted (run again on a quiet machine)[/]"
+        )
+    path = args.json
+    if path is None and not args.quick and not args.only:
+        path = BENCH / "results.json"
+    if path is not None:
+        data = {
+            "machine": info,
+            "quick": args.quick,
+            "sizes": asdict(sizes),
+            "seconds": total,
+            "background_cores": background,
+            "rows": [asdict(row) for row in report.rows],
+            "figures": report.figures,
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        console.print(f"figures written to {path}")
+
+
+if __name__ == "__main__":
+    main()
