@@ -12,6 +12,7 @@ Slots are spawned as items arrive, so a run of three items starts three slots.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import time
@@ -38,8 +39,9 @@ from ._result import Result, Status, batch_results
 #: does the same with a 0.2 s target; ours is shorter to keep results flowing).
 BATCH_TARGET = 0.02
 #: Most items all slots of a batching mode hold at once, so a huge input of tiny
-#: tasks keeps memory bounded: with 2 slots a batch grows to 4096 items, with 32
-#: to 256 (a round trip shared by 256 tasks costs each of them under a microsecond).
+#: tasks keeps memory bounded: with 2 slots (two batches each) a batch grows to
+#: 2048 items, with 32 to 128 (a round trip shared by 128 tasks costs each of
+#: them about a microsecond).
 BATCH_BUDGET = 8192
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
@@ -111,7 +113,7 @@ class Scheduler:
         self._pulled = 0  # the index of the next item
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
-        self._max_batch = max(1, BATCH_BUDGET // options.limit)
+        self._max_batch = max(1, BATCH_BUDGET // (2 * options.limit))  # 2 batches a slot
         if isinstance(items, Sized):
             # Four batches per slot at least, so the last ones do not leave slots idle.
             share = math.ceil(len(items) / (4 * options.limit))
@@ -239,34 +241,68 @@ class Scheduler:
 
     async def _batch_slot(self, slot: int) -> None:
         """A slot of a batching mode: tiny tasks travel to the worker in batches,
-        sized from measured task time (doubling from 1 while they are quick)."""
-        mode = self.mode
-        name, output = mode.name, self.output
+        sized from measured task time (growing from 1 while they are quick).
+
+        While batches are tiny-task batches (more than one item), the next one is
+        handed over before the current one is back, so the worker never waits for
+        the round trip (``multiprocessing.Pool`` queues every chunk up front for
+        the same reason). One-item batches go one at a time: a long task queued
+        behind another would wait while a different worker sat idle.
+        """
+        mode, output = self.mode, self.output
         size = 1
-        while True:
-            if output.full:
-                await output.room()
-            first, items = await self._take(size)
-            if not items:
-                return
-            self._spawn()
-            worker = mode.worker(slot)
-            if self.sinks:
-                now = time.time()
-                for kind in (QUEUED, STARTED):
-                    for k, item in enumerate(items):
-                        self._emit(kind, first + k, item, now, worker)
+        flying: collections.deque[tuple[int, list[Any], str, asyncio.Task[Outcomes]]] = (
+            collections.deque()
+        )
+        try:
+            while True:
+                while len(flying) < (2 if size > 1 else 1) and not self._exhausted:
+                    if output.full:
+                        await output.room()
+                    first, items = await self._take(size)
+                    if not items:
+                        break
+                    self._spawn()
+                    flying.append((first, items, *self._hand_over(slot, first, items)))
+                if not flying:
+                    return
+                first, items, worker, task = flying.popleft()
+                outcomes = await task
+                self._finished_batch(first, items, outcomes, worker)
+                if mode.auto_batch:
+                    size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+        finally:
+            for *_, task in flying:
+                task.cancel()
+
+    def _hand_over(
+        self, slot: int, first: int, items: list[Any]
+    ) -> tuple[str, asyncio.Task[Outcomes]]:
+        mode = self.mode
+        worker = mode.worker(slot)
+        if self.sinks:
+            now = time.time()
+            for kind in (QUEUED, STARTED):  # started: handed to the worker that runs it
+                for k, item in enumerate(items):
+                    self._emit(kind, first + k, item, now, worker)
+
+        async def run() -> Outcomes:
             try:
-                outcomes = await mode.run_batch(slot, items)
+                return await mode.run_batch(slot, items)
             except WorkerCrashed as exc:
                 end, n = time.time(), len(items)
-                outcomes = Outcomes(end, [end] * n, [None] * n, dict.fromkeys(range(n), exc))
-            output.add_batch(first, items, outcomes, name, worker)
-            if self.sinks:
-                for r in batch_results(first, items, outcomes, name, worker):
-                    self._emit(FINISHED, r.index, r.item, r.end, worker, r)
-            if mode.auto_batch:
-                size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+                return Outcomes(end, [end] * n, [None] * n, dict.fromkeys(range(n), exc))
+
+        return worker, asyncio.get_running_loop().create_task(run())
+
+    def _finished_batch(
+        self, first: int, items: list[Any], outcomes: Outcomes, worker: str
+    ) -> None:
+        name = self.mode.name
+        self.output.add_batch(first, items, outcomes, name, worker)
+        if self.sinks:
+            for r in batch_results(first, items, outcomes, name, worker):
+                self._emit(FINISHED, r.index, r.item, r.end, worker, r)
 
     def _telling(self, record: Record, mode: str, worker: str) -> Record:
         """``record``, also telling the sinks each task's result."""
