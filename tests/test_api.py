@@ -221,3 +221,30 @@ def test_threads_mode_threads_end_after_the_run() -> None:
     while threading.active_count() > before and time.time() < deadline:
         time.sleep(0.01)
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_an_abandoned_imap_is_cleaned_up(mode: str) -> None:
+    import gc
+
+    run = whilst.imap(double, range(10_000), mode=mode, limit=2)
+    assert next(run).value == 0
+    del run
+    gc.collect()  # no warning, no error: the run is stopped and its workers released
+    assert whilst.map(double, range(5), mode=mode) == [0, 2, 4, 6, 8]
+
+
+def test_an_imap_started_outside_a_loop_can_be_read_and_dropped_inside_one() -> None:
+    import gc
+
+    run = whilst.imap(double, range(1000), mode="threads")
+    assert next(run).value == 0
+
+    async def main() -> list[int]:
+        nonlocal run
+        second = next(run).value  # the outer loop is blocked meanwhile, as with any sync call
+        del run
+        gc.collect()
+        return [second, *whilst.map(double, range(3))]
+
+    assert asyncio.run(main()) == [2, 0, 2, 4]

@@ -107,7 +107,7 @@ class InlineRunner(Runner):
         if handle:
             signal.signal(signal.SIGINT, self._on_sigint)
         try:
-            return self.loop.run_until_complete(coro)
+            return self._run(coro)
         except BaseException:
             # The loop may still hold the run: cancel it so no worker is left behind.
             if not self.loop.is_closed() and self.main is not None and not self.main.done():
@@ -120,6 +120,16 @@ class InlineRunner(Runner):
         finally:
             if handle:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        # A run started outside any loop may be read (or dropped) later inside a
+        # running one, which is blocked meanwhile: step aside from it while ours runs.
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            return self.loop.run_until_complete(coro)
+        finally:
+            asyncio.events._set_running_loop(outer)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self._sigint += 1
@@ -137,8 +147,8 @@ class InlineRunner(Runner):
             return
         try:
             self._stop_main()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
+            self._run(loop.shutdown_asyncgens())
+            self._run(loop.shutdown_default_executor())
         finally:
             loop.close()
 
