@@ -27,6 +27,8 @@ class Summary:
         task_time: the tasks' durations added up: what running them one after
             another would have cost.
         mode: where the tasks ran; ``mode_reason`` says why.
+        limit: most tasks that were allowed in flight at once.
+        total: how many tasks ended (every item ends in exactly one result).
     """
 
     counts: dict[str, int]
@@ -78,7 +80,7 @@ class _Tally:
 
 
 def streaming(fn: Any, items: Any, options: Options) -> tuple[Scheduler, Stream]:
-    """A scheduler whose results stream out, at most about ``2 * limit`` held at once."""
+    """A scheduler whose results stream out, at most ``window_for(limit)`` held at once."""
     stream = Stream(ordered=options.ordered, window=window_for(options.limit))
     return Scheduler(fn, items, options, stream), stream
 
