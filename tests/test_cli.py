@@ -80,3 +80,10 @@ def test_demo_quick_as_a_real_command() -> None:
     assert "\x1b[" not in out  # not a terminal: plain text
     for text in ("Task started", "When to use which?", "<coroutine object greet", "demo finished"):
         assert text in out
+
+
+def test_python_dash_m_whilst_is_the_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "whilst", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"whilst, version {whilst.__version__}"
