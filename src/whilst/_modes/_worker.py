@@ -101,18 +101,22 @@ def run_batch(
     values: list[Any] = []
     ends = array("d")
     errors: dict[int, Any] = {}
-    now, keep, end = time.time, values.append, ends.append
+    now, keep, end, coroutine = time.time, values.append, ends.append, types.CoroutineType
     start = now()
-    for i, item in enumerate(items):
+    rest = iter(items)
+    while True:  # one try around the whole loop, re-entered after a failure: no per-item setup
         try:
-            value = fn(item)
-            if type(value) is types.CoroutineType:  # a lambda returning a coroutine
-                value = await_(value)
+            for item in rest:
+                value = fn(item)
+                if type(value) is coroutine:  # a lambda returning a coroutine
+                    value = await_(value)
+                keep(value)
+                end(now())
+            break
         except BaseException as exc:  # the task's error is its result
-            errors[i] = fail(exc)
-            value = None
-        keep(value)
-        end(now())
+            errors[len(values)] = fail(exc)
+            keep(None)
+            end(now())
     return start, ends, values, errors
 
 
