@@ -25,9 +25,6 @@ class Status(enum.StrEnum):
     SKIPPED = "skipped"
 
 
-_HAS_VALUE = frozenset({Status.OK, Status.SKIPPED})
-
-
 @dataclass(slots=True, repr=False, eq=False)
 class Result:
     """How one task ended.
@@ -59,7 +56,8 @@ class Result:
     @property
     def ok(self) -> bool:
         """True exactly when the task has a value: status ok or skipped."""
-        return self.status in _HAS_VALUE
+        status = self.status  # compared by identity: hashing an enum member runs Python code
+        return status is Status.OK or status is Status.SKIPPED
 
     @property
     def duration(self) -> float:

@@ -54,23 +54,30 @@ class Summary:
 
 
 class _Tally:
-    __slots__ = ("counts", "task_time")
+    __slots__ = ("counts", "ok", "task_time")
 
     def __init__(self) -> None:
-        self.counts: collections.Counter[Status] = collections.Counter()
+        self.ok = 0
+        self.counts: collections.Counter[Status] = collections.Counter()  # all but ok
         self.task_time = 0.0
 
     def add(self, results: list[Result]) -> None:
-        counts, task_time = self.counts, self.task_time
+        # Count by identity: hashing an enum member runs Python code (Enum.__hash__).
+        ok, task_time, counts = Status.OK, self.task_time, self.counts
+        self.ok += len(results)
         for r in results:
-            counts[r.status] += 1
             task_time += r.end - r.start
+            if r.status is not ok:
+                counts[r.status] += 1
+                self.ok -= 1
         self.task_time = task_time
 
     def summary(self, scheduler: Scheduler) -> Summary:
         o = scheduler.options
         return Summary(
-            counts={status.value: n for status, n in self.counts.items()},
+            counts={
+                status.value: n for status, n in {Status.OK: self.ok, **self.counts}.items() if n
+            },
             wall=scheduler.ended - scheduler.started,
             task_time=self.task_time,
             mode=o.mode,
