@@ -73,7 +73,7 @@ class Collect:
     little more.
     """
 
-    full = False  # never holds the scheduler back
+    bounded = full = False  # never holds the scheduler back
 
     def __init__(self) -> None:
         self._columns: list[_Columns] = []
@@ -139,6 +139,8 @@ class Stream:
     ``window`` of them: when the consumer falls behind (or, in order, one slow task
     holds back the ones after it), the scheduler stops starting tasks until there is
     room again. That is what keeps ``imap`` memory bounded by ``limit``."""
+
+    bounded = True
 
     def __init__(self, *, ordered: bool, window: int) -> None:
         self.ordered = ordered

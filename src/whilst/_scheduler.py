@@ -50,6 +50,8 @@ QUEUED, STARTED, FINISHED = EventKind.QUEUED, EventKind.STARTED, EventKind.FINIS
 
 
 class Output(Protocol):
+    bounded: bool  # may ask the scheduler to wait for room (see full and room)
+
     @property
     def full(self) -> bool: ...
 
@@ -202,10 +204,11 @@ class Scheduler:
         record = output.recorder(name, worker)
         if self.sinks:
             record = self._telling(record, name, worker)
-        sync_source, take = self._sync_source, self._take
+        sync_source, take, bounded = self._sync_source, self._take, output.bounded
         now, end, sinks = time.time, _END, self.sinks
+        growing = True
         while True:
-            if output.full:
+            if bounded and output.full:
                 await output.room()
             if sync_source:
                 try:
@@ -222,8 +225,9 @@ class Scheduler:
                 if not items:
                     return
                 item = items[0]
-            if self._slots < limit:
+            if growing:
                 self._spawn()
+                growing = self._slots < limit
             start = now()
             if sinks:
                 self._emit(QUEUED, index, item, start)
