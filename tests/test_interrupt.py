@@ -90,3 +90,50 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+NESTED = textwrap.dedent(
+    """
+    import asyncio, os, sys, time
+    import whilst
+
+    def task(x):
+        sys.stdout.write("started\\n")
+        sys.stdout.flush()
+        time.sleep(30)
+
+    async def main():  # a sync form inside a running loop, as in a notebook
+        whilst.map(task, range(20), mode=sys.argv[1], limit=2)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_one_ctrl_c_stops_a_run_inside_asyncio_run(mode: str) -> None:
+    # asyncio.run's handler cancels the main task instead of raising: whilst notices.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", NESTED, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        assert lines == ["started\n"] * 2, lines
+        time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert elapsed < 2.0, f"took {elapsed:.2f}s to stop"
+    assert "KeyboardInterrupt" in err
+    assert "started" not in out
+    deadline = time.monotonic() + 3
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [c for c in children if _alive(c)] == []

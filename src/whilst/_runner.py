@@ -69,6 +69,10 @@ class Runner:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         raise NotImplementedError
 
+    def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to its end, even while the caller is being interrupted."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -85,7 +89,7 @@ class Runner:
         if main is None:
             return
         with contextlib.suppress(BaseException):
-            self.call(_stop(main))
+            self._settle(_stop(main))
         if main.done() and not main.cancelled():
             main.exception()  # retrieved, so asyncio does not log it as lost
 
@@ -120,6 +124,9 @@ class InlineRunner(Runner):
         finally:
             if handle:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._run(coro)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         # A run started outside any loop may be read (or dropped) later inside a
@@ -170,13 +177,24 @@ class ThreadRunner(Runner):
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        # The caller's task, blocked in here. asyncio.run's Ctrl-C handler cancels
+        # it rather than raising, which a blocking wait would not notice: look.
+        caller = asyncio.current_task() if in_running_loop() else None
         try:
+            while caller is not None and not fut.done():
+                with contextlib.suppress(TimeoutError):
+                    fut.result(timeout=0.1)
+                if caller.cancelling() and not fut.done():
+                    raise asyncio.CancelledError
             return fut.result()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             fut.cancel()
             self.loop.call_soon_threadsafe(self._interrupt)
             self._stop_main()
             raise
+
+    def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
         loop = self.loop
@@ -184,7 +202,7 @@ class ThreadRunner(Runner):
             return
         try:
             self._stop_main()
-            self.call(loop.shutdown_asyncgens())
+            self._settle(loop.shutdown_asyncgens())
         finally:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(STOP_WAIT)
