@@ -181,21 +181,30 @@ class Stream:
 
     def add(self, result: Result) -> None:
         self.held += 1
-        if not self.ordered:
+        if self.ordered:
+            if result.index != self._next:
+                self._early[result.index] = result
+                return
+            self._next += 1
             self._ready.append(result)
-        elif result.index != self._next:
-            self._early[result.index] = result
-            return
+            if self._early:
+                self._flush_early()
         else:
-            ready, early = self._ready, self._early
-            ready.append(result)
-            n = self._next + 1
-            while n in early:
-                ready.append(early.pop(n))
-                n += 1
-            self._next = n
-        if self._reader is not None and not self._reader.done():
-            self._reader.set_result(None)
+            self._ready.append(result)
+        if self._reader is not None:
+            self._wake()
+
+    def _flush_early(self) -> None:
+        ready, early, n = self._ready, self._early, self._next
+        while n in early:
+            ready.append(early.pop(n))
+            n += 1
+        self._next = n
+
+    def _wake(self) -> None:
+        reader, self._reader = self._reader, None  # one wake-up per wait
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def fit_batch(self, size: int, slots: int) -> None:
         """Batches of ``size`` results arrive at once: make room for two per slot."""
@@ -207,8 +216,7 @@ class Stream:
         if self._early:  # cannot happen unless the scheduler broke; never drop results
             self._ready.extend(self._early[i] for i in sorted(self._early))
             self._early.clear()
-        if self._reader is not None and not self._reader.done():
-            self._reader.set_result(None)
+        self._wake()
 
     async def room(self) -> None:
         """Wait until the consumer has taken results and there is room for more."""
