@@ -109,3 +109,17 @@ def test_big_items_and_values_never_deadlock_the_pipes() -> None:
     assert whilst.map(echo, big, mode="processes", limit=400) == big
     huge = ["y" * 1_000_000] * 6
     assert whilst.map(str.upper, huge, mode="processes") == [s.upper() for s in huge]
+
+
+def die_on_777(x: int) -> int:
+    if x == 777:
+        os._exit(3)
+    return x
+
+
+def test_a_crash_inside_a_batch_of_tiny_tasks_fails_only_its_task() -> None:
+    results = list(whilst.imap(die_on_777, range(5_000), mode="processes", limit=2))
+    crashed = [r for r in results if not r.ok]
+    assert [r.index for r in crashed] == [777]
+    assert crashed[0].status is Status.CRASHED
+    assert [r.value for r in results if r.ok] == [x for x in range(5_000) if x != 777]

@@ -296,8 +296,22 @@ class Scheduler:
             try:
                 return await mode.run_batch(slot, items)
             except WorkerCrashed as exc:
-                end, n = time.time(), len(items)
-                return Outcomes(end, [end] * n, [None] * n, dict.fromkeys(range(n), exc))
+                if len(items) == 1:
+                    end = time.time()
+                    return Outcomes(end, [end], [None], {0: exc})
+            # Every task of the batch was caught in the crash, but only one caused
+            # it: run them again one at a time, so only that one ends crashed.
+            alone = [await run_alone(item) for item in items]
+            errors = {k: o.errors[0] for k, o in enumerate(alone) if o.errors}
+            ends = [o.ends[0] for o in alone]
+            return Outcomes(alone[0].start, ends, [o.values[0] for o in alone], errors)
+
+        async def run_alone(item: Any) -> Outcomes:
+            try:
+                return await mode.run_batch(slot, [item])
+            except WorkerCrashed as exc:
+                end = time.time()
+                return Outcomes(end, [end], [None], {0: exc})
 
         return worker, asyncio.get_running_loop().create_task(run())
 
