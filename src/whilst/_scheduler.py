@@ -256,7 +256,7 @@ class Scheduler:
         behind another would wait while a different worker sat idle.
         """
         mode, output = self.mode, self.output
-        size = 1
+        size, rerun = 1, asyncio.Lock()
         flying: collections.deque[tuple[int, list[Any], str, asyncio.Task[Outcomes]]] = (
             collections.deque()
         )
@@ -269,7 +269,7 @@ class Scheduler:
                     if not items:
                         break
                     self._spawn()
-                    flying.append((first, items, *self._hand_over(slot, first, items)))
+                    flying.append((first, items, *self._hand_over(slot, first, items, rerun)))
                 if not flying:
                     return
                 first, items, worker, task = flying.popleft()
@@ -282,7 +282,7 @@ class Scheduler:
                 task.cancel()
 
     def _hand_over(
-        self, slot: int, first: int, items: list[Any]
+        self, slot: int, first: int, items: list[Any], rerun: asyncio.Lock
     ) -> tuple[str, asyncio.Task[Outcomes]]:
         mode = self.mode
         worker = mode.worker(slot)
@@ -300,8 +300,10 @@ class Scheduler:
                     end = time.time()
                     return Outcomes(end, [end], [None], {0: exc})
             # Every task of the batch was caught in the crash, but only one caused
-            # it: run them again one at a time, so only that one ends crashed.
-            alone = [await run_alone(item) for item in items]
+            # it: run them again one at a time, so only that one ends crashed (and,
+            # under the lock, nothing else of this slot's is at the worker then).
+            async with rerun:
+                alone = [await run_alone(item) for item in items]
             errors = {k: o.errors[0] for k, o in enumerate(alone) if o.errors}
             ends = [o.ends[0] for o in alone]
             return Outcomes(alone[0].start, ends, [o.values[0] for o in alone], errors)
