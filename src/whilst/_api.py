@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from ._errors import TasksFailed, WhilstError
-from ._options import resolve
+from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
 from ._run import AsyncRun, Run, raise_run_error, streaming
@@ -24,6 +24,7 @@ def map(
     *,
     mode: str = "auto",
     limit: int | None = None,
+    **policy: Unpack[PolicyOptions],
 ) -> list[Any]:
     """Call ``fn`` on every item and return the values in input order.
 
@@ -35,6 +36,34 @@ def map(
         limit: most tasks in flight at once. Defaults: async 100, threads
             ``min(32, cpus + 4)``, processes the CPU count, sync 1.
 
+    Policy (keyword-only, the same in every form and mode):
+        retries: extra attempts for a task that failed (``retries=3``: at
+            most 4 attempts; GNU parallel's ``--retries 3`` means 3 in all).
+        backoff, max_backoff: the wait before retry ``n`` is drawn uniformly
+            below ``backoff * 2**(n-1)`` seconds, at most ``max_backoff``
+            (exponential backoff with full jitter). Defaults 0.5 and 30.
+        retry_on: which errors to retry: an exception type, a tuple of them or
+            a function of the error. Default: any Exception. A task may raise
+            :class:`whilst.Retry` to be retried after a given delay.
+        timeout: seconds per attempt. Async attempts are cancelled; in
+            processes the worker is killed and replaced; a thread cannot be
+            killed, so a timed-out thread is abandoned (its slot stays taken
+            until it returns) and sync mode can only mark an attempt that
+            overran. Use processes for code that must be stopped.
+        deadline: seconds for the whole run; then nothing new starts, running
+            attempts are stopped as for ``timeout`` and every unfinished item
+            ends ``cancelled``.
+        rate, burst: most starts per second (``5``, ``"300/min"``), evenly
+            spaced; ``burst`` lets that many start at once (default 1).
+        key, per_key: at most ``per_key`` tasks in flight whose items share
+            ``key(item)`` (say, a URL's host); others pass meanwhile.
+        halt: ``"never"`` (default), ``"soon,fail=N"`` (start nothing new
+            after N failures), ``"now,fail=N"`` (cancel running tasks too),
+            ``fail=P%`` for a share of the tasks, ``"now,success=1"`` (the
+            first success wins). Unstarted items end ``cancelled``.
+        grace: seconds a first Ctrl-C (or SIGTERM) lets running tasks finish
+            before they are cancelled; a second one cancels at once. Default 5.
+
     Raises:
         TasksFailed: when any task failed; ``.results`` holds every result,
             successes included, so no finished work is lost.
@@ -43,7 +72,7 @@ def map(
     Works inside a running event loop too (a notebook cell): the run then uses
     a loop in a helper thread.
     """
-    options = resolve(fn, mode=mode, limit=limit)
+    options = resolve(fn, mode=mode, limit=limit, policy=policy)
     collect = Collect()
     scheduler = Scheduler(fn, items, options, collect)
     runner = make_runner()
@@ -65,13 +94,15 @@ async def amap(
     *,
     mode: str = "auto",
     limit: int | None = None,
+    **policy: Unpack[PolicyOptions],
 ) -> list[Any]:
     """:func:`map` for use inside a running event loop: ``await whilst.amap(...)``.
 
-    The scheduler runs on the caller's loop, so ``async`` mode tasks share it.
+    Options are as for :func:`map`. The scheduler runs on the caller's loop, so
+    ``async`` mode tasks share it.
     Cancelling the caller cancels the run.
     """
-    options = resolve(fn, mode=mode, limit=limit)
+    options = resolve(fn, mode=mode, limit=limit, policy=policy)
     collect = Collect()
     scheduler = Scheduler(fn, items, options, collect)
     try:
@@ -89,6 +120,7 @@ def imap(
     mode: str = "auto",
     limit: int | None = None,
     ordered: bool = True,
+    **policy: Unpack[PolicyOptions],
 ) -> Run:
     """Call ``fn`` on every item, yielding each :class:`Result` as it is ready.
 
@@ -96,10 +128,10 @@ def imap(
     ``2 * limit`` results are held, so a generator of ten million items is fine.
     ``ordered=True`` yields in input order; ``ordered=False`` as tasks finish.
     A failed task is a result with ``ok`` false, never an exception here.
-    Options are as for :func:`map`; they are checked now, tasks start on the
-    first ``next()``.
+    Options (policy included) are as for :func:`map`; they are checked now,
+    tasks start on the first ``next()``.
     """
-    options = resolve(fn, mode=mode, limit=limit, ordered=ordered)
+    options = resolve(fn, mode=mode, limit=limit, ordered=ordered, policy=policy)
     return Run(*streaming(fn, items, options))
 
 
@@ -110,9 +142,10 @@ def aimap(
     mode: str = "auto",
     limit: int | None = None,
     ordered: bool = True,
+    **policy: Unpack[PolicyOptions],
 ) -> AsyncRun:
     """:func:`imap` for use inside a running event loop: ``async for r in whilst.aimap(...)``."""
-    options = resolve(fn, mode=mode, limit=limit, ordered=ordered)
+    options = resolve(fn, mode=mode, limit=limit, ordered=ordered, policy=policy)
     return AsyncRun(*streaming(fn, items, options))
 
 

@@ -8,7 +8,9 @@ One shallow tree, rooted at :class:`WhilstError`::
      ├── TasksFailed (ExceptionGroup)  raised by ``map``/``amap`` when any task did not succeed
      ├── WorkerCrashed                 the process running a task died
      ├── TaskTimeout (TimeoutError)    an attempt ran past its ``timeout``
- └── RemoteError                   a task's exception that could not leave its worker process
+     ├── TaskCancelled                 a task stopped or never started: deadline, halt rule, Ctrl-C
+     ├── RemoteError                   a task's exception that could not leave its worker process
+     └── Retry                         raised by a task: try me again (after ``after`` seconds)
 
 A task's own exception is never wrapped while the task runs: it becomes that
 task's :class:`~whilst.Result` ``error``.
@@ -43,6 +45,10 @@ class WorkerCrashed(WhilstError):
             :attr:`multiprocessing.Process.exitcode`), or None when unknown.
     """
 
+    #: True when whilst killed the worker itself (another task on it ran past its
+    #: timeout) and this task was only caught with it: it runs again, free.
+    caught: bool = False
+
     def __init__(self, exitcode: int | None) -> None:
         self.exitcode = exitcode
         if exitcode is None:
@@ -59,6 +65,32 @@ class WorkerCrashed(WhilstError):
 
 class TaskTimeout(WhilstError, TimeoutError):
     """An attempt ran longer than its ``timeout`` and was stopped."""
+
+
+class TaskCancelled(WhilstError):
+    """The error of a ``cancelled`` result: the task was stopped, or never started,
+    because the run's deadline passed, a halt rule was met or the run was
+    interrupted; the message says which."""
+
+
+class Retry(WhilstError):
+    """Raise it from a task to ask for another attempt, ``after`` seconds from now
+    (None: the usual backoff). It is retried whatever ``retry_on`` says, while
+    ``retries`` last; the HTTP task raises it for 429 and 503 with Retry-After.
+
+    Example::
+
+        if response.status == 429:
+            raise whilst.Retry(after=float(response.headers["Retry-After"]))
+    """
+
+    def __init__(self, after: float | None = None, message: str = "") -> None:
+        self.after = after
+        when = "" if after is None else f" after {after:g} s"
+        super().__init__(message or f"the task asked to be retried{when}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.after, str(self)))
 
 
 class RemoteError(WhilstError):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 from ._errors import UsageError, UsageTypeError
+from ._policy import Policy, RetryOn, make_policy
 
 #: Modes a user can name, in the order the docs list them.
 MODES = ("auto", "sync", "async", "threads", "processes")
@@ -41,6 +43,23 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     )
 
 
+class PolicyOptions(TypedDict, total=False):
+    """The policy keywords every form takes (see :func:`whilst.map`)."""
+
+    retries: int
+    backoff: float
+    max_backoff: float
+    retry_on: RetryOn
+    timeout: float | None
+    deadline: float | None
+    rate: float | str | None
+    burst: int
+    key: Callable[[Any], Any] | None
+    per_key: int | None
+    halt: str | None
+    grace: float
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """Everything that shapes a run, resolved: ``mode`` is never ``auto`` here."""
@@ -50,6 +69,7 @@ class Options:
     limit: int
     ordered: bool
     is_async: bool
+    policy: Policy = field(default_factory=Policy)
 
 
 def resolve(
@@ -58,8 +78,12 @@ def resolve(
     mode: str = "auto",
     limit: int | None = None,
     ordered: bool = True,
+    policy: PolicyOptions | None = None,
 ) -> Options:
     """Check the options of one call and choose the mode; raise a UsageError naming the fix."""
+    for name in policy or {}:
+        if name not in PolicyOptions.__annotations__:
+            raise UsageTypeError(_unknown(name))
     if not callable(fn):
         raise UsageTypeError(
             f"fn must be a function to call on each item, got {type(fn).__name__} {fn!r}; "
@@ -103,7 +127,15 @@ def resolve(
         limit=limit if limit is not None else default_limit(mode),
         ordered=ordered,
         is_async=is_async,
+        policy=make_policy(**(policy or {})),
     )
+
+
+def _unknown(name: str) -> str:
+    known = ["mode", "limit", "ordered", *PolicyOptions.__annotations__]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}=?" if close else f"the options are {', '.join(known)}"
+    return f"unknown option {name}=: {hint}"
 
 
 def _name(fn: object) -> str:

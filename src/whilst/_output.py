@@ -78,6 +78,7 @@ class Collect:
     def __init__(self) -> None:
         self._columns: list[_Columns] = []
         self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
+        self._results: list[Result] = []  # from the policy path, built already
 
     def recorder(self, mode: str, worker: str) -> Record:
         columns = _Columns(mode, worker)
@@ -89,15 +90,24 @@ class Collect:
     ) -> None:
         self._batches.append((first, items, outcomes, mode, worker))
 
+    def add(self, result: Result) -> None:
+        self._results.append(result)
+
     @property
     def failed(self) -> bool:
         """Whether any task did not succeed."""
-        return any(c.failures for c in self._columns) or any(b[2].errors for b in self._batches)
+        return (
+            any(c.failures for c in self._columns)
+            or any(b[2].errors for b in self._batches)
+            or any(not r.ok for r in self._results)
+        )
 
     def values(self) -> list[Any]:
         """Every task's value, in input order."""
         n = sum(len(c.indexes) for c in self._columns) + sum(len(b[1]) for b in self._batches)
-        out: list[Any] = [None] * n
+        out: list[Any] = [None] * (n + len(self._results))
+        for r in self._results:
+            out[r.index] = r.value
         for columns in self._columns:
             for index, value in zip(columns.indexes, columns.values, strict=True):
                 out[index] = value
@@ -112,6 +122,7 @@ class Collect:
             results.update((r.index, r) for r in columns.results())
         for batch in self._batches:
             results.update((r.index, r) for r in batch_results(*batch))
+        results.update((r.index, r) for r in self._results)
         return [results[i] for i in range(len(results))]
 
     async def room(self) -> None:

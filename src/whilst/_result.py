@@ -40,6 +40,8 @@ class Result:
         end: when the last attempt ended, ``time.time()`` seconds.
         mode: where it ran: ``sync``, ``async``, ``threads``, ``processes``...
         worker: which worker slot ran it (a thread name, a process id...).
+        earlier_errors: the errors of the attempts before the last, oldest
+            first (see :attr:`errors`).
     """
 
     index: int
@@ -52,12 +54,22 @@ class Result:
     end: float = 0.0
     mode: str = ""
     worker: str = ""
+    earlier_errors: tuple[BaseException, ...] = ()
 
     @property
     def ok(self) -> bool:
         """True exactly when the task has a value: status ok or skipped."""
         status = self.status  # compared by identity: hashing an enum member runs Python code
         return status is Status.OK or status is Status.SKIPPED
+
+    @property
+    def errors(self) -> tuple[BaseException, ...]:
+        """Every error this task met, one per failed attempt, oldest first; the
+        last is :attr:`error` (a task that succeeded on a retry keeps the errors
+        of the attempts before)."""
+        if self.error is None:
+            return self.earlier_errors
+        return (*self.earlier_errors, self.error)
 
     @property
     def duration(self) -> float:

@@ -7,6 +7,12 @@ it on to the output. ``limit`` is structural: the scheduler runs ``limit``
 loops — the shape of a hand-written asyncio worker pool, which is the cheapest
 way to bound concurrency on one loop (no task, semaphore or future per item).
 Slots are spawned as items arrive, so a run of three items starts three slots.
+
+A run with a policy (retries, timeout, deadline, rate, key, halt) takes the
+policy path instead (:meth:`Scheduler._policy_slot`): one item per attempt,
+each attempt under a cancel scope, retries and items waiting for their key
+held aside (a bounded number), starts spaced by the rate. A run without one
+pays for none of it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import collections
 import itertools
 import math
 import time
+from asyncio import Timeout
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -27,11 +34,12 @@ from collections.abc import (
 )
 from typing import Any, Protocol
 
-from ._errors import UsageTypeError, WorkerCrashed
+from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WorkerCrashed
 from ._events import Event, EventKind, Sink
-from ._modes import Mode, Outcomes, mode_class
+from ._modes import Call, Mode, Outcomes, mode_class
 from ._options import Options
-from ._output import Record
+from ._output import Record, window_for
+from ._policy import POISON_DEATHS
 from ._result import Result, Status, batch_results
 
 #: A batching mode aims for batches that keep a worker busy this long, so the
@@ -45,8 +53,10 @@ BATCH_TARGET = 0.02
 BATCH_BUDGET = 8192
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
+TIMED_OUT, CRASHED, POISONED = Status.TIMED_OUT, Status.CRASHED, Status.POISONED
 _END = object()
 QUEUED, STARTED, FINISHED = EventKind.QUEUED, EventKind.STARTED, EventKind.FINISHED
+RETRYING = EventKind.RETRYING
 
 
 class Output(Protocol):
@@ -60,6 +70,8 @@ class Output(Protocol):
     def add_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None: ...
+
+    def add(self, result: Result) -> None: ...
 
     async def room(self) -> None: ...
 
@@ -93,6 +105,7 @@ class Scheduler:
         sinks: Sequence[Sink] = (),
     ) -> None:
         self.options = options
+        self.policy = options.policy
         self.output = output
         self.sinks = tuple(sinks)
         self.mode: Mode = mode_class(options.mode)(
@@ -108,8 +121,10 @@ class Scheduler:
         if isinstance(source, Iterator):
             # Batches are cut with islice, which would drop the items of a batch if
             # the input raised half way: an input that may raise is read through
-            # _guarded (80 ns an item) when batching; a list, tuple or range cannot.
-            safe = not self.mode.batching or type(items) in (list, tuple, range)
+            # _guarded (80 ns an item) when batching or on the policy path; a list,
+            # tuple or range cannot raise.
+            plain = not self.mode.batching and options.policy.plain
+            safe = plain or type(items) in (list, tuple, range)
             self._items = source if safe else self._guarded(source)
         self._aitems = source if isinstance(source, AsyncIterator) else None
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
@@ -122,6 +137,20 @@ class Scheduler:
             # Four batches per slot at least, so the last ones do not leave slots idle.
             share = math.ceil(len(items) / (4 * options.limit))
             self._max_batch = max(1, min(self._max_batch, share))
+        # -- the policy path's state (see _policy_slot) --
+        self._total = len(items) if isinstance(items, Sized) else None
+        self._rest = self._items  # what a halted run drains into cancelled results
+        self._retries: list[_Task] = []  # failed, waiting to be tried again
+        self._held: collections.deque[_Task] = collections.deque()  # waiting for their key
+        self._aside = window_for(options.limit)  # most tasks read ahead and set aside
+        self._keys: collections.Counter[Any] = collections.Counter()  # in flight, by key
+        self._naps: set[asyncio.Future[None]] = set()  # slots waiting for something to do
+        self._scopes: dict[int, Timeout] = {}  # each slot's running attempt
+        self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
+        self._stopping: str | None = None  # why nothing new starts
+        self._stop_now = False  # running attempts are being cancelled too
+        self._tat = -math.inf  # rate: when the next start is due (GCRA)
+        self._failures = self._successes = self._finished = 0
 
     # -- the run -------------------------------------------------------------
 
@@ -131,12 +160,22 @@ class Scheduler:
         mode = self.mode
         await mode.open()
         aborted = True
+        deadline = self.policy.deadline
+        timer = None
+        if deadline is not None:
+            timer = asyncio.get_running_loop().call_later(
+                deadline, self._halt, f"the run's deadline of {deadline:g} s passed", True
+            )
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self._spawn()
+            if not self.policy.plain:
+                await self._drain()
             aborted = False
         finally:
+            if timer is not None:
+                timer.cancel()
             self.ended = time.time()
             try:
                 await mode.close(abort=aborted)
@@ -144,9 +183,10 @@ class Scheduler:
                 self.output.finish()
 
     def interrupt(self) -> None:
-        """Ctrl-C: start nothing more (the driver cancels the running slots)."""
+        """Ctrl-C: start nothing more; the driver cancels running attempts after the grace."""
         self.interrupted = True
         self._stop_pulling()
+        self._halt("the run was interrupted", now=False)
 
     def _stop_pulling(self) -> None:
         self._exhausted = True
@@ -156,8 +196,12 @@ class Scheduler:
         if self._group is None or self._slots >= self.options.limit or self._exhausted:
             return
         slot, self._slots = self._slots, self._slots + 1
-        batching = self.mode.batching
-        self._group.create_task(self._batch_slot(slot) if batching else self._slot(slot))
+        if not self.policy.plain:
+            self._group.create_task(self._policy_slot(slot))
+        elif self.mode.batching:
+            self._group.create_task(self._batch_slot(slot))
+        else:
+            self._group.create_task(self._slot(slot))
 
     # -- pulling items -------------------------------------------------------
 
@@ -366,3 +410,374 @@ class Scheduler:
         size = max(1, min(size, self._max_batch))
         self.output.fit_batch(size, self.options.limit)
         return size
+
+    # -- the policy path -----------------------------------------------------
+
+    async def _policy_slot(self, slot: int) -> None:
+        """A slot of a run with a policy: one item per attempt, each attempt under a
+        cancel scope (its timeout; a halt or deadline expires it early), failed
+        attempts set aside to be retried after their backoff."""
+        mode, policy = self.mode, self.policy
+        attempt = self._attempt_caller(slot)
+        timeout, stoppable = policy.timeout, mode.stoppable
+        loop = asyncio.get_running_loop()
+        while (task := await self._next_task()) is not None:
+            if policy.rate is not None:
+                at = self._reserve(loop.time())
+                while (left := at - loop.time()) > 0 and not self._stopping:
+                    await self._nap(left)
+            if self._stopping:  # halted while it waited for its turn: it does not start
+                self._release(task)
+                self._abandon(task)
+                continue
+            worker = mode.worker(slot)
+            task.attempts += 1
+            start = time.time()
+            if task.attempts == 1:
+                task.start = start
+            if self.sinks:
+                self._emit(STARTED, task.index, task.item, start, worker)
+            status, value, error = OK, None, None
+            began = loop.time()
+            scope = self._scopes[slot] = asyncio.timeout(timeout)
+            try:
+                async with scope:
+                    value = await attempt(task.item)
+            except TimeoutError as exc:
+                if scope.expired():
+                    status, error = self._expired(timeout)
+                else:  # the task raised TimeoutError itself: an ordinary failure
+                    status, error = FAILED, exc
+            except asyncio.CancelledError as exc:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # the run is being stopped, not just this task
+                status, error = CANCELLED, exc
+            except BaseException as exc:
+                if self.interrupted and isinstance(exc, KeyboardInterrupt):
+                    raise
+                status, error = (CRASHED if isinstance(exc, WorkerCrashed) else FAILED), exc
+            finally:
+                del self._scopes[slot]
+            overran = timeout is not None and loop.time() - began > timeout
+            if overran and status is OK and not stoppable:  # it could not be stopped
+                status, value, error = (
+                    TIMED_OUT,
+                    None,
+                    TaskTimeout(
+                        f"the attempt ran past its timeout of {timeout:g} s; {mode.timeout_note}"
+                    ),
+                )
+            self._release(task)
+            self._ended(task, status, value, error, time.time(), worker)
+            if status is TIMED_OUT and not self._stopping:
+                await self._settle(slot)
+
+    def _attempt_caller(self, slot: int) -> Call:
+        """An async function running one attempt of one item in ``slot``."""
+        mode = self.mode
+        if not mode.batching:
+            return mode.caller(slot)
+        run_batch = mode.run_batch
+
+        async def attempt(item: Any) -> Any:
+            outcomes = await run_batch(slot, [item])
+            if outcomes.errors:
+                raise outcomes.errors[0]
+            return outcomes.values[0]
+
+        return attempt
+
+    def _expired(self, timeout: float | None) -> tuple[Status, BaseException]:
+        """Why an attempt's scope expired: the run stopped it, or its timeout passed."""
+        if self._stop_now:
+            return CANCELLED, TaskCancelled(f"{self._stopping}: the task was cancelled")
+        return TIMED_OUT, TaskTimeout(
+            f"the attempt ran past its timeout of {timeout:g} s; {self.mode.timeout_note}"
+        )
+
+    async def _settle(self, slot: int) -> None:
+        """After a timed-out attempt: wait until the slot's worker is free again (a
+        thread cannot be killed; it keeps its slot until it returns)."""
+        scope = self._settling[slot] = asyncio.timeout(None)
+        try:
+            async with scope:
+                await self.mode.settle(slot)
+        except TimeoutError:
+            pass  # the run is stopping: leave the abandoned attempt behind
+        finally:
+            del self._settling[slot]
+
+    def _ended(
+        self,
+        task: _Task,
+        status: Status,
+        value: Any,
+        error: BaseException | None,
+        end: float,
+        worker: str,
+    ) -> None:
+        """An attempt ended: retry it (after its backoff) or finish the task."""
+        policy = self.policy
+        if status is CRASHED:
+            if getattr(error, "caught", False):  # killed for another task's timeout
+                task.attempts -= 1
+                task.due = 0.0
+                self._retries.append(task)
+                self._poke()
+                return
+            task.deaths += 1
+            if task.deaths >= POISON_DEATHS:
+                status = POISONED
+        if (
+            (status is FAILED or status is TIMED_OUT or status is CRASHED)
+            and task.attempts <= policy.retries
+            and not self._stopping
+            and (status is not FAILED or policy.retryable(error))  # type: ignore[arg-type]
+        ):
+            if self.sinks:
+                result = self._result(task, status, None, error, end, worker)
+                self._emit(RETRYING, task.index, task.item, end, worker, result)
+            task.errors.append(error)  # type: ignore[arg-type]
+            task.status = status
+            delay = policy.delay(task.attempts, error)  # type: ignore[arg-type]
+            task.due = asyncio.get_running_loop().time() + delay
+            self._retries.append(task)
+            self._poke()
+            return
+        self._finish(task, status, value, error, end, worker)
+
+    def _result(
+        self,
+        task: _Task,
+        status: Status,
+        value: Any,
+        error: BaseException | None,
+        end: float,
+        worker: str,
+    ) -> Result:
+        earlier = tuple(task.errors)
+        start = task.start or end
+        mode = self.mode.name
+        return Result(
+            task.index, task.item, status, value, error, task.attempts, start, end, mode, worker,
+            earlier,
+        )  # fmt: skip
+
+    def _finish(
+        self,
+        task: _Task,
+        status: Status,
+        value: Any,
+        error: BaseException | None,
+        end: float,
+        worker: str,
+    ) -> None:
+        result = self._result(task, status, value, error, end, worker)
+        self.output.add(result)
+        if self.sinks:
+            self._emit(FINISHED, task.index, task.item, end, worker, result)
+        halt = self.policy.halt
+        if halt is None or status is CANCELLED:
+            return
+        self._finished += 1
+        if status is OK:
+            self._successes += 1
+        else:
+            self._failures += 1
+        n = self._successes if halt.what == "success" else self._failures
+        if halt.met(n, self._total, self._finished):
+            self._halt(f"the halt rule {halt!s} was met", now=halt.when == "now")
+
+    def _abandon(self, task: _Task) -> None:
+        """A task that will not run (again): cancelled if it never started, else
+        it ends as its last attempt did."""
+        if task.attempts == 0:
+            error: BaseException = TaskCancelled(f"{self._stopping}: the task never started")
+            self._finish(task, CANCELLED, None, error, time.time(), "")
+        else:
+            error = task.errors.pop()
+            self._finish(task, task.status, None, error, time.time(), "")
+
+    def _halt(self, reason: str, now: bool) -> None:
+        """Start nothing new; with ``now``, cancel running attempts too."""
+        if self._stopping is None:
+            self._stopping = reason
+            self._exhausted = True
+        if now and not self._stop_now:
+            self._stop_now = True
+            self._stopping = reason
+            for scope in self._scopes.values():
+                if not scope.expired():
+                    scope.reschedule(-math.inf)
+        for scope in self._settling.values():
+            if not scope.expired():
+                scope.reschedule(-math.inf)
+        self._poke()
+
+    async def _drain(self) -> None:
+        """After a halted run's slots ended: every item that did not finish gets its
+        result, so none is missing (retries waiting, items waiting for their key,
+        and the rest of the input, unless the run was interrupted)."""
+        output = self.output
+        for task in (*self._retries, *self._held):
+            self._abandon(task)
+        self._retries.clear()
+        self._held.clear()
+        if self._stopping is None or self.interrupted:
+            return
+        while True:
+            if output.bounded and output.full:
+                await output.room()
+            if self._aitems is None:
+                item = next(self._rest, _END)
+            else:
+                try:
+                    item = await anext(self._aitems)
+                except StopAsyncIteration:
+                    item = _END
+                except Exception as exc:
+                    self.input_error, item = exc, _END
+            if item is _END:
+                return
+            index, self._pulled = self._pulled, self._pulled + 1
+            if self.sinks:
+                self._emit(QUEUED, index, item, time.time())
+            self._abandon(_Task(index, item))
+
+    async def _next_task(self) -> _Task | None:
+        """The next task for a slot, admitted under its key; None when none is left.
+
+        In turn: a retry that is due, an item whose key has room again, a new
+        item from the input. Items whose key is full are held aside so others
+        pass (no head-of-line blocking); at most ``window_for(limit)`` retries and
+        held items together, so memory stays bounded whatever waits.
+        """
+        loop = asyncio.get_running_loop()
+        output = self.output
+        while not self._stopping:
+            now = loop.time()
+            task = self._runnable(now)
+            if task is not None:
+                return self._admit(task)
+            retries, held = self._retries, self._held
+            reading = not self._exhausted and len(retries) + len(held) < self._aside
+            if reading and not (output.bounded and output.full):
+                task = await self._read()
+                if task is None:
+                    continue
+                if self._key_free(task):
+                    return self._admit(task)
+                held.append(task)
+            elif reading and not retries and not held:
+                await output.room()  # only running tasks ahead, and they need no room
+            elif retries or held:
+                waits = [t.due - now for t in retries if t.due > now]
+                await self._nap(min(waits) if waits else None)  # or until a key frees
+            else:
+                return None
+        return None
+
+    def _runnable(self, now: float) -> _Task | None:
+        for i, task in enumerate(self._retries):
+            if task.due <= now and self._key_free(task):
+                del self._retries[i]
+                return task
+        for i, task in enumerate(self._held):
+            if self._key_free(task):
+                del self._held[i]
+                return task
+        return None
+
+    async def _read(self) -> _Task | None:
+        """The next item of the input as a task; None at the input's end, or when
+        its key could not be computed (that task then ends failed)."""
+        index, items = await self._take(1)
+        if not items:
+            return None
+        self._spawn()
+        task = _Task(index, items[0])
+        if self.sinks:
+            self._emit(QUEUED, index, task.item, time.time())
+        key = self.policy.key
+        if key is not None:
+            try:
+                task.key = key(task.item)
+                hash(task.key)
+            except Exception as exc:
+                exc.add_note(f"whilst: raised by key= on item {index}")
+                self._finish(task, FAILED, None, exc, time.time(), "")
+                return None
+        return task
+
+    def _key_free(self, task: _Task) -> bool:
+        per_key = self.policy.per_key
+        return per_key is None or self._keys[task.key] < per_key
+
+    def _admit(self, task: _Task) -> _Task:
+        if self.policy.per_key is not None:
+            self._keys[task.key] += 1
+        return task
+
+    def _release(self, task: _Task) -> None:
+        if self.policy.per_key is not None:
+            keys = self._keys
+            keys[task.key] -= 1
+            if not keys[task.key]:
+                del keys[task.key]
+            if self._held or self._retries:
+                self._poke()
+
+    def _reserve(self, now: float) -> float:
+        """When the next start may happen under ``rate`` and ``burst``, reserved.
+
+        The generic cell rate algorithm: starts are spaced ``1/rate`` apart on
+        average, and at most ``burst`` may come at once, so over any window of
+        ``w`` seconds at most ``rate * w + burst`` tasks start.
+        """
+        rate, burst = self.policy.rate, self.policy.burst
+        assert rate is not None
+        interval = 1.0 / rate
+        at = max(now, self._tat - (burst - 1) * interval)
+        self._tat = max(at, self._tat) + interval
+        return at
+
+    async def _nap(self, delay: float | None) -> None:
+        """Wait ``delay`` seconds (None: indefinitely) or until :meth:`_poke`."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._naps.add(fut)
+        handle = None if delay is None else loop.call_later(delay, _wake, fut)
+        try:
+            await fut
+        finally:
+            self._naps.discard(fut)
+            if handle is not None:
+                handle.cancel()
+
+    def _poke(self) -> None:
+        """Something changed (a key freed, a retry queued, the run halted): wake
+        every napping slot to look again."""
+        for fut in self._naps:
+            _wake(fut)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Task:
+    """One item on the policy path, across its attempts."""
+
+    __slots__ = ("attempts", "deaths", "due", "errors", "index", "item", "key", "start", "status")
+
+    def __init__(self, index: int, item: Any) -> None:
+        self.index = index
+        self.item = item
+        self.key: Any = None
+        self.attempts = 0
+        self.deaths = 0  # worker processes it killed
+        self.errors: list[BaseException] = []  # of the attempts before the next
+        self.start = 0.0
+        self.due = 0.0  # loop time its next attempt may start
+        self.status = FAILED  # how its last attempt ended

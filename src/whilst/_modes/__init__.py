@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import Mode, Outcomes
+from ._base import Call, Mode, Outcomes
 
 _REGISTRY = {
     "sync": "whilst._modes._sync:SyncMode",
@@ -22,4 +22,4 @@ def mode_class(name: str) -> type[Mode]:
     return cls
 
 
-__all__ = ["Mode", "Outcomes", "mode_class"]
+__all__ = ["Call", "Mode", "Outcomes", "mode_class"]

@@ -39,6 +39,9 @@ class Mode(abc.ABC):
     name: ClassVar[str]
     batching: bool = False  # runs batches of items (run_batch) rather than one (caller)
     auto_batch: bool = False  # batches may grow past one item when tasks are quick
+    stoppable: bool = True  # a running attempt can be stopped (else it is only marked)
+    #: What a timeout did to the attempt, for its TaskTimeout message.
+    timeout_note: str = "it was cancelled"
 
     def __init__(self, fn: Callable[..., Any], *, limit: int, is_async: bool) -> None:
         self.fn = fn
@@ -55,6 +58,9 @@ class Mode(abc.ABC):
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         """Run one attempt of each item, in order, in ``slot``'s worker."""
         raise NotImplementedError(f"{self.name} mode runs one item at a time")
+
+    async def settle(self, slot: int) -> None:  # noqa: B027 - most modes stop what they cancel
+        """Wait until ``slot`` can run again after a timed-out attempt was abandoned."""
 
     @abc.abstractmethod
     def worker(self, slot: int) -> str:

@@ -140,6 +140,7 @@ class ProcessesMode(Mode):
 
     name = "processes"
     batching = True
+    timeout_note = "its worker process was killed and replaced"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -230,9 +231,23 @@ class ProcessesMode(Mode):
         except subprocess.TimeoutExpired:
             code = None
         worker.kill()
+        self._fail_pending(worker, code, caught=False)
+
+    def _kill(self, worker: _Worker) -> None:
+        """Kill a worker to stop the attempt it runs; the next attempt gets a new one.
+        Tasks of other slots running on it (coroutine functions share workers) were
+        only caught: they run again without using a retry."""
+        self._loop.remove_reader(worker.recv_fd)
+        self._loop.remove_writer(worker.send_fd)
+        worker.kill()
+        self._fail_pending(worker, worker.proc.returncode, caught=True)
+
+    def _fail_pending(self, worker: _Worker, code: int | None, *, caught: bool) -> None:
         for fut in worker.pending.values():
             if not fut.done():
-                fut.set_exception(WorkerCrashed(code))
+                exc = WorkerCrashed(code)
+                exc.caught = caught
+                fut.set_exception(exc)
         worker.pending.clear()
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
@@ -245,7 +260,12 @@ class ProcessesMode(Mode):
         fut = self._loop.create_future()
         worker.pending[tag] = fut
         self._send(worker, message)
-        start, ends, values, wired = await fut
+        try:
+            start, ends, values, wired = await fut
+        except asyncio.CancelledError:
+            if worker.pending.pop(tag, None) is not None:
+                self._kill(worker)  # the only way to stop what it runs
+            raise
         errors = {}
         for i, (exc, what, tb) in wired.items():
             if exc is None:

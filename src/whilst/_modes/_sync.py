@@ -19,10 +19,15 @@ class SyncMode(Mode):
     """
 
     name = "sync"
+    timeout_note = (
+        "sync mode cannot stop a plain function running in the caller's thread, so it ran "
+        "to its end and its value was dropped (use mode='processes' for code that must be stopped)"
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._busy = False
+        self.stoppable = self.is_async  # a coroutine can be cancelled; a plain call cannot
 
     def caller(self, slot: int) -> Call:
         fn = self.fn

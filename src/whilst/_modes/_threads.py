@@ -25,6 +25,8 @@ class _Completions:
         self._loop = loop
         self._pending: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
         self._scheduled = False
+        #: Abandoned jobs' futures -> a future set when their thread is done with them.
+        self.settling: dict[asyncio.Future[Any], asyncio.Future[None]] = {}
 
     def post(self, fut: asyncio.Future[Any], value: Any) -> None:
         """Called from a worker thread."""
@@ -41,8 +43,12 @@ class _Completions:
         pending = self._pending
         while pending:
             fut, value = pending.popleft()
-            if not fut.done():  # else the slot was cancelled meanwhile
+            if not fut.done():
                 fut.set_result(value)
+            elif self.settling:  # the slot gave up on it (timeout) and waits for the thread
+                waiter = self.settling.pop(fut, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
 
 def _same(exc: BaseException) -> BaseException:
@@ -58,6 +64,8 @@ class _SlotThread(threading.Thread):
             queue.SimpleQueue()
         )
         self._runner: asyncio.Runner | None = None
+        self.job: asyncio.Future[Any] | None = None  # the last job handed over
+        self.last_done: asyncio.Future[Any] | None = None  # the last job it finished
 
     def run(self) -> None:
         get, post = self.inbox.get, self.done.post
@@ -65,6 +73,7 @@ class _SlotThread(threading.Thread):
             while (job := get()) is not None:
                 fut, items = job
                 start, ends, values, errors = run_batch(self.fn, items, _same, self._await)
+                self.last_done = fut  # before post: see ThreadsMode.settle
                 post(fut, Outcomes(start, ends, values, errors))
                 del job, fut, items
         finally:
@@ -85,6 +94,11 @@ class ThreadsMode(Mode):
     name = "threads"
     batching = True
     auto_batch = True
+    timeout_note = (
+        "its thread is still running: a thread cannot be killed, so the attempt was "
+        "abandoned and its slot stays taken until it returns "
+        "(use mode='processes' for code that must be stopped)"
+    )
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -96,10 +110,23 @@ class ThreadsMode(Mode):
         if thread is None:
             thread = self._threads[slot] = _SlotThread(self.fn, self._done, self.worker(slot))
             thread.start()
-        fut = self._loop.create_future()
+        fut = thread.job = self._loop.create_future()
         thread.inbox.put((fut, items))
-        outcomes: Outcomes = await fut
+        outcomes: Outcomes = await fut  # cancelled (a timeout): the thread runs on
         return outcomes
+
+    async def settle(self, slot: int) -> None:
+        """A thread cannot be killed: wait until it is done with the abandoned job."""
+        thread = self._threads.get(slot)
+        if thread is None or thread.job is None:
+            return
+        job = thread.job
+        waiter = self._done.settling[job] = self._loop.create_future()
+        try:
+            if thread.last_done is not job:  # else its result was already posted
+                await waiter
+        finally:
+            self._done.settling.pop(job, None)
 
     def worker(self, slot: int) -> str:
         return f"thread-{slot}"
