@@ -5,9 +5,11 @@ import whilst
 EXPECTED = {
     "AsyncRun",
     "Result",
+    "Retry",
     "Run",
     "Status",
     "Summary",
+    "TaskCancelled",
     "TaskTimeout",
     "TasksFailed",
     "UsageError",

@@ -6,6 +6,8 @@ event loop, in threads or in processes — with limits, and see where the time w
 
 from ._api import aimap, amap, imap, map
 from ._errors import (
+    Retry,
+    TaskCancelled,
     TasksFailed,
     TaskTimeout,
     UsageError,
@@ -21,9 +23,11 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncRun",
     "Result",
+    "Retry",
     "Run",
     "Status",
     "Summary",
+    "TaskCancelled",
     "TaskTimeout",
     "TasksFailed",
     "UsageError",

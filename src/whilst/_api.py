@@ -80,8 +80,7 @@ def map(
         main = runner.start(scheduler)
         runner.call(asyncio.wait([main]))
         error = None if main.cancelled() else main.exception()
-        if runner.interrupted or main.cancelled():
-            raise KeyboardInterrupt
+        runner.raise_if_interrupted()
     finally:
         runner.close()
     raise_run_error(scheduler, error)

@@ -149,12 +149,10 @@ class Run(Iterator[Result]):
             return batch
         main = runner.main
         assert main is not None
-        interrupted = runner.interrupted or main.cancelled()
         error = None if main.cancelled() else main.exception()
         self._shutdown()
         self.summary = self._tally.summary(self._scheduler)
-        if interrupted:
-            raise KeyboardInterrupt
+        runner.raise_if_interrupted()
         raise_run_error(self._scheduler, error)
         return []
 

@@ -8,9 +8,13 @@
   (a notebook cell, an ``async def`` that calls ``whilst.map``), a loop cannot
   be nested in it, so the run gets a loop in a helper thread instead.
 
-Both catch Ctrl-C the way :class:`asyncio.Runner` does: the first SIGINT
-cancels the run (the scheduler then stops its workers) and the caller gets
-``KeyboardInterrupt``; a second one interrupts at once.
+Stopping: the first Ctrl-C (SIGINT) or SIGTERM stops the run starting tasks
+and gives the running ones ``grace`` seconds to finish, then cancels them (the
+scheduler stops its workers); a second signal cancels at once. The caller then
+gets ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM, the exit
+status of a process ended by it), after every ``finally`` has run. Handlers are
+installed only in the main thread, only over the default ones, only while the
+run's loop runs.
 """
 
 from __future__ import annotations
@@ -52,10 +56,14 @@ def in_running_loop() -> bool:
 class Runner:
     """Runs the coroutines of one run on one loop; see the module docstring."""
 
+    loop: asyncio.AbstractEventLoop
+
     def __init__(self) -> None:
         self.main: asyncio.Task[Any] | None = None
         self.scheduler: Scheduler | None = None
         self.interrupted = False
+        self.signum = 0  # the first signal that stopped the run
+        self._grace: asyncio.TimerHandle | threading.Timer | None = None
 
     def start(self, scheduler: Scheduler) -> asyncio.Task[Any]:
         """Start the run (it progresses whenever :meth:`call` runs the loop)."""
@@ -76,10 +84,34 @@ class Runner:
     def close(self) -> None:
         raise NotImplementedError
 
-    def _interrupt(self) -> None:
+    def raise_if_interrupted(self) -> None:
+        """After the run: tell the caller it was stopped by a signal."""
+        if self.signum == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        if self.interrupted or (self.main is not None and self.main.cancelled()):
+            raise KeyboardInterrupt
+
+    def _interrupt(self, signum: int = signal.SIGINT) -> bool:
+        """A stop signal; True when running attempts must be stopped now (a second
+        signal, or no grace), False while they have their grace."""
+        first = not self.interrupted
         self.interrupted = True
-        if self.scheduler is not None:
-            self.scheduler.interrupt()
+        if first:
+            self.signum = signum
+            if self.scheduler is not None:
+                self.scheduler.interrupt()
+                grace = self.scheduler.policy.grace
+                if grace > 0:
+                    self.loop.call_soon_threadsafe(self._arm_grace, grace)
+                    return False
+        self._cancel_main()
+        return True
+
+    def _arm_grace(self, grace: float) -> None:
+        if self._grace is None:
+            self._grace = self.loop.call_later(grace, self._cancel_main)
+
+    def _cancel_main(self) -> None:
         if self.main is not None and not self.main.done():
             self.main.cancel()
 
@@ -98,32 +130,42 @@ class InlineRunner(Runner):
     def __init__(self) -> None:
         super().__init__()
         self.loop = new_loop()
-        self._sigint = 0
 
     def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self.loop.create_task(coro)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        handle = (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        )
-        if handle:
-            signal.signal(signal.SIGINT, self._on_sigint)
+        handled = self._handle_signals()
         try:
             return self._run(coro)
         except BaseException:
             # The loop may still hold the run: cancel it so no worker is left behind.
             if not self.loop.is_closed() and self.main is not None and not self.main.done():
                 self.interrupted = True
-                if handle:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                    handle = False
+                self._restore(handled)
+                handled = {}
                 self._stop_main()
             raise
         finally:
-            if handle:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._restore(handled)
+
+    def _handle_signals(self) -> dict[int, Any]:
+        """Install ours over the default SIGINT and SIGTERM handlers; the old ones."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        handled: dict[int, Any] = {}
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) is default:
+                handled[signum] = default
+                signal.signal(signum, self._on_signal)
+        return handled
+
+    def _restore(self, handled: dict[int, Any]) -> None:
+        if isinstance(self._grace, threading.Timer):
+            self._grace.cancel()
+        for signum, old in handled.items():
+            signal.signal(signum, old)
 
     def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._run(coro)
@@ -138,15 +180,22 @@ class InlineRunner(Runner):
         finally:
             asyncio.events._set_running_loop(outer)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self._sigint += 1
-        if self._sigint == 1:
-            self._interrupt()
-            self.loop.call_soon_threadsafe(lambda: None)  # wake the selector
-            scheduler = self.scheduler
-            if scheduler is None or not scheduler.mode.busy_in_caller_thread:
-                return  # else sync mode's task is running here: interrupt it
-        raise KeyboardInterrupt()
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        scheduler = self.scheduler
+        busy = scheduler is not None and scheduler.mode.busy_in_caller_thread
+        now = self._interrupt(signum)
+        self.loop.call_soon_threadsafe(lambda: None)  # wake the selector
+        if busy and now:  # sync mode's task is running here: interrupt it
+            raise KeyboardInterrupt()
+        if busy and scheduler is not None and self._grace is None:
+            # The loop cannot time the grace while the task holds this thread:
+            # a timer thread sends the second signal when the grace is over.
+            main = threading.main_thread().ident
+            timer = self._grace = threading.Timer(
+                scheduler.policy.grace, signal.pthread_kill, (main, signum)
+            )
+            timer.daemon = True
+            timer.start()
 
     def close(self) -> None:
         loop = self.loop
@@ -180,14 +229,21 @@ class ThreadRunner(Runner):
         # The caller's task, blocked in here. asyncio.run's Ctrl-C handler cancels
         # it rather than raising, which a blocking wait would not notice: look.
         caller = asyncio.current_task() if in_running_loop() else None
+        cancelled = False
         try:
             while caller is not None and not fut.done():
                 with contextlib.suppress(TimeoutError):
                     fut.result(timeout=0.1)
-                if caller.cancelling() and not fut.done():
-                    raise asyncio.CancelledError
-            return fut.result()
-        except (KeyboardInterrupt, asyncio.CancelledError):
+                if caller.cancelling() and not cancelled and not fut.done():
+                    # asyncio.run's first Ctrl-C: stop starting, let running tasks
+                    # have their grace; the run ends by itself, or its grace does.
+                    self.loop.call_soon_threadsafe(self._interrupt)
+                    cancelled = True
+            result = fut.result()
+            if cancelled:
+                raise asyncio.CancelledError
+            return result
+        except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C: stop now
             fut.cancel()
             self.loop.call_soon_threadsafe(self._interrupt)
             self._stop_main()
