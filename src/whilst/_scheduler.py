@@ -145,7 +145,7 @@ class Scheduler:
         self._aside = window_for(options.limit)  # most tasks read ahead and set aside
         self._keys: collections.Counter[Any] = collections.Counter()  # in flight, by key
         self._naps: set[asyncio.Future[None]] = set()  # slots waiting for something to do
-        self._scopes: dict[int, Timeout] = {}  # each slot's running attempt
+        self._scopes: dict[int, Timeout | None] = {}  # each slot's running attempt
         self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
         self._stopping: str | None = None  # why nothing new starts
         self._stop_now = False  # running attempts are being cancelled too
@@ -196,8 +196,15 @@ class Scheduler:
         if self._group is None or self._slots >= self.options.limit or self._exhausted:
             return
         slot, self._slots = self._slots, self._slots + 1
-        if not self.policy.plain:
-            self._group.create_task(self._policy_slot(slot))
+        policy = self.policy
+        if not policy.plain:
+            # Retries alone leave tiny tasks batched; anything that must stop or
+            # space out a task's start (timeout, deadline, rate, key, halt) needs
+            # every task on its own.
+            alone = (policy.timeout, policy.deadline, policy.rate, policy.key, policy.halt)
+            batches = self.mode.auto_batch and alone == (None,) * 5
+            run = self._policy_batch_slot if batches else self._policy_slot
+            self._group.create_task(run(slot))
         elif self.mode.batching:
             self._group.create_task(self._batch_slot(slot))
         else:
@@ -336,30 +343,26 @@ class Scheduler:
                 for k, item in enumerate(items):
                     self._emit(kind, first + k, item, now, worker)
 
-        async def run() -> Outcomes:
-            try:
-                return await mode.run_batch(slot, items)
-            except WorkerCrashed as exc:
-                if len(items) == 1:
-                    end = time.time()
-                    return Outcomes(end, [end], [None], {0: exc})
-            # Every task of the batch was caught in the crash, but only one caused
-            # it: run them again one at a time, so only that one ends crashed (and,
-            # under the lock, nothing else of this slot's is at the worker then).
-            async with rerun:
-                alone = [await run_alone(item) for item in items]
-            errors = {k: o.errors[0] for k, o in enumerate(alone) if o.errors}
-            ends = [o.ends[0] for o in alone]
-            return Outcomes(alone[0].start, ends, [o.values[0] for o in alone], errors)
+        run = self._run_batch(slot, items, rerun)
+        return worker, asyncio.get_running_loop().create_task(run)
 
-        async def run_alone(item: Any) -> Outcomes:
-            try:
-                return await mode.run_batch(slot, [item])
-            except WorkerCrashed as exc:
+    async def _run_batch(self, slot: int, items: list[Any], rerun: asyncio.Lock) -> Outcomes:
+        """Run a batch; a worker crash fails only the task that caused it."""
+        mode = self.mode
+        try:
+            return await mode.run_batch(slot, items)
+        except WorkerCrashed as exc:
+            if len(items) == 1:
                 end = time.time()
                 return Outcomes(end, [end], [None], {0: exc})
-
-        return worker, asyncio.get_running_loop().create_task(run())
+        # Every task of the batch was caught in the crash, but only one caused it:
+        # run them again one at a time, so only that one ends crashed (and, under
+        # the lock, nothing else of this slot's is at the worker then).
+        async with rerun:
+            alone = [await self._run_batch(slot, [item], rerun) for item in items]
+        errors = {k: o.errors[0] for k, o in enumerate(alone) if o.errors}
+        ends = [o.ends[0] for o in alone]
+        return Outcomes(alone[0].start, ends, [o.values[0] for o in alone], errors)
 
     def _finished_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, worker: str
@@ -420,6 +423,13 @@ class Scheduler:
         mode, policy = self.mode, self.policy
         attempt = self._attempt_caller(slot)
         timeout, stoppable = policy.timeout, mode.stoppable
+        # Attempts need a cancel scope only if something may stop them.
+        halt = policy.halt
+        scoped = (
+            timeout is not None
+            or policy.deadline is not None
+            or (halt is not None and halt.when == "now")
+        )
         loop = asyncio.get_running_loop()
         while (task := await self._next_task()) is not None:
             if policy.rate is not None:
@@ -439,12 +449,15 @@ class Scheduler:
                 self._emit(STARTED, task.index, task.item, start, worker)
             status, value, error = OK, None, None
             began = loop.time()
-            scope = self._scopes[slot] = asyncio.timeout(timeout)
+            scope = self._scopes[slot] = asyncio.timeout(timeout) if scoped else None
             try:
-                async with scope:
+                if scope is None:
                     value = await attempt(task.item)
+                else:
+                    async with scope:
+                        value = await attempt(task.item)
             except TimeoutError as exc:
-                if scope.expired():
+                if scope is not None and scope.expired():
                     status, error = self._expired(timeout)
                 else:  # the task raised TimeoutError itself: an ordinary failure
                     status, error = FAILED, exc
@@ -471,6 +484,55 @@ class Scheduler:
             self._ended(task, status, value, error, time.time(), worker)
             if status is TIMED_OUT and not self._stopping:
                 await self._settle(slot)
+
+    async def _policy_batch_slot(self, slot: int) -> None:
+        """The policy path of a batching mode when the policy is retries alone: tiny
+        tasks still share round trips to the worker, sized as on the plain path,
+        and each task's failures are retried on their own."""
+        mode = self.mode
+        size, rerun = 1, asyncio.Lock()
+        while tasks := await self._next_tasks(size):
+            worker = mode.worker(slot)
+            start = time.time()
+            for task in tasks:
+                task.attempts += 1
+                if self.sinks:
+                    self._emit(STARTED, task.index, task.item, start, worker)
+            outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
+            begin, errors = outcomes.start, outcomes.errors
+            for k, (task, value, end) in enumerate(
+                zip(tasks, outcomes.values, outcomes.ends, strict=True)
+            ):
+                if task.attempts == 1:
+                    task.start = begin
+                begin = end
+                error = errors.get(k)
+                if error is None:
+                    self._ended(task, OK, value, None, end, worker)
+                else:
+                    status = CRASHED if isinstance(error, WorkerCrashed) else FAILED
+                    self._ended(task, status, None, error, end, worker)
+            size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+
+    async def _next_tasks(self, n: int) -> list[_Task]:
+        """Up to ``n`` tasks for one batch: waits for the first, takes the rest only
+        if they are ready (retries due, items the input has)."""
+        first = await self._next_task()
+        if first is None:
+            return []
+        tasks = [first]
+        output, loop = self.output, asyncio.get_running_loop()
+        while len(tasks) < n and not self._stopping:
+            task = self._runnable(loop.time()) if self._retries else None
+            if task is None:
+                full = output.bounded and output.full
+                if self._exhausted or full or len(self._retries) >= self._aside:
+                    break
+                task = await self._read()
+                if task is None:
+                    break
+            tasks.append(task)
+        return tasks
 
     def _attempt_caller(self, slot: int) -> Call:
         """An async function running one attempt of one item in ``slot``."""
@@ -607,7 +669,7 @@ class Scheduler:
             self._stop_now = True
             self._stopping = reason
             for scope in self._scopes.values():
-                if not scope.expired():
+                if scope is not None and not scope.expired():
                     scope.reschedule(-math.inf)
         for scope in self._settling.values():
             if not scope.expired():
@@ -655,11 +717,13 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         output = self.output
         while not self._stopping:
-            now = loop.time()
-            task = self._runnable(now)
-            if task is not None:
-                return self._admit(task)
             retries, held = self._retries, self._held
+            now = 0.0
+            if retries or held:
+                now = loop.time()
+                task = self._runnable(now)
+                if task is not None:
+                    return self._admit(task)
             reading = not self._exhausted and len(retries) + len(held) < self._aside
             if reading and not (output.bounded and output.full):
                 task = await self._read()
@@ -691,11 +755,20 @@ class Scheduler:
     async def _read(self) -> _Task | None:
         """The next item of the input as a task; None at the input's end, or when
         its key could not be computed (that task then ends failed)."""
-        index, items = await self._take(1)
-        if not items:
-            return None
+        if self._sync_source:  # read through _guarded when it could raise
+            item = next(self._items, _END)
+            if item is _END:
+                self._stop_pulling()
+                return None
+            index = self._pulled
+            self._pulled = index + 1
+        else:
+            index, items = await self._take(1)
+            if not items:
+                return None
+            item = items[0]
         self._spawn()
-        task = _Task(index, items[0])
+        task = _Task(index, item)
         if self.sinks:
             self._emit(QUEUED, index, task.item, time.time())
         key = self.policy.key
