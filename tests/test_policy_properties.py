@@ -297,11 +297,16 @@ def test_policy_invariants(
 
     # Each started item's attempts went as planned until it ended: planned
     # failures before the last, the last ok exactly when the result is ok (or
-    # cancelled by a halt rule).
+    # cancelled by a halt rule: while running, or while waiting for a retry it
+    # had left, its failures kept in errors).
     for i, (status, number) in outcomes.items():
         plan = plans[i][1]
         assert all(fails for _, fails in plan[: max(number - 1, 0)]), (i, status, number)
-        if number and status is Status.CANCELLED:
+        if number and status is Status.CANCELLED and not attempts[i][-1].cancelled:
+            assert plan[number - 1][1], (i, status, number)
+            assert number <= retries, (i, status, number)
+            assert halt is not None, (i, status, number)
+        elif number and status is Status.CANCELLED:
             assert attempts[i][-1].cancelled, (i, status, number)
         elif number:
             assert plan[number - 1][1] == (status is Status.FAILED), (i, status, number)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import heapq
 import itertools
 import math
 import time
@@ -140,11 +142,16 @@ class Scheduler:
         # -- the policy path's state (see _policy_slot) --
         self._total = len(items) if isinstance(items, Sized) else None
         self._rest = self._items  # what a halted run drains into cancelled results
-        self._retries: list[_Task] = []  # failed, waiting to be tried again
-        self._held: collections.deque[_Task] = collections.deque()  # waiting for their key
+        self._retries: list[tuple[float, int, _Task]] = []  # a heap: (due, seq, task)
+        self._seq = itertools.count()
+        self._retry_timer: asyncio.TimerHandle | None = None  # the earliest retry's
+        self._timer_due = math.inf
+        self._held: collections.deque[_Task] = collections.deque()  # ready, maybe key-blocked
         self._aside = window_for(options.limit)  # most tasks read ahead and set aside
         self._keys: collections.Counter[Any] = collections.Counter()  # in flight, by key
-        self._naps: set[asyncio.Future[None]] = set()  # slots waiting for something to do
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()  # napping slots
+        self._sleeping: set[asyncio.Future[None]] = set()  # slots waiting out the rate
+        self._deadline_at = math.inf  # loop time
         self._scopes: dict[int, Timeout | None] = {}  # each slot's running attempt
         self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
         self._stopping: str | None = None  # why nothing new starts
@@ -163,9 +170,9 @@ class Scheduler:
         deadline = self.policy.deadline
         timer = None
         if deadline is not None:
-            timer = asyncio.get_running_loop().call_later(
-                deadline, self._halt, f"the run's deadline of {deadline:g} s passed", True
-            )
+            loop = asyncio.get_running_loop()
+            self._deadline_at = loop.time() + deadline
+            timer = loop.call_at(self._deadline_at, self._deadline_passed)
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -174,8 +181,9 @@ class Scheduler:
                 await self._drain()
             aborted = False
         finally:
-            if timer is not None:
-                timer.cancel()
+            for handle in (timer, self._retry_timer):
+                if handle is not None:
+                    handle.cancel()
             self.ended = time.time()
             try:
                 await mode.close(abort=aborted)
@@ -435,26 +443,28 @@ class Scheduler:
             if policy.rate is not None:
                 at = self._reserve(loop.time())
                 while (left := at - loop.time()) > 0 and not self._stopping:
-                    await self._nap(left)
+                    await self._sleep(left)
             if self._stopping:  # halted while it waited for its turn: it does not start
                 self._release(task)
                 self._abandon(task)
                 continue
             worker = mode.worker(slot)
             task.attempts += 1
-            start = time.time()
-            if task.attempts == 1:
-                task.start = start
-            if self.sinks:
-                self._emit(STARTED, task.index, task.item, start, worker)
             status, value, error = OK, None, None
             began = loop.time()
-            scope = self._scopes[slot] = asyncio.timeout(timeout) if scoped else None
+            scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
             try:
                 if scope is None:
+                    self._started(task, worker)
                     value = await attempt(task.item)
                 else:
                     async with scope:
+                        await mode.prepare(slot)  # a worker's start-up is not the task's time
+                        worker = mode.worker(slot)
+                        self._started(task, worker)
+                        began = loop.time()
+                        if timeout is not None and not self._stop_now:
+                            scope.reschedule(began + timeout)
                         value = await attempt(task.item)
             except TimeoutError as exc:
                 if scope is not None and scope.expired():
@@ -523,8 +533,12 @@ class Scheduler:
         tasks = [first]
         output, loop = self.output, asyncio.get_running_loop()
         while len(tasks) < n and not self._stopping:
-            task = self._runnable(loop.time()) if self._retries else None
-            if task is None:
+            if self._retries:
+                self._promote(loop.time())
+            task: _Task | None
+            if self._held:
+                task = self._held.popleft()  # no key on this path: any is runnable
+            else:
                 full = output.bounded and output.full
                 if self._exhausted or full or len(self._retries) >= self._aside:
                     break
@@ -533,6 +547,15 @@ class Scheduler:
                     break
             tasks.append(task)
         return tasks
+
+    def _started(self, task: _Task, worker: str) -> None:
+        """An attempt of ``task`` starts now."""
+        if task.attempts == 1 or self.sinks:
+            start = time.time()
+            if task.attempts == 1:
+                task.start = start
+            if self.sinks:
+                self._emit(STARTED, task.index, task.item, start, worker)
 
     def _attempt_caller(self, slot: int) -> Call:
         """An async function running one attempt of one item in ``slot``."""
@@ -583,9 +606,8 @@ class Scheduler:
         if status is CRASHED:
             if getattr(error, "caught", False):  # killed for another task's timeout
                 task.attempts -= 1
-                task.due = 0.0
-                self._retries.append(task)
-                self._poke()
+                self._held.append(task)
+                self._wake_one()
                 return
             task.deaths += 1
             if task.deaths >= POISON_DEATHS:
@@ -600,11 +622,10 @@ class Scheduler:
                 result = self._result(task, status, None, error, end, worker)
                 self._emit(RETRYING, task.index, task.item, end, worker, result)
             task.errors.append(error)  # type: ignore[arg-type]
-            task.status = status
             delay = policy.delay(task.attempts, error)  # type: ignore[arg-type]
-            task.due = asyncio.get_running_loop().time() + delay
-            self._retries.append(task)
-            self._poke()
+            due = asyncio.get_running_loop().time() + delay
+            heapq.heappush(self._retries, (due, next(self._seq), task))
+            self._arm_retry_timer()
             return
         self._finish(task, status, value, error, end, worker)
 
@@ -651,14 +672,11 @@ class Scheduler:
             self._halt(f"the halt rule {halt!s} was met", now=halt.when == "now")
 
     def _abandon(self, task: _Task) -> None:
-        """A task that will not run (again): cancelled if it never started, else
-        it ends as its last attempt did."""
-        if task.attempts == 0:
-            error: BaseException = TaskCancelled(f"{self._stopping}: the task never started")
-            self._finish(task, CANCELLED, None, error, time.time(), "")
-        else:
-            error = task.errors.pop()
-            self._finish(task, task.status, None, error, time.time(), "")
+        """A task that will not run (again) because the run stopped: ``cancelled``,
+        keeping the errors of the attempts it had (``Result.errors``)."""
+        why = "the task never started" if task.attempts == 0 else "its retry never started"
+        error = TaskCancelled(f"{self._stopping}: {why}")
+        self._finish(task, CANCELLED, None, error, time.time(), "")
 
     def _halt(self, reason: str, now: bool) -> None:
         """Start nothing new; with ``now``, cancel running attempts too."""
@@ -674,14 +692,18 @@ class Scheduler:
         for scope in self._settling.values():
             if not scope.expired():
                 scope.reschedule(-math.inf)
-        self._poke()
+        for fut in (*self._idle, *self._sleeping):
+            _wake(fut)
+
+    def _deadline_passed(self) -> None:
+        self._halt(f"the run's deadline of {self.policy.deadline:g} s passed", now=True)
 
     async def _drain(self) -> None:
         """After a halted run's slots ended: every item that did not finish gets its
         result, so none is missing (retries waiting, items waiting for their key,
         and the rest of the input, unless the run was interrupted)."""
         output = self.output
-        for task in (*self._retries, *self._held):
+        for task in (*self._held, *(task for _, _, task in sorted(self._retries))):
             self._abandon(task)
         self._retries.clear()
         self._held.clear()
@@ -709,22 +731,29 @@ class Scheduler:
     async def _next_task(self) -> _Task | None:
         """The next task for a slot, admitted under its key; None when none is left.
 
-        In turn: a retry that is due, an item whose key has room again, a new
-        item from the input. Items whose key is full are held aside so others
-        pass (no head-of-line blocking); at most ``window_for(limit)`` retries and
-        held items together, so memory stays bounded whatever waits.
+        In turn: a task set aside that is ready (a retry that is due, an item
+        whose key has room again), then a new item from the input. Items whose
+        key is full are set aside so others pass (no head-of-line blocking); at
+        most ``window_for(limit)`` tasks are set aside, retries included, so
+        memory stays bounded whatever waits. A slot with nothing to do naps
+        until something changes for one slot: a key frees, a retry falls due.
         """
         loop = asyncio.get_running_loop()
-        output = self.output
+        output, retries, held = self.output, self._retries, self._held
         while not self._stopping:
-            retries, held = self._retries, self._held
-            now = 0.0
-            if retries or held:
+            if retries or self._deadline_at < math.inf:
                 now = loop.time()
-                task = self._runnable(now)
-                if task is not None:
-                    return self._admit(task)
-            reading = not self._exhausted and len(retries) + len(held) < self._aside
+                if now >= self._deadline_at:  # checked here too: sync tasks hold the loop
+                    self._deadline_passed()
+                    break
+                if retries and retries[0][0] <= now:
+                    self._promote(now)
+            if held and (task := self._runnable()) is not None:
+                if self._idle:  # more may be ready: pass the turn on
+                    self._wake_one()
+                return self._admit(task)
+            aside = len(retries) + len(held)
+            reading = not self._exhausted and aside < self._aside
             if reading and not (output.bounded and output.full):
                 task = await self._read()
                 if task is None:
@@ -732,25 +761,52 @@ class Scheduler:
                 if self._key_free(task):
                     return self._admit(task)
                 held.append(task)
-            elif reading and not retries and not held:
+            elif reading and not aside:
                 await output.room()  # only running tasks ahead, and they need no room
-            elif retries or held:
-                waits = [t.due - now for t in retries if t.due > now]
-                await self._nap(min(waits) if waits else None)  # or until a key frees
-            else:
-                return None
+            elif aside:
+                await self._nap()
+            else:  # nothing left to start: napping slots may end too
+                break
+        for fut in self._idle:
+            _wake(fut)
         return None
 
-    def _runnable(self, now: float) -> _Task | None:
-        for i, task in enumerate(self._retries):
-            if task.due <= now and self._key_free(task):
-                del self._retries[i]
-                return task
-        for i, task in enumerate(self._held):
+    def _runnable(self) -> _Task | None:
+        """The first task set aside whose key has room."""
+        held = self._held
+        if self.policy.per_key is None:
+            return held.popleft()
+        for i, task in enumerate(held):
             if self._key_free(task):
-                del self._held[i]
+                del held[i]
                 return task
         return None
+
+    def _promote(self, now: float) -> None:
+        """Retries that are due join the tasks ready to run, each waking a slot."""
+        retries = self._retries
+        while retries and retries[0][0] <= now:
+            self._held.append(heapq.heappop(retries)[2])
+            self._wake_one()
+
+    def _arm_retry_timer(self) -> None:
+        """Keep one timer, on the earliest retry (napping slots have none)."""
+        if not self._retries:
+            return
+        due = self._retries[0][0]
+        if self._retry_timer is not None:
+            if self._timer_due <= due:
+                return
+            self._retry_timer.cancel()
+        self._timer_due = due
+        self._retry_timer = asyncio.get_running_loop().call_at(due, self._retries_due)
+
+    def _retries_due(self) -> None:
+        # The loop runs a timer up to its clock's resolution early: it is due.
+        now = max(asyncio.get_running_loop().time(), self._timer_due)
+        self._retry_timer, self._timer_due = None, math.inf
+        self._promote(now)
+        self._arm_retry_timer()
 
     async def _read(self) -> _Task | None:
         """The next item of the input as a task; None at the input's end, or when
@@ -797,8 +853,8 @@ class Scheduler:
             keys[task.key] -= 1
             if not keys[task.key]:
                 del keys[task.key]
-            if self._held or self._retries:
-                self._poke()
+            if self._held:
+                self._wake_one()
 
     def _reserve(self, now: float) -> float:
         """When the next start may happen under ``rate`` and ``burst``, reserved.
@@ -814,24 +870,37 @@ class Scheduler:
         self._tat = max(at, self._tat) + interval
         return at
 
-    async def _nap(self, delay: float | None) -> None:
-        """Wait ``delay`` seconds (None: indefinitely) or until :meth:`_poke`."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._naps.add(fut)
-        handle = None if delay is None else loop.call_later(delay, _wake, fut)
+    async def _nap(self) -> None:
+        """Wait until :meth:`_wake_one` picks this slot (or the run halts)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._idle.append(fut)
         try:
             await fut
         finally:
-            self._naps.discard(fut)
-            if handle is not None:
-                handle.cancel()
+            if fut.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._idle.remove(fut)
 
-    def _poke(self) -> None:
-        """Something changed (a key freed, a retry queued, the run halted): wake
-        every napping slot to look again."""
-        for fut in self._naps:
-            _wake(fut)
+    def _wake_one(self) -> None:
+        """Something became ready for one slot: wake the longest napping one."""
+        idle = self._idle
+        while idle:
+            fut = idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def _sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if the run halts."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._sleeping.add(fut)
+        handle = loop.call_later(delay, _wake, fut)
+        try:
+            await fut
+        finally:
+            self._sleeping.discard(fut)
+            handle.cancel()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -842,7 +911,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class _Task:
     """One item on the policy path, across its attempts."""
 
-    __slots__ = ("attempts", "deaths", "due", "errors", "index", "item", "key", "start", "status")
+    __slots__ = ("attempts", "deaths", "errors", "index", "item", "key", "start")
 
     def __init__(self, index: int, item: Any) -> None:
         self.index = index
@@ -852,5 +921,3 @@ class _Task:
         self.deaths = 0  # worker processes it killed
         self.errors: list[BaseException] = []  # of the attempts before the next
         self.start = 0.0
-        self.due = 0.0  # loop time its next attempt may start
-        self.status = FAILED  # how its last attempt ended

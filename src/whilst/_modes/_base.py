@@ -59,6 +59,10 @@ class Mode(abc.ABC):
         """Run one attempt of each item, in order, in ``slot``'s worker."""
         raise NotImplementedError(f"{self.name} mode runs one item at a time")
 
+    async def prepare(self, slot: int) -> None:  # noqa: B027 - most modes are always ready
+        """Get ``slot``'s worker ready (started, function loaded), so an attempt's
+        timeout counts the task and not the worker's start-up."""
+
     async def settle(self, slot: int) -> None:  # noqa: B027 - most modes stop what they cancel
         """Wait until ``slot`` can run again after a timed-out attempt was abandoned."""
 

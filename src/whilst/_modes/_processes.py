@@ -91,7 +91,8 @@ class _Worker:
         self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
         self.outbox = bytearray()  # bytes for the worker the pipe has not taken yet
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
-        self.fn_id = -1
+        self.fn_id = -1  # the function it was sent
+        self.ready_fn = -1  # the function it has loaded (it answered a run after it)
         self.label = f"pid-{self.proc.pid}"
         self.dead = False
 
@@ -249,6 +250,12 @@ class ProcessesMode(Mode):
                 exc.caught = caught
                 fut.set_exception(exc)
         worker.pending.clear()
+
+    async def prepare(self, slot: int) -> None:
+        worker = self._attach(slot % self._nworkers)
+        if worker.ready_fn != self._fn_id:
+            await self.run_batch(slot, [])  # answered once it has loaded the function
+            worker.ready_fn = self._fn_id
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         worker = self._attach(slot % self._nworkers)
