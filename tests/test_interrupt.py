@@ -133,7 +133,7 @@ def test_a_second_ctrl_c_cancels_at_once(mode: str) -> None:
     assert_none_left(children)
 
 
-@pytest.mark.parametrize("mode", ["async", "threads", "processes"])
+@pytest.mark.parametrize("mode", ["sync", "async", "threads", "processes"])
 def test_sigterm_cleans_up_and_exits_143(mode: str) -> None:
     # Plain asyncio.run dies at once on SIGTERM and skips clean-up; whilst does not.
     proc, children = start(mode, "map", grace=0.5, seconds=30)

@@ -28,8 +28,7 @@ import pytest
 
 import vclock
 import whilst
-from whilst import Result, Status
-from whilst._errors import Retry, TaskCancelled
+from whilst import Result, Retry, Status, TaskCancelled
 
 from conftest import anap, for_mode
 

@@ -138,13 +138,15 @@ class InlineRunner(Runner):
         handled = self._handle_signals()
         try:
             return self._run(coro)
-        except BaseException:
+        except BaseException as exc:
             # The loop may still hold the run: cancel it so no worker is left behind.
             if not self.loop.is_closed() and self.main is not None and not self.main.done():
                 self.interrupted = True
                 self._restore(handled)
                 handled = {}
                 self._stop_main()
+            if isinstance(exc, KeyboardInterrupt) and self.signum == signal.SIGTERM:
+                raise SystemExit(128 + signal.SIGTERM) from None  # a sync task was stopped
             raise
         finally:
             self._restore(handled)
