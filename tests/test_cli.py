@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import whilst
-from whilst._cli import main
+from whilst._cli import cli
 
 
 def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
+    result = CliRunner().invoke(cli, list(args))
     return result.exit_code, result.output
 
 
@@ -87,3 +89,21 @@ def test_python_dash_m_whilst_is_the_command() -> None:
         [sys.executable, "-m", "whilst", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"whilst, version {whilst.__version__}"
+
+
+def test_ctrl_c_exits_130_with_one_line_not_a_traceback() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whilst", "demo", "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.5)  # into the demo's first runs
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted"

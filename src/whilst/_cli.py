@@ -3,14 +3,32 @@ feature is a library feature first (here :func:`whilst._demo.run_demo`)."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from . import __version__
 
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+def main() -> None:
+    """The ``whilst`` command: exits 130 after Ctrl-C (click alone would say
+    "Aborted!" and exit 1) and 143 after SIGTERM (the run raises SystemExit)."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
 
 @click.group(name="whilst", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="whilst")
-def main() -> None:
+def cli() -> None:
     """Run a batch of tasks the right way: one after another, on an asyncio event
     loop, in threads or in processes, and see where the time went.
 
@@ -18,7 +36,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@cli.command()
 @click.option(
     "--quick", is_flag=True, help="Scale the work down so the demo ends in about 10 seconds."
 )
