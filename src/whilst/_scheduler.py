@@ -627,7 +627,7 @@ class Scheduler:
             heapq.heappush(self._retries, (due, next(self._seq), task))
             self._arm_retry_timer()
             return
-        self._finish(task, status, value, error, end, worker)
+        self._finish(self._result(task, status, value, error, end, worker))
 
     def _result(
         self,
@@ -646,24 +646,16 @@ class Scheduler:
             earlier,
         )  # fmt: skip
 
-    def _finish(
-        self,
-        task: _Task,
-        status: Status,
-        value: Any,
-        error: BaseException | None,
-        end: float,
-        worker: str,
-    ) -> None:
-        result = self._result(task, status, value, error, end, worker)
+    def _finish(self, result: Result) -> None:
+        """A task has its result: out it goes, and it counts for the halt rule."""
         self.output.add(result)
         if self.sinks:
-            self._emit(FINISHED, task.index, task.item, end, worker, result)
+            self._emit(FINISHED, result.index, result.item, result.end, result.worker, result)
         halt = self.policy.halt
-        if halt is None or status is CANCELLED:
+        if halt is None or result.status is CANCELLED:
             return
         self._finished += 1
-        if status is OK:
+        if result.status is OK:
             self._successes += 1
         else:
             self._failures += 1
@@ -676,7 +668,7 @@ class Scheduler:
         keeping the errors of the attempts it had (``Result.errors``)."""
         why = "the task never started" if task.attempts == 0 else "its retry never started"
         error = TaskCancelled(f"{self._stopping}: {why}")
-        self._finish(task, CANCELLED, None, error, time.time(), "")
+        self._finish(self._result(task, CANCELLED, None, error, time.time(), ""))
 
     def _halt(self, reason: str, now: bool) -> None:
         """Start nothing new; with ``now``, cancel running attempts too."""
@@ -834,7 +826,7 @@ class Scheduler:
                 hash(task.key)
             except Exception as exc:
                 exc.add_note(f"whilst: raised by key= on item {index}")
-                self._finish(task, FAILED, None, exc, time.time(), "")
+                self._finish(self._result(task, FAILED, None, exc, time.time(), ""))
                 return None
         return task
 
