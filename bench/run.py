@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import math
@@ -27,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -45,7 +46,15 @@ import whilst
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _work import nap, noop, spin, square, yield_once  # noqa: E402 - needs the path set-up
+from _work import (  # noqa: E402 - needs the path set-up
+    echo,
+    nap,
+    noop,
+    retrying,
+    spin,
+    square,
+    yield_once,
+)
 
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -103,6 +112,7 @@ class Sizes:
     processes_n: int
     cpu_tasks: int
     cpu_seconds: float
+    policy_n: int
 
 
 FULL = Sizes(
@@ -116,6 +126,7 @@ FULL = Sizes(
     processes_n=100_000,
     cpu_tasks=8,
     cpu_seconds=0.2,
+    policy_n=20_000,
 )
 QUICK = Sizes(
     repeats=2,
@@ -128,8 +139,10 @@ QUICK = Sizes(
     processes_n=20_000,
     cpu_tasks=4,
     cpu_seconds=0.05,
+    policy_n=5_000,
 )
 LIMIT = 1000  # the async rows' limit, as the issue states them
+POLICY_LIMIT = 100  # the policy rows' async limit: whilst's default
 BUSY = 0.1  # cores used by other processes that make a benchmark's figures suspect
 BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")  # of psutil.cpu_times()
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -256,6 +269,64 @@ def gather_all(fn: Coro, items: Iterable[int], loop_factory: LoopFactory | None)
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
+
+
+def hand_policy(fn: Coro, attempts: int, timeout: float | None) -> Coro:
+    """``fn`` under the retry loop (``attempts`` in all, no sleep) and the per-attempt
+    ``asyncio.timeout`` a user writes by hand."""
+
+    async def attempt(item: int) -> int:
+        for n in range(attempts):
+            try:
+                if timeout is None:
+                    return await fn(item)
+                async with asyncio.timeout(timeout):
+                    return await fn(item)
+            except Exception:
+                if n == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    return attempt
+
+
+def guarded_gather(
+    fn: Coro,
+    items: Iterable[int],
+    loop_factory: LoopFactory | None,
+    *,
+    limit: int,
+    key: Callable[[int], Hashable] | None = None,
+    per_key: int = 1,
+) -> list[int]:
+    """The usual hand-written bounded map: one task per item, each under a shared
+    ``Semaphore(limit)`` and, with ``key``, a ``Semaphore(per_key)`` of its key's."""
+
+    async def main() -> list[int]:
+        limiter = asyncio.Semaphore(limit)
+        keyed: dict[Hashable, asyncio.Semaphore] = {}
+
+        async def one(item: int) -> int:
+            async with limiter:
+                return await fn(item)
+
+        async def keyed_one(item: int) -> int:
+            assert key is not None
+            k = key(item)
+            if (own := keyed.get(k)) is None:
+                own = keyed[k] = asyncio.Semaphore(per_key)
+            async with own, limiter:
+                return await fn(item)
+
+        return await asyncio.gather(*map(one if key is None else keyed_one, items))
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+async def loop_kind(_: object) -> str:
+    """Which event loop runs this: ``uvloop`` or ``asyncio``."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 def whilst_on_plain_asyncio(case: Callable[[], object]) -> Callable[[], object] | None:
@@ -562,6 +633,180 @@ def bench_cpu(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
     )
 
 
+def by_tens(x: int) -> int:
+    """The policy rows' key: ten keys, taken in turn."""
+    return x % 10
+
+
+def bench_policy(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """Per-task cost of the policy path (retries, timeout, key) against the same
+    policy written by hand, in async mode, threads and processes."""
+    n = sizes.policy_n
+    items = range(n)
+    figures: dict[str, Any] = {"n": n}
+    report.figures["policy"] = figures
+
+    # -- async: no-op coroutines (that never yield), limit 100 --------------------
+    whilst_loop = whilst.map(loop_kind, [0], mode="async")[0]
+    factory = uvloop.new_event_loop if whilst_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        peer_loop = runner.run(loop_kind(0))
+    policies: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "retries": {"retries": 2},
+        "timeout": {"timeout": 30},
+        "retries_timeout": {"retries": 2, "timeout": 30},
+        "key": {"retries": 2, "timeout": 30, "key": by_tens, "per_key": 20},
+    }
+
+    def peer(policy: dict[str, Any]) -> Callable[[], object]:
+        fn = echo
+        if "retries" in policy or "timeout" in policy:
+            fn = hand_policy(echo, policy.get("retries", 0) + 1, policy.get("timeout"))
+        key, per_key = policy.get("key"), policy.get("per_key", 1)
+        return lambda: guarded_gather(
+            fn, items, factory, limit=POLICY_LIMIT, key=key, per_key=per_key
+        )
+
+    cases: dict[str, Callable[[], object]] = {}
+    for name, policy in policies.items():
+        cases[f"whilst_{name}"] = functools.partial(
+            whilst.map, echo, items, mode="async", limit=POLICY_LIMIT, **policy
+        )
+        cases[f"peer_{name}"] = peer(policy)
+    # The cheapest peer, for reference: a raw worker pool with the same retry loop.
+    pooled = hand_policy(echo, 3, 30)
+    cases["raw_pool_retries_timeout"] = lambda: raw_pool(pooled, items, POLICY_LIMIT, factory)
+    for case in cases.values():  # checks every case, and warms it up
+        assert case() == list(items)
+    samples = measure(cases, sizes.repeats, warm_up=False)
+    m = medians(samples)
+    figures["async"] = {
+        "seconds": samples,
+        "median": m,
+        "limit": POLICY_LIMIT,
+        "whilst_loop": whilst_loop,
+        "peer_loop": peer_loop,
+    }
+    names = {
+        "plain": ("no policy", ""),
+        "retries": ("retries=2", " + retry loop"),
+        "timeout": ("timeout=30", " + asyncio.timeout"),
+        "retries_timeout": ("retries=2, timeout=30", " + both"),
+        "key": ("+ key, per_key=20", " + both + Semaphore(20) per key"),
+    }
+    loops = (
+        f"both on {whilst_loop}"
+        if whilst_loop == peer_loop
+        else f"whilst on {whilst_loop}, peer on {peer_loop}"
+    )
+    for i, (name, (mine, theirs)) in enumerate(names.items()):
+        title = (
+            f"policy, async, {n // 1000}k no-ops, limit {POLICY_LIMIT}, {loops}: "
+            f"whilst / gather + Semaphore({POLICY_LIMIT})"
+        )
+        report.add(
+            "policy",
+            "",
+            title if i == 0 else f"  {mine} / gather + Semaphore{theirs}",
+            us(m[f"whilst_{name}"], n),
+            us(m[f"peer_{name}"], n),
+            paired(samples, f"whilst_{name}", f"peer_{name}"),
+        )
+    report.add(
+        "policy",
+        "",
+        "  ref: retries=2, timeout=30 / raw worker pool + both",
+        us(m["whilst_retries_timeout"], n),
+        us(m["raw_pool_retries_timeout"], n),
+        paired(samples, "whilst_retries_timeout", "raw_pool_retries_timeout"),
+    )
+    full = {"retries_timeout": "retries=2, timeout=30", "key": "retries, timeout, key"}
+    for name in ("retries_timeout", "key"):
+        report.add(
+            "policy",
+            "",
+            f"  ref: policy path cost: whilst {full[name]} / whilst with no policy",
+            us(m[f"whilst_{name}"], n),
+            us(m["whilst_plain"], n),
+            paired(samples, f"whilst_{name}", "whilst_plain"),
+        )
+
+    # -- threads and processes: no-op calls; retries alone keep batching ---------
+    workers = min(32, CPUS + 4)  # whilst's default limit, as ThreadPoolExecutor's
+    procs = CPUS
+    retried = functools.partial(retrying, noop)
+
+    def executor_map(fn: Callable[[int], int]) -> Callable[[], list[int]]:
+        def run() -> list[int]:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(fn, items))
+
+        return run
+
+    threads: dict[str, Callable[[], object]] = {
+        "whilst_plain": lambda: whilst.map(noop, items, mode="threads", limit=workers),
+        "whilst_retries": lambda: whilst.map(noop, items, mode="threads", limit=workers, retries=2),
+        "peer_plain": executor_map(noop),
+        "peer_retries": executor_map(retried),
+    }
+    for case in threads.values():
+        assert case() == list(items)
+    samples = measure(threads, sizes.repeats, warm_up=False)
+    figures["threads"] = {"seconds": samples, "median": medians(samples), "workers": workers}
+    pool_rows(
+        report,
+        samples,
+        n,
+        f"policy, threads, {n // 1000}k no-ops, {workers} threads: whilst / ThreadPoolExecutor.map",
+    )
+
+    # Warm, as row 5: whilst's workers start in the untimed checking run.
+    with multiprocessing.Pool(procs) as pool:
+        processes: dict[str, Callable[[], object]] = {
+            "whilst_plain": lambda: whilst.map(noop, items, mode="processes", limit=procs),
+            "whilst_retries": lambda: whilst.map(
+                noop, items, mode="processes", limit=procs, retries=2
+            ),
+            "peer_plain": lambda: pool.map(noop, items),
+            "peer_retries": lambda: pool.map(retried, items),
+        }
+        for case in processes.values():
+            assert case() == list(items)
+        samples = measure(processes, sizes.repeats, warm_up=False)
+    figures["processes"] = {"seconds": samples, "median": medians(samples), "processes": procs}
+    pool_rows(
+        report,
+        samples,
+        n,
+        f"policy, processes, {n // 1000}k no-ops, {procs} processes, warm: "
+        "whilst / Pool.map (chunksize auto)",
+    )
+
+
+def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
+    """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
+    the bare function and of it under a retry loop, and the policy path's cost."""
+    m = medians(samples)
+    for name, label in (("plain", title), ("retries", "  retries=2 / the same, retry loop in fn")):
+        report.add(
+            "policy",
+            "",
+            label,
+            us(m[f"whilst_{name}"], n),
+            us(m[f"peer_{name}"], n),
+            paired(samples, f"whilst_{name}", f"peer_{name}"),
+        )
+    report.add(
+        "policy",
+        "",
+        "  ref: policy path cost: whilst retries=2 / whilst with no policy",
+        us(m["whilst_retries"], n),
+        us(m["whilst_plain"], n),
+        paired(samples, "whilst_retries", "whilst_plain"),
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "async": bench_async,
     "memory": bench_memory,
@@ -569,6 +814,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "threads": bench_threads,
     "processes": bench_processes,
     "cpu": bench_cpu,
+    "policy": bench_policy,
 }
 
 
@@ -670,7 +916,10 @@ NOTES = (
     "installed), a new loop per run inside the timing. Threads: each pool is started and "
     "stopped inside the timing. Processes: warm for all: whilst's workers and the Pool are "
     "started before the timing, joblib's executor is reused between calls. Memory: peak RSS "
-    "(VmHWM) of a fresh child process above its own peak after imports."
+    "(VmHWM) of a fresh child process above its own peak after imports. Policy rows: "
+    "coroutines that return without yielding; each peer is what a user writes by hand for "
+    "the same policy (a retry loop of 3 attempts without sleep, asyncio.timeout(30) per "
+    "attempt, a Semaphore(20) per key), on the loop whilst uses; Pool.map warm."
 )
 
 
