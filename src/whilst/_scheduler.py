@@ -497,56 +497,79 @@ class Scheduler:
 
     async def _policy_batch_slot(self, slot: int) -> None:
         """The policy path of a batching mode when the policy is retries alone: tiny
-        tasks still share round trips to the worker, sized as on the plain path,
-        and each task's failures are retried on their own."""
-        mode = self.mode
-        size, rerun = 1, asyncio.Lock()
-        while tasks := await self._next_tasks(size):
-            worker = mode.worker(slot)
-            start = time.time()
-            for task in tasks:
-                task.attempts += 1
-                if self.sinks:
-                    self._emit(STARTED, task.index, task.item, start, worker)
-            outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
-            begin, errors = outcomes.start, outcomes.errors
-            for k, (task, value, end) in enumerate(
-                zip(tasks, outcomes.values, outcomes.ends, strict=True)
-            ):
-                if task.attempts == 1:
-                    task.start = begin
-                begin = end
-                error = errors.get(k)
-                if error is None:
-                    self._ended(task, OK, value, None, end, worker)
-                else:
-                    status = CRASHED if isinstance(error, WorkerCrashed) else FAILED
-                    self._ended(task, status, None, error, end, worker)
-            size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+        tasks still share round trips to the worker, sized as on the plain path.
 
-    async def _next_tasks(self, n: int) -> list[_Task]:
-        """Up to ``n`` tasks for one batch: waits for the first, takes the rest only
-        if they are ready (retries due, items the input has)."""
-        first = await self._next_task()
-        if first is None:
-            return []
-        tasks = [first]
-        output, loop = self.output, asyncio.get_running_loop()
-        while len(tasks) < n and not self._stopping:
+        Fresh items travel as on the plain path (a batch of consecutive items,
+        kept in columns; only a failure becomes a task of its own); retries that
+        are due travel in batches of their own, each task keeping its attempts.
+        """
+        output = self.output
+        size, rerun = 1, asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
             if self._retries:
                 self._promote(loop.time())
-            task: _Task | None
-            if self._held:
-                task = self._held.popleft()  # no key on this path: any is runnable
+            held = self._held
+            if held:
+                tasks = [held.popleft() for _ in range(min(size, len(held)))]
+                busy = await self._retry_batch(slot, tasks, rerun)
+            elif not self._exhausted and len(self._retries) < self._aside:
+                if output.bounded and output.full:
+                    await output.room()
+                    continue
+                first, items = await self._take(size)
+                if not items:
+                    continue
+                self._spawn()
+                worker, run = self._hand_over(slot, first, items, rerun)
+                outcomes = await run
+                busy = outcomes.ends[-1] - outcomes.start
+                if outcomes.errors:
+                    self._failed_batch(first, items, outcomes, worker)
+                else:
+                    self._finished_batch(first, items, outcomes, worker)
+            elif self._retries:
+                await self._nap()
+                continue
             else:
-                full = output.bounded and output.full
-                if self._exhausted or full or len(self._retries) >= self._aside:
-                    break
-                task = await self._read()
-                if task is None:
-                    break
-            tasks.append(task)
-        return tasks
+                break
+            size = self._next_size(size, busy)
+        for fut in self._idle:  # nothing left to start: napping slots may end too
+            _wake(fut)
+
+    def _failed_batch(self, first: int, items: list[Any], outcomes: Outcomes, worker: str) -> None:
+        """A fresh batch with failures: its successes are done, each failure becomes a
+        task that may be retried."""
+        name = self.mode.name
+        for r in batch_results(first, items, outcomes, name, worker):
+            if r.status is OK:
+                self._finish(r)
+            else:
+                task = _Task(r.index, r.item)
+                task.attempts, task.start = 1, r.start
+                self._ended(task, r.status, None, r.error, r.end, worker)
+
+    async def _retry_batch(self, slot: int, tasks: list[_Task], rerun: asyncio.Lock) -> float:
+        """Run one attempt of each task, in one batch; the seconds the worker was busy."""
+        worker = self.mode.worker(slot)
+        if self.sinks:
+            now = time.time()
+            for task in tasks:
+                self._emit(STARTED, task.index, task.item, now, worker)
+        for task in tasks:
+            task.attempts += 1
+        outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
+        errors = outcomes.errors
+        for k, (task, value, end) in enumerate(
+            zip(tasks, outcomes.values, outcomes.ends, strict=True)
+        ):
+            error = errors.get(k)
+            if error is None:
+                self._ended(task, OK, value, None, end, worker)
+            else:
+                status = CRASHED if isinstance(error, WorkerCrashed) else FAILED
+                self._ended(task, status, None, error, end, worker)
+        return outcomes.ends[-1] - outcomes.start
 
     def _started(self, task: _Task, worker: str) -> None:
         """An attempt of ``task`` starts now."""
