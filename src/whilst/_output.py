@@ -74,6 +74,7 @@ class Collect:
     """
 
     bounded = full = False  # never holds the scheduler back
+    on_room: Callable[[], None] | None = None
 
     def __init__(self) -> None:
         self._columns: list[_Columns] = []
@@ -163,6 +164,7 @@ class Stream:
         self._next = 0
         self._reader: asyncio.Future[None] | None = None
         self._waiting: list[asyncio.Future[None]] = []  # slots waiting for room
+        self.on_room: Callable[[], None] | None = None  # told when the reader makes room
 
     @property
     def full(self) -> bool:
@@ -251,4 +253,6 @@ class Stream:
             for fut in waiting:
                 if not fut.done():
                     fut.set_result(None)
+        if self.on_room is not None:
+            self.on_room()
         return batch

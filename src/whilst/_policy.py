@@ -77,6 +77,23 @@ class Policy:
             and self.halt is None
         )
 
+    @property
+    def batchable(self) -> bool:
+        """True when the policy is retries alone: tiny tasks may still travel in
+        batches. Anything that stops or spaces out a task's start needs each alone."""
+        return (self.timeout, self.deadline, self.rate, self.key, self.halt) == (None,) * 5
+
+    @property
+    def stops_attempts(self) -> bool:
+        """True when something may stop a running attempt: its timeout, the
+        deadline, or a halt rule that cancels running tasks."""
+        halt = self.halt
+        return (
+            self.timeout is not None
+            or self.deadline is not None
+            or (halt is not None and halt.when == "now")
+        )
+
     def retryable(self, error: BaseException) -> bool:
         """Whether ``error`` may be retried (retries left aside)."""
         if isinstance(error, Retry):
@@ -182,6 +199,8 @@ def make_policy(
             f"returning True to retry, got {retry_on!r}"
         )
     _whole("burst", burst, 1, "burst=1 starts tasks evenly spaced")
+    if burst != 1 and rate is None:
+        raise UsageError("burst= needs rate=, the most starts per second (for example rate=5)")
     if key is not None and not callable(key):
         raise UsageTypeError(
             f"key must be a function of the item (for example lambda url: "
@@ -194,6 +213,10 @@ def make_policy(
                 "per_key needs key=, a function of the item giving its key "
                 "(for example key=lambda url: urlsplit(url).hostname)"
             )
+    elif key is not None:
+        raise UsageError(
+            "key= needs per_key=, the most tasks in flight sharing a key (for example per_key=4)"
+        )
     return Policy(
         retries=retries,
         backoff=float(backoff),
@@ -204,7 +227,7 @@ def make_policy(
         rate=parse_rate(rate),
         burst=burst,
         key=key,
-        per_key=per_key if key is not None else None,
+        per_key=per_key,
         halt=parse_halt(halt),
         grace=float(grace),
     )

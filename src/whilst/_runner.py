@@ -63,6 +63,7 @@ class Runner:
         self.scheduler: Scheduler | None = None
         self.interrupted = False
         self.signum = 0  # the first signal that stopped the run
+        self.caller_cancelled = False  # the caller's task was cancelled (asyncio.run's Ctrl-C)
         self._grace: asyncio.TimerHandle | threading.Timer | None = None
 
     def start(self, scheduler: Scheduler) -> asyncio.Task[Any]:
@@ -86,6 +87,8 @@ class Runner:
 
     def raise_if_interrupted(self) -> None:
         """After the run: tell the caller it was stopped by a signal."""
+        if self.caller_cancelled:
+            raise asyncio.CancelledError
         if self.signum == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM)
         if self.interrupted or (self.main is not None and self.main.cancelled()):
@@ -130,6 +133,8 @@ class InlineRunner(Runner):
     def __init__(self) -> None:
         super().__init__()
         self.loop = new_loop()
+        self._armed = False  # our signal handlers are in place
+        self._armed_lock = threading.Lock()
 
     def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self.loop.create_task(coro)
@@ -161,11 +166,14 @@ class InlineRunner(Runner):
             if signal.getsignal(signum) is default:
                 handled[signum] = default
                 signal.signal(signum, self._on_signal)
+        self._armed = bool(handled)
         return handled
 
     def _restore(self, handled: dict[int, Any]) -> None:
         if isinstance(self._grace, threading.Timer):
             self._grace.cancel()
+        with self._armed_lock:
+            self._armed = False
         for signum, old in handled.items():
             signal.signal(signum, old)
 
@@ -192,12 +200,16 @@ class InlineRunner(Runner):
         if busy and scheduler is not None and self._grace is None:
             # The loop cannot time the grace while the task holds this thread:
             # a timer thread sends the second signal when the grace is over.
-            main = threading.main_thread().ident
             timer = self._grace = threading.Timer(
-                scheduler.policy.grace, signal.pthread_kill, (main, signum)
+                scheduler.policy.grace, self._grace_over, (signum,)
             )
             timer.daemon = True
             timer.start()
+
+    def _grace_over(self, signum: int) -> None:
+        with self._armed_lock:  # never once our handlers are gone (see _restore)
+            if self._armed:
+                signal.pthread_kill(threading.main_thread().ident, signum)  # type: ignore[arg-type]
 
     def close(self) -> None:
         loop = self.loop
@@ -231,20 +243,17 @@ class ThreadRunner(Runner):
         # The caller's task, blocked in here. asyncio.run's Ctrl-C handler cancels
         # it rather than raising, which a blocking wait would not notice: look.
         caller = asyncio.current_task() if in_running_loop() else None
-        cancelled = False
         try:
             while caller is not None and not fut.done():
                 with contextlib.suppress(TimeoutError):
                     fut.result(timeout=0.1)
-                if caller.cancelling() and not cancelled and not fut.done():
+                if caller.cancelling() and not self.caller_cancelled and not fut.done():
                     # asyncio.run's first Ctrl-C: stop starting, let running tasks
-                    # have their grace; the run ends by itself, or its grace does.
+                    # have their grace; the run ends by itself, or its grace does,
+                    # and the caller hears of it then (raise_if_interrupted).
                     self.loop.call_soon_threadsafe(self._interrupt)
-                    cancelled = True
-            result = fut.result()
-            if cancelled:
-                raise asyncio.CancelledError
-            return result
+                    self.caller_cancelled = True
+            return fut.result()
         except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C: stop now
             fut.cancel()
             self.loop.call_soon_threadsafe(self._interrupt)

@@ -63,6 +63,7 @@ RETRYING = EventKind.RETRYING
 
 class Output(Protocol):
     bounded: bool  # may ask the scheduler to wait for room (see full and room)
+    on_room: Callable[[], None] | None  # called when the reader has made room
 
     @property
     def full(self) -> bool: ...
@@ -114,6 +115,7 @@ class Scheduler:
             fn, limit=options.limit, is_async=options.is_async
         )
         self.interrupted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.input_error: BaseException | None = None
         self.started = 0.0
         self.ended = 0.0
@@ -152,6 +154,8 @@ class Scheduler:
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()  # napping slots
         self._sleeping: set[asyncio.Future[None]] = set()  # slots waiting out the rate
         self._deadline_at = math.inf  # loop time
+        if not options.policy.plain:
+            output.on_room = self._wake_all  # a slot may nap while the window is full
         self._scopes: dict[int, Timeout | None] = {}  # each slot's running attempt
         self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
         self._stopping: str | None = None  # why nothing new starts
@@ -164,6 +168,7 @@ class Scheduler:
     async def run(self) -> None:
         """Run every item to its result; returns when all results are out."""
         self.started = time.time()
+        self._loop = asyncio.get_running_loop()
         mode = self.mode
         await mode.open()
         aborted = True
@@ -191,10 +196,17 @@ class Scheduler:
                 self.output.finish()
 
     def interrupt(self) -> None:
-        """Ctrl-C: start nothing more; the driver cancels running attempts after the grace."""
+        """Ctrl-C: start nothing more; the driver cancels running attempts after the grace.
+
+        Called from a signal handler, which may land anywhere in the loop's own
+        code: it sets plain flags only, and leaves waking slots to the loop.
+        """
         self.interrupted = True
         self._stop_pulling()
-        self._halt("the run was interrupted", now=False)
+        if self._stopping is None:
+            self._stopping = "the run was interrupted"
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._halt, self._stopping, False)
 
     def _stop_pulling(self) -> None:
         self._exhausted = True
@@ -206,11 +218,7 @@ class Scheduler:
         slot, self._slots = self._slots, self._slots + 1
         policy = self.policy
         if not policy.plain:
-            # Retries alone leave tiny tasks batched; anything that must stop or
-            # space out a task's start (timeout, deadline, rate, key, halt) needs
-            # every task on its own.
-            alone = (policy.timeout, policy.deadline, policy.rate, policy.key, policy.halt)
-            batches = self.mode.auto_batch and alone == (None,) * 5
+            batches = self.mode.auto_batch and policy.batchable
             run = self._policy_batch_slot if batches else self._policy_slot
             self._group.create_task(run(slot))
         elif self.mode.batching:
@@ -431,16 +439,17 @@ class Scheduler:
         mode, policy = self.mode, self.policy
         attempt = self._attempt_caller(slot)
         timeout, stoppable = policy.timeout, mode.stoppable
-        # Attempts need a cancel scope only if something may stop them.
-        halt = policy.halt
-        scoped = (
-            timeout is not None
-            or policy.deadline is not None
-            or (halt is not None and halt.when == "now")
-        )
+        scoped = policy.stops_attempts
         loop = asyncio.get_running_loop()
         while (task := await self._next_task()) is not None:
-            if policy.rate is not None:
+            worker = mode.worker(slot)
+            status, value = OK, None
+            error: BaseException | None = None
+            try:  # the worker's start-up and function loading are not the task's time
+                await mode.prepare(slot)
+            except WorkerCrashed as exc:
+                status, error = CRASHED, exc
+            if status is OK and policy.rate is not None:
                 at = self._reserve(loop.time())
                 while (left := at - loop.time()) > 0 and not self._stopping:
                     await self._sleep(left)
@@ -448,18 +457,18 @@ class Scheduler:
                 self._release(task)
                 self._abandon(task)
                 continue
-            worker = mode.worker(slot)
             task.attempts += 1
-            status, value, error = OK, None, None
             began = loop.time()
             scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
             try:
-                if scope is None:
+                if status is not OK:
+                    pass  # its worker died getting ready
+                elif scope is None:
+                    worker = mode.worker(slot)
                     self._started(task, worker)
                     value = await attempt(task.item)
                 else:
                     async with scope:
-                        await mode.prepare(slot)  # a worker's start-up is not the task's time
                         worker = mode.worker(slot)
                         self._started(task, worker)
                         began = loop.time()
@@ -468,7 +477,7 @@ class Scheduler:
                         value = await attempt(task.item)
             except TimeoutError as exc:
                 if scope is not None and scope.expired():
-                    status, error = self._expired(timeout)
+                    status, error = self._expired()
                 else:  # the task raised TimeoutError itself: an ordinary failure
                     status, error = FAILED, exc
             except asyncio.CancelledError as exc:
@@ -483,17 +492,20 @@ class Scheduler:
                 del self._scopes[slot]
             overran = timeout is not None and loop.time() - began > timeout
             if overran and status is OK and not stoppable:  # it could not be stopped
-                status, value, error = (
-                    TIMED_OUT,
-                    None,
-                    TaskTimeout(
-                        f"the attempt ran past its timeout of {timeout:g} s; {mode.timeout_note}"
-                    ),
-                )
-            self._release(task)
-            self._ended(task, status, value, error, time.time(), worker)
-            if status is TIMED_OUT and not self._stopping:
+                status, value, error = TIMED_OUT, None, self._timed_out()
+            end = time.time()
+            if status is TIMED_OUT and mode.abandons and not self._stopping:
+                # Its thread runs on: the slot, the key and any retry wait for it.
+                retry = self._retrying(task, status, error)
+                if not retry:
+                    self._ended(task, status, value, error, end, worker)
                 await self._settle(slot)
+                self._release(task)
+                if retry:
+                    self._ended(task, status, value, error, end, worker)
+            else:
+                self._release(task)
+                self._ended(task, status, value, error, end, worker)
 
     async def _policy_batch_slot(self, slot: int) -> None:
         """The policy path of a batching mode when the policy is retries alone: tiny
@@ -515,7 +527,9 @@ class Scheduler:
                 busy = await self._retry_batch(slot, tasks, rerun)
             elif not self._exhausted and len(self._retries) < self._aside:
                 if output.bounded and output.full:
-                    await output.room()
+                    # A retry may be what the reader waits for: nap, to be woken
+                    # when it falls due (or when the reader makes room).
+                    await (self._nap() if self._retries else output.room())
                     continue
                 first, items = await self._take(size)
                 if not items:
@@ -534,8 +548,7 @@ class Scheduler:
             else:
                 break
             size = self._next_size(size, busy)
-        for fut in self._idle:  # nothing left to start: napping slots may end too
-            _wake(fut)
+        self._wake_all()  # nothing left to start: napping slots may end too
 
     def _failed_batch(self, first: int, items: list[Any], outcomes: Outcomes, worker: str) -> None:
         """A fresh batch with failures: its successes are done, each failure becomes a
@@ -595,11 +608,19 @@ class Scheduler:
 
         return attempt
 
-    def _expired(self, timeout: float | None) -> tuple[Status, BaseException]:
+    def _expired(self) -> tuple[Status, BaseException]:
         """Why an attempt's scope expired: the run stopped it, or its timeout passed."""
-        if self._stop_now:
-            return CANCELLED, TaskCancelled(f"{self._stopping}: the task was cancelled")
-        return TIMED_OUT, TaskTimeout(
+        if not self._stop_now:
+            return TIMED_OUT, self._timed_out()
+        if self.mode.abandons:
+            why = f"{self._stopping}: the task was abandoned; {self.mode.timeout_note}"
+        else:
+            why = f"{self._stopping}: the task was cancelled"
+        return CANCELLED, TaskCancelled(why)
+
+    def _timed_out(self) -> TaskTimeout:
+        timeout = self.policy.timeout
+        return TaskTimeout(
             f"the attempt ran past its timeout of {timeout:g} s; {self.mode.timeout_note}"
         )
 
@@ -625,7 +646,6 @@ class Scheduler:
         worker: str,
     ) -> None:
         """An attempt ended: retry it (after its backoff) or finish the task."""
-        policy = self.policy
         if status is CRASHED:
             if getattr(error, "caught", False):  # killed for another task's timeout
                 task.attempts -= 1
@@ -635,22 +655,34 @@ class Scheduler:
             task.deaths += 1
             if task.deaths >= POISON_DEATHS:
                 status = POISONED
-        if (
+        try:
+            retry = self._retrying(task, status, error)
+        except Exception as exc:  # retry_on itself failed: that is the task's error
+            exc.add_note("whilst: raised by retry_on, deciding whether to retry this task")
+            exc.__context__ = error
+            retry, status, error = False, FAILED, exc
+        if not retry:
+            self._finish(self._result(task, status, value, error, end, worker))
+            return
+        if self.sinks:
+            result = self._result(task, status, None, error, end, worker)
+            self._emit(RETRYING, task.index, task.item, end, worker, result)
+        task.errors.append(error)  # type: ignore[arg-type]
+        delay = self.policy.delay(task.attempts, error)  # type: ignore[arg-type]
+        due = asyncio.get_running_loop().time() + delay
+        heapq.heappush(self._retries, (due, next(self._seq), task))
+        self._arm_retry_timer()
+
+    def _retrying(self, task: _Task, status: Status, error: BaseException | None) -> bool:
+        """Whether an attempt that ended so will be followed by another."""
+        policy = self.policy
+        return (
             (status is FAILED or status is TIMED_OUT or status is CRASHED)
             and task.attempts <= policy.retries
+            and task.deaths < POISON_DEATHS
             and not self._stopping
             and (status is not FAILED or policy.retryable(error))  # type: ignore[arg-type]
-        ):
-            if self.sinks:
-                result = self._result(task, status, None, error, end, worker)
-                self._emit(RETRYING, task.index, task.item, end, worker, result)
-            task.errors.append(error)  # type: ignore[arg-type]
-            delay = policy.delay(task.attempts, error)  # type: ignore[arg-type]
-            due = asyncio.get_running_loop().time() + delay
-            heapq.heappush(self._retries, (due, next(self._seq), task))
-            self._arm_retry_timer()
-            return
-        self._finish(self._result(task, status, value, error, end, worker))
+        )
 
     def _result(
         self,
@@ -697,7 +729,7 @@ class Scheduler:
         """Start nothing new; with ``now``, cancel running attempts too."""
         if self._stopping is None:
             self._stopping = reason
-            self._exhausted = True
+        self._exhausted = True
         if now and not self._stop_now:
             self._stop_now = True
             self._stopping = reason
@@ -707,7 +739,8 @@ class Scheduler:
         for scope in self._settling.values():
             if not scope.expired():
                 scope.reschedule(-math.inf)
-        for fut in (*self._idle, *self._sleeping):
+        self._wake_all()
+        for fut in self._sleeping:
             _wake(fut)
 
     def _deadline_passed(self) -> None:
@@ -715,28 +748,23 @@ class Scheduler:
 
     async def _drain(self) -> None:
         """After a halted run's slots ended: every item that did not finish gets its
-        result, so none is missing (retries waiting, items waiting for their key,
-        and the rest of the input, unless the run was interrupted)."""
+        result, so none is missing: retries waiting, items waiting for their key,
+        and the rest of a (synchronous) input, read to its end. An async input is
+        not read further: it may never end, or only slowly."""
         output = self.output
         for task in (*self._held, *(task for _, _, task in sorted(self._retries))):
             self._abandon(task)
         self._retries.clear()
         self._held.clear()
-        if self._stopping is None or self.interrupted:
+        if self._stopping is None or self.interrupted or self._aitems is not None:
             return
-        while True:
+        rest = self._rest
+        for n, item in enumerate(rest):
             if output.bounded and output.full:
                 await output.room()
-            if self._aitems is None:
-                item = next(self._rest, _END)
-            else:
-                try:
-                    item = await anext(self._aitems)
-                except StopAsyncIteration:
-                    item = _END
-                except Exception as exc:
-                    self.input_error, item = exc, _END
-            if item is _END:
+            elif n % 1024 == 1023:
+                await asyncio.sleep(0)  # let Ctrl-C and the caller in
+            if self.interrupted:
                 return
             index, self._pulled = self._pulled, self._pulled + 1
             if self.sinks:
@@ -782,8 +810,7 @@ class Scheduler:
                 await self._nap()
             else:  # nothing left to start: napping slots may end too
                 break
-        for fut in self._idle:
-            _wake(fut)
+        self._wake_all()
         return None
 
     def _runnable(self) -> _Task | None:
@@ -895,6 +922,10 @@ class Scheduler:
             if fut.cancelled():
                 with contextlib.suppress(ValueError):
                     self._idle.remove(fut)
+
+    def _wake_all(self) -> None:
+        for fut in self._idle:
+            _wake(fut)
 
     def _wake_one(self) -> None:
         """Something became ready for one slot: wake the longest napping one."""

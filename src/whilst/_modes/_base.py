@@ -40,6 +40,7 @@ class Mode(abc.ABC):
     batching: bool = False  # runs batches of items (run_batch) rather than one (caller)
     auto_batch: bool = False  # batches may grow past one item when tasks are quick
     stoppable: bool = True  # a running attempt can be stopped (else it is only marked)
+    abandons: bool = False  # a stopped attempt runs on, abandoned, until it returns
     #: What a timeout did to the attempt, for its TaskTimeout message.
     timeout_note: str = "it was cancelled"
 

@@ -94,6 +94,7 @@ class ThreadsMode(Mode):
     name = "threads"
     batching = True
     auto_batch = True
+    abandons = True
     timeout_note = (
         "its thread is still running: a thread cannot be killed, so the attempt was "
         "abandoned and its slot stays taken until it returns "
