@@ -905,6 +905,8 @@ BAD = {
     "halt=sometimes": ({"halt": "sometimes"}, ["'sometimes'", "'never'", "soon,fail=N"]),
     "timeout=0": ({"timeout": 0}, ["timeout", "more than 0"]),
     "retires=3": ({"retires": 3}, ["retires", "did you mean retries="]),
+    "key without per_key": ({"key": str}, ["key=", "per_key="]),
+    "burst without rate": ({"burst": 3}, ["burst=", "rate="]),
 }
 
 
@@ -941,3 +943,115 @@ def test_bad_policy_options_raise_usage_error_before_any_task(case: str, form: s
     assert "\n" not in message
     assert ". " not in message.rstrip(".")  # one sentence
     assert calls == []
+
+
+# -- found in review ---------------------------------------------------------------
+
+_head_tried: set[int] = set()
+
+
+def fail_head_once(x: int) -> int:
+    if x == 0 and x not in _head_tried:
+        _head_tried.add(x)
+        raise ConnectionError("first item, first attempt")
+    return x
+
+
+@pytest.mark.parametrize("limit", [1, 4])
+def test_ordered_imap_does_not_stall_while_its_head_waits_for_a_retry(limit: int) -> None:
+    # Threads batch on a retry-only policy; with the window full of later results,
+    # the slots must still run the head item's retry when it falls due.
+    _head_tried.clear()
+    t0 = time.monotonic()
+    run = whilst.imap(
+        fail_head_once, range(5000), mode="threads", limit=limit, retries=1, backoff=0.05
+    )
+    values = [r.value for r in run]
+    assert values == list(range(5000))
+    assert time.monotonic() - t0 < 20
+    assert run.summary is not None
+    assert run.summary.counts == {"ok": 5000}
+
+
+def test_a_timed_out_thread_keeps_its_key_until_it_returns() -> None:
+    lock = threading.Lock()
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    slow_done = threading.Event()
+
+    def task(item: tuple[str, float]) -> str:
+        with lock:
+            running[item[0]] += 1
+            peak[item[0]] = max(peak[item[0]], running[item[0]])
+        time.sleep(item[1])
+        with lock:
+            running[item[0]] -= 1
+        if item[1] > 0.3:
+            slow_done.set()
+        return item[0]
+
+    items = [("k", 0.5), ("k", 0.01), ("k", 0.01)]
+    results = list(
+        whilst.imap(
+            task, items, mode="threads", limit=3, key=lambda i: i[0], per_key=1,
+            timeout=0.2, retries=1, backoff=0,
+        )
+    )  # fmt: skip
+    assert results[0].status is Status.TIMED_OUT
+    assert results[0].attempts == 2
+    assert peak["k"] == 1  # the abandoned thread still counted for its key
+
+
+def test_a_retry_on_that_raises_fails_only_its_task() -> None:
+    def task(x: int) -> int:
+        if x == 3:
+            raise ValueError()  # no args: the predicate below fails on it
+        if x % 2:
+            raise ConnectionError("flaky")
+        return x
+
+    results = list(
+        whilst.imap(task, range(6), mode="sync", retries=1, backoff=0,
+                    retry_on=lambda e: e.args[0] == "flaky")
+    )  # fmt: skip
+    assert [r.status for r in results] == [
+        Status.OK, Status.FAILED, Status.OK, Status.FAILED, Status.OK, Status.FAILED,
+    ]  # fmt: skip
+    assert isinstance(results[3].error, IndexError)
+    assert any("retry_on" in note for note in results[3].error.__notes__)
+    assert isinstance(results[3].error.__context__, ValueError)
+    assert results[1].attempts == 2
+
+
+def test_a_deadline_over_an_endless_input_can_still_be_stopped_by_reading_less() -> None:
+    # imap hands out the cancelled results of the unread input lazily, bounded by
+    # the window: the caller may stop reading whenever it likes.
+    async def task(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    t0 = time.monotonic()
+    with whilst.imap(task, itertools.count(), limit=4, deadline=0.2) as run:
+        statuses = [r.status for r, _ in zip(run, range(2000), strict=False)]
+    assert time.monotonic() - t0 < 10
+    assert Status.OK in statuses
+    assert statuses[-1] is Status.CANCELLED
+
+
+def test_a_deadline_leaves_an_async_input_unread() -> None:
+    async def slow_source() -> Any:
+        for i in range(100):
+            yield i
+            await asyncio.sleep(1)
+
+    async def task(x: int) -> int:
+        return x
+
+    async def main() -> list[Result]:
+        return [r async for r in whilst.aimap(task, slow_source(), deadline=0.3)]
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    assert time.monotonic() - t0 < 3
+    assert [r.index for r in results] == list(range(len(results)))
+    assert results[0].status is Status.OK
