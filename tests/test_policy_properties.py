@@ -226,7 +226,8 @@ def test_policy_invariants(
     kind: str,
 ) -> None:
     n = len(plans)
-    keyed = keyed or per_key is not None
+    keyed = per_key is not None  # key= needs per_key=
+    burst = burst if rate is not None else 1  # burst= needs rate=
     results, log = run(
         plans,
         form=form,
@@ -249,6 +250,8 @@ def test_policy_invariants(
     if results is None:  # amap returned every value: each item ended ok
         outcomes = {i: (Status.OK, len(attempts[i])) for i in range(n)}
     else:
+        if kind == "aiter" and halt is not None:
+            n = len(results)  # after a halt, an async input is not read further
         assert sorted(r.index for r in results) == list(range(n))
         if form == "aimap" and ordered:
             assert [r.index for r in results] == list(range(n))
