@@ -44,7 +44,7 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 class PolicyOptions(TypedDict, total=False):
-    """The policy keywords every form takes (see :func:`whilst.map`)."""
+    """The policy and journal keywords every form takes (see :func:`whilst.map`)."""
 
     retries: int
     backoff: float
@@ -58,6 +58,10 @@ class PolicyOptions(TypedDict, total=False):
     per_key: int | None
     halt: str | None
     grace: float
+    journal: str | os.PathLike[str] | None
+    resume: str
+    task_id: Callable[[Any], Any] | None
+    force: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ applies them (design.md, invariant 4). Nothing here knows about modes.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from collections.abc import Callable
@@ -64,12 +65,17 @@ class Policy:
     per_key: int | None = None
     halt: Halt | None = None
     grace: float = 5.0
+    journal: str | os.PathLike[str] | None = None
+    resume: str = "failed"
+    task_id: Callable[[Any], Any] | None = None
+    force: bool = False
 
     @property
     def plain(self) -> bool:
         """True when nothing but limits shapes the run: the scheduler's fast path."""
         return (
             self.retries == 0
+            and self.journal is None
             and self.timeout is None
             and self.deadline is None
             and self.rate is None
@@ -186,6 +192,10 @@ def make_policy(
     per_key: int | None = None,
     halt: str | None = "never",
     grace: float = 5.0,
+    journal: str | os.PathLike[str] | None = None,
+    resume: str = "failed",
+    task_id: Callable[[Any], Any] | None = None,
+    force: bool = False,
 ) -> Policy:
     """Check every policy option; a UsageError naming the fix for the first bad one."""
     _whole("retries", retries, 0, "use retries=0 for a single attempt")
@@ -217,6 +227,7 @@ def make_policy(
         raise UsageError(
             "key= needs per_key=, the most tasks in flight sharing a key (for example per_key=4)"
         )
+    _check_journal(journal, resume, task_id, force)
     return Policy(
         retries=retries,
         backoff=float(backoff),
@@ -230,7 +241,35 @@ def make_policy(
         per_key=per_key,
         halt=parse_halt(halt),
         grace=float(grace),
+        journal=journal,
+        resume=resume,
+        task_id=task_id,
+        force=force,
     )
+
+
+RESUMES = ("failed", "unfinished", "none")
+
+
+def _check_journal(journal: object, resume: object, task_id: object, force: object) -> None:
+    if journal is not None and not isinstance(journal, str | os.PathLike):
+        raise UsageTypeError(
+            f"journal must be a file name such as 'run.db', got {type(journal).__name__}"
+        )
+    if resume not in RESUMES:
+        raise UsageError(
+            f"unknown resume {resume!r}: 'failed' (the default) runs everything not yet ok, "
+            "'unfinished' only what has no final record, 'none' starts afresh"
+        )
+    if task_id is not None and not callable(task_id):
+        raise UsageTypeError(
+            f"task_id must be a function of the item giving its identity in the journal "
+            f"(for example lambda url: url), got {type(task_id).__name__}"
+        )
+    if not isinstance(force, bool):
+        raise UsageTypeError(f"force must be True or False, got {force!r}")
+    if journal is None and (resume != "failed" or task_id is not None or force):
+        raise UsageError("resume=, task_id= and force= need journal=, the file to record the run in")
 
 
 def _exception_types(value: object) -> bool:
