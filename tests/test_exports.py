@@ -4,6 +4,7 @@ import whilst
 
 EXPECTED = {
     "AsyncRun",
+    "Journal",
     "Result",
     "Retry",
     "Run",
@@ -42,7 +43,7 @@ def test_import_is_light() -> None:
 
     code = (
         "import sys, whilst; heavy = [m for m in ('aiohttp', 'rich', 'click', 'cloudpickle', "
-        "'dask', 'ray') if m in sys.modules]; print(heavy)"
+        "'sqlite3', 'dask', 'ray') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncRun",
+    "Journal",
     "Result",
     "Retry",
     "Run",
@@ -40,3 +41,16 @@ __all__ = [
     "imap",
     "map",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Journal pulls in sqlite3: only for those who use it.
+    if name == "Journal":
+        from ._journal import Journal
+
+        return Journal
+    raise AttributeError(f"module 'whilst' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Journal"})

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._errors import RemoteError, TaskCancelled, UsageError
+from ._errors import RemoteError, TaskCancelled, UsageError, WhilstError
 from ._result import Result, Status
 
 SCHEMA_VERSION = 1
@@ -127,6 +127,7 @@ class JournalWriter:
     ) -> None:
         self.path = Path(path)
         self.task_id = task_id
+        self.closed = False
         self._lock_fd = -1
         self._db = _open(self.path, create=True)
         self._owned = _private(self.path)
@@ -158,7 +159,6 @@ class JournalWriter:
             raise
         self._pending: dict[str, tuple[Any, ...]] = {}
         self._last_commit = time.monotonic()
-        self.skipped = 0
 
     # -- opening -------------------------------------------------------------
 
@@ -206,13 +206,15 @@ class JournalWriter:
             with self._db:
                 self._db.execute("DELETE FROM tasks")
             return {}
+        # An ok record counts only if its value can be given back: JSON, or a
+        # pickle in a file private to this user. Others run again.
+        restorable = "('json', 'pickle')" if self._owned else "('json')"
+        ok = f"status = 'ok' AND value_format IN {restorable}"
         if resume == "unfinished":
-            rows = self._db.execute(
-                "SELECT key, rowid FROM tasks WHERE status NOT IN (?, ?)", (RUNNING, INTERRUPTED)
-            )
+            where = f"({ok}) OR status NOT IN ('ok', '{RUNNING}', '{INTERRUPTED}')"
         else:
-            rows = self._db.execute("SELECT key, rowid FROM tasks WHERE status = 'ok'")
-        return dict(rows)
+            where = ok
+        return dict(self._db.execute(f"SELECT key, rowid FROM tasks WHERE {where}"))
 
     # -- during the run ------------------------------------------------------
 
@@ -224,11 +226,16 @@ class JournalWriter:
     def stored(self, key: str) -> Result:
         """The record of a task a resume skips, as its result."""
         row = self._db.execute(
-            "SELECT idx, attempts, start, end, mode, worker, value, value_format "
-            "FROM tasks WHERE key = ?",
+            "SELECT idx, status, attempts, start, end, mode, worker, error_type, error, value, "
+            "value_format FROM tasks WHERE key = ?",
             (key,),
         ).fetchone()
-        idx, attempts, start, end, mode, worker, value, fmt = row
+        idx, status, attempts, start, end, mode, worker, etype, text, value, fmt = row
+        if status != "ok":  # resume="unfinished": a failure stays a failure
+            error = RemoteError(f"{etype}: {text}")
+            return Result(
+                idx, None, Status(status), None, error, attempts, start, end, mode, worker
+            )
         value = _decode(value, fmt, self._owned)
         return Result(idx, None, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
 
@@ -270,14 +277,22 @@ class JournalWriter:
             return
         rows = list(self._pending.values())
         self._pending.clear()
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        try:
+            with self._db:
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * 14)})", rows
+                )
+        except sqlite3.Error as exc:
+            raise WhilstError(
+                f"journal {self.path} could not be written ({exc}); the run stopped, so that "
+                "no task goes on unrecorded"
+            ) from exc
         self._last_commit = time.monotonic()
 
     def close(self, counts: dict[str, int] | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
         try:
             if getattr(self, "run", None) is not None:
                 self.flush()

@@ -87,7 +87,8 @@ class Policy:
     def batchable(self) -> bool:
         """True when the policy is retries alone: tiny tasks may still travel in
         batches. Anything that stops or spaces out a task's start needs each alone."""
-        return (self.timeout, self.deadline, self.rate, self.key, self.halt) == (None,) * 5
+        alone = (self.timeout, self.deadline, self.rate, self.key, self.halt, self.journal)
+        return alone == (None,) * 6
 
     @property
     def stops_attempts(self) -> bool:
@@ -269,7 +270,9 @@ def _check_journal(journal: object, resume: object, task_id: object, force: obje
     if not isinstance(force, bool):
         raise UsageTypeError(f"force must be True or False, got {force!r}")
     if journal is None and (resume != "failed" or task_id is not None or force):
-        raise UsageError("resume=, task_id= and force= need journal=, the file to record the run in")
+        raise UsageError(
+            "resume=, task_id= and force= need journal=, the file to record the run in"
+        )
 
 
 def _exception_types(value: object) -> bool:

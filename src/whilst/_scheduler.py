@@ -34,7 +34,7 @@ from collections.abc import (
     Sequence,
     Sized,
 )
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WorkerCrashed
 from ._events import Event, EventKind, Sink
@@ -43,6 +43,9 @@ from ._options import Options
 from ._output import Record, window_for
 from ._policy import POISON_DEATHS
 from ._result import Result, Status, batch_results
+
+if TYPE_CHECKING:
+    from ._journal import JournalWriter
 
 #: A batching mode aims for batches that keep a worker busy this long, so the
 #: round trip to it (about 0.1 ms) costs about 1% (joblib's batch_size="auto"
@@ -56,6 +59,7 @@ BATCH_BUDGET = 8192
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
 TIMED_OUT, CRASHED, POISONED = Status.TIMED_OUT, Status.CRASHED, Status.POISONED
+SKIPPED = Status.SKIPPED
 _END = object()
 QUEUED, STARTED, FINISHED = EventKind.QUEUED, EventKind.STARTED, EventKind.FINISHED
 RETRYING = EventKind.RETRYING
@@ -109,6 +113,8 @@ class Scheduler:
     ) -> None:
         self.options = options
         self.policy = options.policy
+        self.fn = fn
+        self._journal: JournalWriter | None = None
         self.output = output
         self.sinks = tuple(sinks)
         self.mode: Mode = mode_class(options.mode)(
@@ -170,6 +176,8 @@ class Scheduler:
         self.started = time.time()
         self._loop = asyncio.get_running_loop()
         mode = self.mode
+        if self.policy.journal is not None:
+            self._open_journal()
         await mode.open()
         aborted = True
         deadline = self.policy.deadline
@@ -190,10 +198,39 @@ class Scheduler:
                 if handle is not None:
                     handle.cancel()
             self.ended = time.time()
+            if self._journal is not None:
+                self._journal.close()
             try:
                 await mode.close(abort=aborted)
             finally:
                 self.output.finish()
+
+    def _open_journal(self) -> None:
+        from ._journal import JournalWriter, function_name
+
+        policy, options = self.policy, self.options
+        assert policy.journal is not None
+        recorded = {
+            "mode": options.mode,
+            "limit": options.limit,
+            **{name: getattr(policy, name) for name in ("retries", "timeout", "deadline", "rate")},
+        }
+        self._journal = JournalWriter(
+            policy.journal,
+            function=function_name(self.fn),
+            options=recorded,
+            task_id=policy.task_id,
+            resume=policy.resume,
+            force=policy.force,
+        )
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # commit now and then even while no task ends
+            if self._journal is not None and not self._journal.closed:
+                self._journal.flush()
+                loop.call_later(0.5, tick)
+
+        loop.call_later(0.5, tick)
 
     def interrupt(self) -> None:
         """Ctrl-C: start nothing more; the driver cancels running attempts after the grace.
@@ -586,8 +623,11 @@ class Scheduler:
 
     def _started(self, task: _Task, worker: str) -> None:
         """An attempt of ``task`` starts now."""
-        if task.attempts == 1 or self.sinks:
+        journal, jkey = self._journal, task.jkey
+        if task.attempts == 1 or self.sinks or jkey is not None:
             start = time.time()
+            if journal is not None and jkey is not None:
+                journal.started(jkey, task.index, task.item, start, self.mode.name, worker)
             if task.attempts == 1:
                 task.start = start
             if self.sinks:
@@ -662,7 +702,7 @@ class Scheduler:
             exc.__context__ = error
             retry, status, error = False, FAILED, exc
         if not retry:
-            self._finish(self._result(task, status, value, error, end, worker))
+            self._finish(self._result(task, status, value, error, end, worker), task)
             return
         if self.sinks:
             result = self._result(task, status, None, error, end, worker)
@@ -701,13 +741,16 @@ class Scheduler:
             earlier,
         )  # fmt: skip
 
-    def _finish(self, result: Result) -> None:
-        """A task has its result: out it goes, and it counts for the halt rule."""
+    def _finish(self, result: Result, task: _Task | None = None) -> None:
+        """A task has its result: into the journal, out to the caller, and it counts
+        for the halt rule."""
+        if self._journal is not None and task is not None and task.jkey is not None:
+            self._journal.finished(task.jkey, result)
         self.output.add(result)
         if self.sinks:
             self._emit(FINISHED, result.index, result.item, result.end, result.worker, result)
         halt = self.policy.halt
-        if halt is None or result.status is CANCELLED:
+        if halt is None or result.status is CANCELLED or result.status is SKIPPED:
             return
         self._finished += 1
         if result.status is OK:
@@ -723,7 +766,7 @@ class Scheduler:
         keeping the errors of the attempts it had (``Result.errors``)."""
         why = "the task never started" if task.attempts == 0 else "its retry never started"
         error = TaskCancelled(f"{self._stopping}: {why}")
-        self._finish(self._result(task, CANCELLED, None, error, time.time(), ""))
+        self._finish(self._result(task, CANCELLED, None, error, time.time(), ""), task)
 
     def _halt(self, reason: str, now: bool) -> None:
         """Start nothing new; with ``now``, cancel running attempts too."""
@@ -876,7 +919,20 @@ class Scheduler:
                 hash(task.key)
             except Exception as exc:
                 exc.add_note(f"whilst: raised by key= on item {index}")
+                self._finish(self._result(task, FAILED, None, exc, time.time(), ""), task)
+                return None
+        journal = self._journal
+        if journal is not None:
+            try:
+                task.jkey = journal.key(task.item)
+            except Exception as exc:
+                exc.add_note(f"whilst: raised by task_id= on item {index}")
                 self._finish(self._result(task, FAILED, None, exc, time.time(), ""))
+                return None
+            if task.jkey in journal.done:  # done in an earlier run: its stored value
+                result = journal.stored(task.jkey)
+                result.index, result.item = index, task.item
+                self._finish(result)
                 return None
         return task
 
@@ -957,12 +1013,13 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class _Task:
     """One item on the policy path, across its attempts."""
 
-    __slots__ = ("attempts", "deaths", "errors", "index", "item", "key", "start")
+    __slots__ = ("attempts", "deaths", "errors", "index", "item", "jkey", "key", "start")
 
     def __init__(self, index: int, item: Any) -> None:
         self.index = index
         self.item = item
         self.key: Any = None
+        self.jkey: str | None = None  # its identity in the journal
         self.attempts = 0
         self.deaths = 0  # worker processes it killed
         self.errors: list[BaseException] = []  # of the attempts before the next
