@@ -1,0 +1,223 @@
+"""The journal: a run that dies half way loses nothing and redoes nothing
+(reliability.md, "Journal and resume", and 28)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import whilst
+from whilst import Status
+
+
+def counted(path: Path) -> Counter[str]:
+    """How many times each task ran, from the counter file tasks append to."""
+    if not path.exists():
+        return Counter()
+    return Counter(path.read_text().split())
+
+
+def make_task(counter: Path, failing: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
+    def task(x: int) -> dict[str, int]:
+        with open(counter, "a") as f:  # O_APPEND: one line per run of a task
+            f.write(f"{x}\n")
+        if x in failing:
+            raise ValueError(f"no {x}")
+        return {"square": x * x}
+
+    task.__qualname__ = "task"
+    return task
+
+
+def test_a_rerun_runs_only_what_failed_and_returns_every_value(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+    failing = set(range(0, 100, 10))
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(make_task(counter, failing), range(100), journal=db)
+    assert len(caught.value.failed) == 10
+    assert os.stat(db).st_mode & 0o777 == 0o600
+
+    values = whilst.map(make_task(counter), range(100), journal=db)
+    assert values == [{"square": x * x} for x in range(100)]
+    runs = counted(counter)
+    assert {k for k, n in runs.items() if n == 2} == {str(x) for x in failing}
+    assert sum(runs.values()) == 110
+
+    run = whilst.imap(make_task(counter), range(100), journal=db)
+    results = list(run)
+    assert all(r.status is Status.SKIPPED and r.ok for r in results)
+    assert run.summary is not None
+    assert run.summary.counts == {"skipped": 100}
+    assert sum(counted(counter).values()) == 110  # nothing ran a third time
+
+
+def test_resume_unfinished_keeps_failures_as_failures(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(make_task(counter, {3, 7}), range(10), journal=db)
+    results = list(whilst.imap(make_task(counter), range(10), journal=db, resume="unfinished"))
+    assert sum(counted(counter).values()) == 10  # nothing ran again
+    assert [r.index for r in results if r.status is Status.FAILED] == [3, 7]
+    assert "ValueError: no 3" in str(results[3].error)
+
+
+def test_resume_none_starts_afresh(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+    whilst.map(make_task(counter), range(5), journal=db)
+    whilst.map(make_task(counter), range(5), journal=db, resume="none")
+    assert set(counted(counter).values()) == {2}
+
+
+def test_identity_is_the_item_not_its_position(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+    whilst.map(make_task(counter), [10, 20, 30], journal=db)
+    values = whilst.map(make_task(counter), [5, 30, 20, 10], journal=db)  # reordered, one new
+    assert values == [{"square": x * x} for x in (5, 30, 20, 10)]
+    assert counted(counter) == Counter({"10": 1, "20": 1, "30": 1, "5": 1})
+
+
+def test_task_id_chooses_the_identity(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+    whilst.map(make_task(counter), [1, 2, 3], journal=db, task_id=lambda x: x % 2)
+    # 1 and 3 share an identity: the second is skipped with the first's value.
+    assert sum(counted(counter).values()) == 3  # all ran in the first run
+    values = whilst.map(make_task(counter), [3, 4], journal=db, task_id=lambda x: x % 2)
+    assert sum(counted(counter).values()) == 3
+    assert values[1] == {"square": 4}
+
+
+def test_a_journal_of_another_function_is_refused_unless_forced(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+    whilst.map(make_task(counter), range(3), journal=db)
+
+    def other(x: int) -> int:
+        return x
+
+    with pytest.raises(whilst.UsageError, match=r"records a run of .*task.*not .*other.*force"):
+        whilst.map(other, range(3), journal=db)
+    assert whilst.map(other, range(4), journal=db, force=True)[3] == 3
+
+
+def test_a_journal_in_use_is_refused_naming_the_pid(tmp_path: Path) -> None:
+    from whilst._journal import JournalWriter
+
+    db = tmp_path / "run.db"
+    holder = JournalWriter(db, function="x:task", options={})
+    try:
+        with pytest.raises(whilst.UsageError, match=f"in use by pid {os.getpid()}"):
+            whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
+    finally:
+        holder.close()
+    assert not (tmp_path / "count").exists()  # no task ran
+
+
+def test_a_file_that_is_not_a_journal_gives_one_clear_sentence(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("hello, this is not SQLite\n")
+    with pytest.raises(whilst.UsageError, match="not a whilst journal"):
+        whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files")
+def test_a_read_only_journal_gives_one_clear_sentence(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
+    db.chmod(0o400)
+    with pytest.raises(whilst.UsageError, match="cannot be written"):
+        whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
+
+
+def test_bad_journal_options(tmp_path: Path) -> None:
+    with pytest.raises(whilst.UsageError, match="unknown resume 'some'"):
+        whilst.map(abs, [1], journal=tmp_path / "j.db", resume="some")
+    with pytest.raises(whilst.UsageError, match="need journal="):
+        whilst.map(abs, [1], resume="unfinished")
+
+
+def test_pickled_values_are_restored_only_from_a_private_file(tmp_path: Path) -> None:
+    counter, db = tmp_path / "count", tmp_path / "run.db"
+
+    def task(x: int) -> set[int]:
+        with open(counter, "a") as f:
+            f.write(f"{x}\n")
+        return {x}  # a set is not JSON: pickled
+
+    whilst.map(task, range(3), journal=db)
+    assert whilst.map(task, range(3), journal=db) == [{0}, {1}, {2}]
+    assert sum(counted(counter).values()) == 3
+    db.chmod(0o644)  # someone else could have written it now: never unpickle
+    assert whilst.map(task, range(3), journal=db) == [{0}, {1}, {2}]
+    assert sum(counted(counter).values()) == 6  # ran again rather than trusting it
+
+
+def test_journal_reads_back_every_record(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(make_task(tmp_path / "count", {1}), range(3), journal=db)
+    records = list(whilst.Journal(db))
+    assert [r.status for r in records] == [Status.OK, Status.FAILED, Status.OK]
+    assert records[2].value == {"square": 4}
+    assert "no 1" in str(records[1].error)
+
+
+CRASH = textwrap.dedent(
+    """
+    import sys, time, whilst
+
+    def task(x):
+        with open(sys.argv[2], "a") as f:
+            f.write(f"{x}\\n")
+        time.sleep(0.01 + (x % 5) * 0.01)
+        return x
+
+    whilst.map(task, range(400), mode="threads", limit=8, journal=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("at", [150, 300])
+def test_kill_9_mid_run_then_resume_runs_nothing_recorded_ok_twice(tmp_path: Path, at: int) -> None:
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(db), str(counter)])
+    ok_before: set[str] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            if not db.exists():
+                continue
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as ro:
+                    n = ro.execute("SELECT count(*) FROM tasks WHERE status = 'ok'").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if n >= at:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with sqlite3.connect(db) as ro:
+            assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            ok_before = {
+                item for (item,) in ro.execute("SELECT item FROM tasks WHERE status = 'ok'")
+            }
+    finally:
+        proc.kill()
+    assert len(ok_before) >= at
+    subprocess.run([sys.executable, "-c", CRASH, str(db), str(counter)], check=True, timeout=120)
+    runs = counted(counter)
+    assert set(runs) == {str(x) for x in range(400)}  # every item ran
+    assert all(runs[item] == 1 for item in ok_before)  # nothing journaled ok ran again
+    with sqlite3.connect(db) as ro:
+        assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = ro.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
+    assert rows == [("ok", 400)]
