@@ -72,7 +72,11 @@ INTERRUPTED = "interrupted"  # a running record found by the next run: the runne
 
 
 def item_key(item: Any) -> str:
-    """The default identity of an item: a hash of its content."""
+    """The default identity of an item: itself for a number or a short string, else
+    a hash of its content."""
+    kind = type(item)
+    if kind is int or (kind is str and len(item) < 64):  # most inputs: numbers, names, URLs
+        return f"{'i' if kind is int else 's'}:{item}"
     if isinstance(item, bytes):
         data = b"b" + item
     elif isinstance(item, str):
@@ -95,9 +99,14 @@ def function_name(fn: Any) -> str:
     return f"{module}:{name}"
 
 
+_to_json = json.JSONEncoder(allow_nan=True).encode
+
+
 def _encode(value: Any, pickles: bool) -> tuple[bytes | None, str]:
+    if value is None:
+        return b"null", "json"
     try:
-        data = json.dumps(value).encode()
+        data = _to_json(value).encode()
         fmt = "json"
     except (TypeError, ValueError):
         if not pickles:
