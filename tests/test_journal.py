@@ -221,3 +221,46 @@ def test_kill_9_mid_run_then_resume_runs_nothing_recorded_ok_twice(tmp_path: Pat
         assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = ro.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
     assert rows == [("ok", 400)]
+
+
+def test_whilst_report_summarises_and_exports_a_journal(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from click.testing import CliRunner
+
+    from whilst._cli import cli
+
+    db = tmp_path / "run.db"
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(make_task(tmp_path / "count", {2}), range(4), journal=db)
+    runner = CliRunner()
+    summary = runner.invoke(cli, ["report", str(db)])
+    assert summary.exit_code == 0, summary.output
+    assert "ok" in summary.output
+    assert "ValueError" in summary.output
+    lines = runner.invoke(cli, ["report", str(db), "--format", "jsonl"]).output.splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["ok", "ok", "failed", "ok"]
+    rows = list(
+        csv.DictReader(
+            runner.invoke(cli, ["report", str(db), "--format", "csv"]).output.splitlines()
+        )
+    )
+    assert [row["index"] for row in rows] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("content", [None, b"not sqlite at all", b""])
+def test_whilst_report_on_a_non_journal_exits_2_with_one_line(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    from click.testing import CliRunner
+
+    from whilst._cli import cli
+
+    db = tmp_path / "x.db"
+    if content is not None:
+        db.write_bytes(content)
+    result = CliRunner().invoke(cli, ["report", str(db)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "journal" in result.output.splitlines()[-1]

@@ -47,3 +47,38 @@ def demo(quick: bool) -> None:
     from ._demo import run_demo
 
     run_demo(quick=quick)
+
+
+@cli.command()
+@click.argument("journal", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["summary", "jsonl", "csv"]),
+    default="summary",
+    show_default=True,
+    help="summary: counts by status, the slowest tasks and the errors; "
+    "jsonl or csv: one record per task, for other tools.",
+)
+@click.option("--slowest", default=5, show_default=True, help="How many slowest tasks to list.")
+def report(journal: str, fmt: str, slowest: int) -> None:
+    """Read a journal written with --journal / journal=: what ran, how it ended.
+
+    \b
+    Examples:
+      whilst report run.db
+      whilst report run.db --format csv > results.csv
+    """
+    from ._errors import UsageError
+    from ._journal import Journal
+    from ._report import print_records, print_summary
+
+    try:
+        with Journal(journal) as records:
+            results = list(records)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    if fmt == "summary":
+        print_summary(journal, results, slowest)
+    else:
+        print_records(results, fmt)

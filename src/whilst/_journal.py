@@ -393,6 +393,10 @@ class Journal:
         self.path = Path(path)
         self._db = _open(self.path, create=False)
         self._owned = _private(self.path)
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
+        if "tasks" not in tables:
+            self._db.close()
+            raise UsageError(f"{self.path} is an SQLite file but not a whilst journal")
 
     def __iter__(self) -> Iterator[Result]:
         rows = self._db.execute(
