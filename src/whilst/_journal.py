@@ -209,8 +209,9 @@ class JournalWriter:
                 [("schema", str(SCHEMA_VERSION)), ("function", function)],
             )
 
-    def _load_done(self, resume: str) -> dict[str, int]:
-        """Keys a resume skips (``ok`` records; with ``unfinished``, every ended one)."""
+    def _load_done(self, resume: str) -> dict[str, tuple[Any, ...]]:
+        """The records a resume skips, by key, read in one query (``ok`` ones; with
+        ``unfinished``, every ended one)."""
         if resume == "none":
             with self._db:
                 self._db.execute("DELETE FROM tasks")
@@ -223,7 +224,11 @@ class JournalWriter:
             where = f"({ok}) OR status NOT IN ('ok', '{RUNNING}', '{INTERRUPTED}')"
         else:
             where = ok
-        return dict(self._db.execute(f"SELECT key, rowid FROM tasks WHERE {where}"))
+        rows = self._db.execute(
+            "SELECT key, idx, status, attempts, start, end, mode, worker, error_type, error, "
+            f"value, value_format FROM tasks WHERE {where}"
+        )
+        return {row[0]: row[1:] for row in rows}
 
     # -- during the run ------------------------------------------------------
 
@@ -234,12 +239,8 @@ class JournalWriter:
 
     def stored(self, key: str) -> Result:
         """The record of a task a resume skips, as its result."""
-        row = self._db.execute(
-            "SELECT idx, status, attempts, start, end, mode, worker, error_type, error, value, "
-            "value_format FROM tasks WHERE key = ?",
-            (key,),
-        ).fetchone()
-        idx, status, attempts, start, end, mode, worker, etype, text, value, fmt = row
+        record = self.done[key]  # kept: an identical item later in the input shares it
+        idx, status, attempts, start, end, mode, worker, etype, text, value, fmt = record
         if status != "ok":  # resume="unfinished": a failure stays a failure
             error = RemoteError(f"{etype}: {text}")
             return Result(
