@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -264,3 +265,72 @@ def test_whilst_report_on_a_non_journal_exits_2_with_one_line(
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "journal" in result.output.splitlines()[-1]
+
+
+def test_a_run_that_fails_to_start_releases_its_journal(tmp_path: Path) -> None:
+    import threading
+
+    db = tmp_path / "run.db"
+    lock = threading.Lock()
+
+    def task(x: int) -> int:
+        with lock:  # a lock cannot be sent to a worker process
+            return x
+
+    with pytest.raises(whilst.UsageTypeError, match="cannot be pickled"):
+        whilst.map(task, range(3), mode="processes", journal=db)
+    assert whilst.map(task, range(3), mode="threads", journal=db) == [0, 1, 2]
+
+
+HANG = textwrap.dedent(
+    """
+    import sys, time, whilst
+
+    def task(x):
+        with open(sys.argv[2], "a") as f:
+            f.write(f"{x}\\n")
+        if sys.argv[3] == "hang" and x >= 2:
+            time.sleep(60)
+        return x
+
+    whilst.map(task, range(6), mode="threads", limit=3, retries=1, journal=sys.argv[1])
+    """
+)
+
+
+def test_tasks_running_when_the_runner_dies_are_interrupted_and_run_again(tmp_path: Path) -> None:
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    proc = subprocess.Popen([sys.executable, "-c", HANG, str(db), str(counter), "hang"])
+    try:
+        deadline = time.monotonic() + 30
+        running = 0
+        while running < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            with contextlib.suppress(sqlite3.Error), sqlite3.connect(db) as ro:
+                running = ro.execute(
+                    "SELECT count(*) FROM tasks WHERE status = 'running'"
+                ).fetchone()[0]
+        assert running == 3  # tasks 2, 3, 4 hang; 0 and 1 are ok
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    from whilst._journal import JournalWriter
+
+    JournalWriter(db, function="__main__:task", options={}).close()  # what a resume does first
+    with sqlite3.connect(db) as ro:
+        statuses = dict(ro.execute("SELECT item, status FROM tasks"))
+    assert statuses == {
+        "0": "ok",
+        "1": "ok",
+        "2": "interrupted",
+        "3": "interrupted",
+        "4": "interrupted",
+    }
+    subprocess.run(
+        [sys.executable, "-c", HANG, str(db), str(counter), "run"], check=True, timeout=60
+    )
+    runs = counted(counter)
+    assert runs == Counter({"0": 1, "1": 1, "2": 2, "3": 2, "4": 2, "5": 1})
+    records = {r.index: r for r in whilst.Journal(db)}
+    assert all(r.status is Status.OK for r in records.values())
+    assert [records[i].attempts for i in (2, 3, 4)] == [1, 1, 1]  # no retry used up

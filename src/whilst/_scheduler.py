@@ -178,7 +178,12 @@ class Scheduler:
         mode = self.mode
         if self.policy.journal is not None:
             self._open_journal()
-        await mode.open()
+        try:
+            await mode.open()
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            raise
         aborted = True
         deadline = self.policy.deadline
         timer = None
@@ -198,12 +203,17 @@ class Scheduler:
                 if handle is not None:
                     handle.cancel()
             self.ended = time.time()
-            if self._journal is not None:
-                self._journal.close()
             try:
-                await mode.close(abort=aborted)
+                if self._journal is not None:
+                    self._journal.close()  # commits what is pending, even after Ctrl-C
             finally:
-                self.output.finish()
+                await self._close_mode(aborted)
+
+    async def _close_mode(self, aborted: bool) -> None:
+        try:
+            await self.mode.close(abort=aborted)
+        finally:
+            self.output.finish()
 
     def _open_journal(self) -> None:
         from ._journal import JournalWriter, function_name
