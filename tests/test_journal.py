@@ -143,6 +143,19 @@ def test_bad_journal_options(tmp_path: Path) -> None:
         whilst.map(abs, [1], journal=tmp_path / "j.db", resume="some")
     with pytest.raises(whilst.UsageError, match="need journal="):
         whilst.map(abs, [1], resume="unfinished")
+    with pytest.raises(whilst.UsageError, match="need journal="):
+        whilst.map(abs, [1], durable=True)
+
+
+def test_durable_journals_sync_every_commit(tmp_path: Path) -> None:
+    from whilst._journal import JournalWriter
+
+    writer = JournalWriter(tmp_path / "run.db", function="m:f", options={}, durable=True)
+    try:
+        assert writer._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        writer.close()
+    assert whilst.map(abs, [-1, -2], journal=tmp_path / "run2.db", durable=True) == [1, 2]
 
 
 def test_pickled_values_are_restored_only_from_a_private_file(tmp_path: Path) -> None:

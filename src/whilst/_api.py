@@ -64,6 +64,16 @@ def map(
         grace: seconds a first Ctrl-C (or SIGTERM) lets running tasks finish
             before they are cancelled; a second one cancels at once. Default 5.
 
+    Journal:
+        journal: a SQLite file recording each task as it ends; run again with
+            it and tasks already ok are skipped (status ``skipped``, value kept).
+        resume: ``"failed"`` (default: run all that is not ok),
+            ``"unfinished"`` (only tasks with no final record) or ``"none"``.
+        task_id: a function of the item giving its identity in the journal
+            (default: the item itself, or a hash of it).
+        force: resume a journal written by another function.
+        durable: sync every commit to disk (SQLite ``synchronous=FULL``).
+
     Raises:
         TasksFailed: when any task failed; ``.results`` holds every result,
             successes included, so no finished work is lost.

@@ -62,6 +62,7 @@ class PolicyOptions(TypedDict, total=False):
     resume: str
     task_id: Callable[[Any], Any] | None
     force: bool
+    durable: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ class Policy:
     resume: str = "failed"
     task_id: Callable[[Any], Any] | None = None
     force: bool = False
+    durable: bool = False
 
     @property
     def plain(self) -> bool:
@@ -197,6 +198,7 @@ def make_policy(
     resume: str = "failed",
     task_id: Callable[[Any], Any] | None = None,
     force: bool = False,
+    durable: bool = False,
 ) -> Policy:
     """Check every policy option; a UsageError naming the fix for the first bad one."""
     _whole("retries", retries, 0, "use retries=0 for a single attempt")
@@ -228,7 +230,7 @@ def make_policy(
         raise UsageError(
             "key= needs per_key=, the most tasks in flight sharing a key (for example per_key=4)"
         )
-    _check_journal(journal, resume, task_id, force)
+    _check_journal(journal, resume, task_id, force, durable)
     return Policy(
         retries=retries,
         backoff=float(backoff),
@@ -246,13 +248,16 @@ def make_policy(
         resume=resume,
         task_id=task_id,
         force=force,
+        durable=durable,
     )
 
 
 RESUMES = ("failed", "unfinished", "none")
 
 
-def _check_journal(journal: object, resume: object, task_id: object, force: object) -> None:
+def _check_journal(
+    journal: object, resume: object, task_id: object, force: object, durable: object
+) -> None:
     if journal is not None and not isinstance(journal, str | os.PathLike):
         raise UsageTypeError(
             f"journal must be a file name such as 'run.db', got {type(journal).__name__}"
@@ -267,11 +272,12 @@ def _check_journal(journal: object, resume: object, task_id: object, force: obje
             f"task_id must be a function of the item giving its identity in the journal "
             f"(for example lambda url: url), got {type(task_id).__name__}"
         )
-    if not isinstance(force, bool):
-        raise UsageTypeError(f"force must be True or False, got {force!r}")
-    if journal is None and (resume != "failed" or task_id is not None or force):
+    for name, flag in (("force", force), ("durable", durable)):
+        if not isinstance(flag, bool):
+            raise UsageTypeError(f"{name} must be True or False, got {flag!r}")
+    if journal is None and (resume != "failed" or task_id is not None or force or durable):
         raise UsageError(
-            "resume=, task_id= and force= need journal=, the file to record the run in"
+            "resume=, task_id=, force= and durable= need journal=, the file to record the run in"
         )
 
 

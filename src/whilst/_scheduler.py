@@ -232,6 +232,7 @@ class Scheduler:
             task_id=policy.task_id,
             resume=policy.resume,
             force=policy.force,
+            durable=policy.durable,
         )
         loop = asyncio.get_running_loop()
 
