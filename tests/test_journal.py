@@ -347,3 +347,36 @@ def test_tasks_running_when_the_runner_dies_are_interrupted_and_run_again(tmp_pa
     records = {r.index: r for r in whilst.Journal(db)}
     assert all(r.status is Status.OK for r in records.values())
     assert [records[i].attempts for i in (2, 3, 4)] == [1, 1, 1]  # no retry used up
+
+
+def test_kill_9_at_random_moments_never_corrupts_the_journal(tmp_path: Path) -> None:
+    import random
+
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    rng = random.Random(7)
+    ok_so_far: set[str] = set()
+    runs_when_ok: dict[str, int] = {}
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", CRASH, str(db), str(counter)])
+        time.sleep(rng.uniform(0.3, 1.5))  # start-up, opening, mid-run or a commit
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not db.exists():
+            continue
+        with sqlite3.connect(db) as ro:
+            assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            ok_now = {item for (item,) in ro.execute("SELECT item FROM tasks WHERE status = 'ok'")}
+        assert ok_so_far <= ok_now  # nothing reported finished went missing
+        runs = counted(counter)
+        for item in ok_now - ok_so_far:
+            runs_when_ok[item] = runs[item]
+        ok_so_far = ok_now
+    subprocess.run([sys.executable, "-c", CRASH, str(db), str(counter)], check=True, timeout=120)
+    runs = counted(counter)
+    assert runs_when_ok  # some kills landed mid-run
+    assert all(runs[item] == n for item, n in runs_when_ok.items())  # never run again once ok
+    with sqlite3.connect(db) as ro:
+        assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert ro.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall() == [
+            ("ok", 400)
+        ]
