@@ -380,3 +380,18 @@ def test_kill_9_at_random_moments_never_corrupts_the_journal(tmp_path: Path) -> 
         assert ro.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall() == [
             ("ok", 400)
         ]
+
+
+def test_no_result_is_handed_out_before_its_record_is_committed(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+
+    async def task(x: int) -> int:
+        return x
+
+    with whilst.imap(task, range(3000), journal=db, ordered=False) as run:
+        for r in run:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as ro:
+                row = ro.execute(
+                    "SELECT status FROM tasks WHERE idx = ? AND status = 'ok'", (r.index,)
+                ).fetchone()
+            assert row == ("ok",), r

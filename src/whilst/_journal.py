@@ -35,6 +35,8 @@ SCHEMA_VERSION = 1
 VALUE_CAP = 1 << 20
 #: Seconds between commits while tasks finish.
 COMMIT_EVERY = 0.2
+#: Most results held back waiting for a commit (a commit is made sooner).
+HOLD_AT_MOST = 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -137,6 +139,10 @@ class JournalWriter:
         self.path = Path(path)
         self.task_id = task_id
         self.closed = False
+        self._pending: dict[str, tuple[Any, ...]] = {}
+        self._held: list[Result] = []  # finished, waiting for their commit
+        self._last_commit = time.monotonic()
+        self.run: int | None = None
         self._lock_fd = -1
         self._db = _open(self.path, create=True)
         self._owned = _private(self.path)
@@ -166,8 +172,6 @@ class JournalWriter:
         except BaseException:
             self.close()
             raise
-        self._pending: dict[str, tuple[Any, ...]] = {}
-        self._last_commit = time.monotonic()
 
     # -- opening -------------------------------------------------------------
 
@@ -257,7 +261,9 @@ class JournalWriter:
             self.run,
         )  # fmt: skip
 
-    def finished(self, key: str, result: Result) -> None:
+    def finished(self, key: str, result: Result) -> list[Result]:
+        """Record how a task ended. Its result is held back until its row is
+        committed: the results released by this call's commit, if it made one."""
         error = result.error
         value, fmt = (None, "none")
         if result.ok:
@@ -278,13 +284,15 @@ class JournalWriter:
             fmt,
             self.run,
         )
-        if time.monotonic() - self._last_commit >= COMMIT_EVERY:
-            self.flush()
+        self._held.append(result)
+        if len(self._held) >= HOLD_AT_MOST or time.monotonic() - self._last_commit >= COMMIT_EVERY:
+            return self.flush()
+        return []
 
-    def flush(self) -> None:
-        """Commit what is pending."""
+    def flush(self) -> list[Result]:
+        """Commit what is pending; the results now safe to hand out."""
         if not self._pending:
-            return
+            return []
         rows = list(self._pending.values())
         self._pending.clear()
         try:
@@ -298,14 +306,18 @@ class JournalWriter:
                 "no task goes on unrecorded"
             ) from exc
         self._last_commit = time.monotonic()
+        held, self._held = self._held, []
+        return held
 
-    def close(self, counts: dict[str, int] | None = None) -> None:
+    def close(self, counts: dict[str, int] | None = None) -> list[Result]:
+        """Commit what is pending and release the file; the results released."""
         if self.closed:
-            return
+            return []
         self.closed = True
+        released: list[Result] = []
         try:
-            if getattr(self, "run", None) is not None:
-                self.flush()
+            if self.run is not None:
+                released = self.flush()
                 with self._db:
                     self._db.execute(
                         "UPDATE runs SET ended = ?, counts = ? WHERE id = ?",
@@ -316,6 +328,7 @@ class JournalWriter:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = -1
+        return released
 
 
 def _decode(value: bytes | None, fmt: str, owned: bool) -> Any:

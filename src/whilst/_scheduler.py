@@ -204,8 +204,8 @@ class Scheduler:
                     handle.cancel()
             self.ended = time.time()
             try:
-                if self._journal is not None:
-                    self._journal.close()  # commits what is pending, even after Ctrl-C
+                if self._journal is not None:  # commits what is pending, even after Ctrl-C
+                    self._deliver(self._journal.close())
             finally:
                 await self._close_mode(aborted)
 
@@ -238,7 +238,7 @@ class Scheduler:
 
         def tick() -> None:  # commit now and then even while no task ends
             if self._journal is not None and not self._journal.closed:
-                self._journal.flush()
+                self._deliver(self._journal.flush())
                 loop.call_later(0.5, tick)
 
         loop.call_later(0.5, tick)
@@ -753,13 +753,12 @@ class Scheduler:
         )  # fmt: skip
 
     def _finish(self, result: Result, task: _Task | None = None) -> None:
-        """A task has its result: into the journal, out to the caller, and it counts
-        for the halt rule."""
+        """A task has its result: into the journal, out to the caller (once its
+        journal record is committed), and it counts for the halt rule."""
         if self._journal is not None and task is not None and task.jkey is not None:
-            self._journal.finished(task.jkey, result)
-        self.output.add(result)
-        if self.sinks:
-            self._emit(FINISHED, result.index, result.item, result.end, result.worker, result)
+            self._deliver(self._journal.finished(task.jkey, result))
+        else:
+            self._deliver((result,))
         halt = self.policy.halt
         if halt is None or result.status is CANCELLED or result.status is SKIPPED:
             return
@@ -771,6 +770,12 @@ class Scheduler:
         n = self._successes if halt.what == "success" else self._failures
         if halt.met(n, self._total, self._finished):
             self._halt(f"the halt rule {halt!s} was met", now=halt.when == "now")
+
+    def _deliver(self, results: Iterable[Result]) -> None:
+        for result in results:
+            self.output.add(result)
+            if self.sinks:
+                self._emit(FINISHED, result.index, result.item, result.end, result.worker, result)
 
     def _abandon(self, task: _Task) -> None:
         """A task that will not run (again) because the run stopped: ``cancelled``,
