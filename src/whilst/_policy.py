@@ -6,6 +6,7 @@ applies them (design.md, invariant 4). Nothing here knows about modes.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import random
@@ -122,6 +123,43 @@ class Policy:
             return error.after
         ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 64))
         return random.uniform(0.0, ceiling)
+
+
+class RateLimit:
+    """Spaces task starts: the generic cell rate algorithm. Starts come ``1/rate``
+    apart on average and at most ``burst`` at once, so over any window of ``w``
+    seconds at most ``rate * w + burst`` start."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.interval = 1.0 / rate
+        self.slack = (burst - 1) * self.interval
+        self.due = -math.inf  # the theoretical time of the next start
+
+    def reserve(self, now: float) -> float:
+        """When the next start may happen (reserved for the caller)."""
+        at = max(now, self.due - self.slack)
+        self.due = max(at, self.due) + self.interval
+        return at
+
+
+class KeyLimit:
+    """Counts tasks in flight by key, for ``per_key``."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self.running: collections.Counter[Any] = collections.Counter()
+
+    def free(self, key: Any) -> bool:
+        return self.running[key] < self.per_key
+
+    def take(self, key: Any) -> None:
+        self.running[key] += 1
+
+    def give(self, key: Any) -> None:
+        running = self.running
+        running[key] -= 1
+        if not running[key]:
+            del running[key]
 
 
 def parse_rate(rate: object) -> float | None:

@@ -41,7 +41,7 @@ from ._events import Event, EventKind, Sink
 from ._modes import Call, Mode, Outcomes, mode_class
 from ._options import Options
 from ._output import Record, window_for
-from ._policy import POISON_DEATHS
+from ._policy import POISON_DEATHS, KeyLimit, RateLimit
 from ._result import Result, Status, batch_results
 
 if TYPE_CHECKING:
@@ -156,7 +156,10 @@ class Scheduler:
         self._timer_due = math.inf
         self._held: collections.deque[_Task] = collections.deque()  # ready, maybe key-blocked
         self._aside = window_for(options.limit)  # most tasks read ahead and set aside
-        self._keys: collections.Counter[Any] = collections.Counter()  # in flight, by key
+        self._keys = KeyLimit(self.policy.per_key) if self.policy.per_key is not None else None
+        self._rate = (
+            RateLimit(self.policy.rate, self.policy.burst) if self.policy.rate is not None else None
+        )
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()  # napping slots
         self._sleeping: set[asyncio.Future[None]] = set()  # slots waiting out the rate
         self._deadline_at = math.inf  # loop time
@@ -166,7 +169,6 @@ class Scheduler:
         self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
         self._stopping: str | None = None  # why nothing new starts
         self._stop_now = False  # running attempts are being cancelled too
-        self._tat = -math.inf  # rate: when the next start is due (GCRA)
         self._failures = self._successes = self._finished = 0
 
     # -- the run -------------------------------------------------------------
@@ -498,7 +500,7 @@ class Scheduler:
             except WorkerCrashed as exc:
                 status, error = CRASHED, exc
             if status is OK and policy.rate is not None:
-                at = self._reserve(loop.time())
+                at = self._rate.reserve(loop.time())  # type: ignore[union-attr]
                 while (left := at - loop.time()) > 0 and not self._stopping:
                     await self._sleep(left)
             if self._stopping:  # halted while it waited for its turn: it does not start
@@ -953,36 +955,18 @@ class Scheduler:
         return task
 
     def _key_free(self, task: _Task) -> bool:
-        per_key = self.policy.per_key
-        return per_key is None or self._keys[task.key] < per_key
+        return self._keys is None or self._keys.free(task.key)
 
     def _admit(self, task: _Task) -> _Task:
-        if self.policy.per_key is not None:
-            self._keys[task.key] += 1
+        if self._keys is not None:
+            self._keys.take(task.key)
         return task
 
     def _release(self, task: _Task) -> None:
-        if self.policy.per_key is not None:
-            keys = self._keys
-            keys[task.key] -= 1
-            if not keys[task.key]:
-                del keys[task.key]
+        if self._keys is not None:
+            self._keys.give(task.key)
             if self._held:
                 self._wake_one()
-
-    def _reserve(self, now: float) -> float:
-        """When the next start may happen under ``rate`` and ``burst``, reserved.
-
-        The generic cell rate algorithm: starts are spaced ``1/rate`` apart on
-        average, and at most ``burst`` may come at once, so over any window of
-        ``w`` seconds at most ``rate * w + burst`` tasks start.
-        """
-        rate, burst = self.policy.rate, self.policy.burst
-        assert rate is not None
-        interval = 1.0 / rate
-        at = max(now, self._tat - (burst - 1) * interval)
-        self._tat = max(at, self._tat) + interval
-        return at
 
     async def _nap(self) -> None:
         """Wait until :meth:`_wake_one` picks this slot (or the run halts)."""
