@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -395,3 +396,52 @@ def test_no_result_is_handed_out_before_its_record_is_committed(tmp_path: Path) 
                     "SELECT status FROM tasks WHERE idx = ? AND status = 'ok'", (r.index,)
                 ).fetchone()
             assert row == ("ok",), r
+
+
+def test_imap_with_a_journal_it_cannot_open_raises_rather_than_hangs(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("not a journal")
+    with pytest.raises(whilst.UsageError, match="not a whilst journal"):
+        for _ in whilst.imap(abs, [1], journal=db):
+            pass
+
+
+def test_values_come_back_as_they_were(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+
+    def task(x: int) -> Any:
+        return [(1, 2), {1: "a"}, [1, "b"], 3.5][x]
+
+    first = whilst.map(task, range(4), journal=db)
+    assert whilst.map(task, range(4), journal=db) == first == [(1, 2), {1: "a"}, [1, "b"], 3.5]
+    assert [r.status for r in whilst.imap(task, range(4), journal=db)] == [Status.SKIPPED] * 4
+
+
+def test_a_failed_copy_never_replaces_an_ok_record(tmp_path: Path) -> None:
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    jobs = [("http://a", 0), ("http://a", 1)]
+
+    def task(job: tuple[str, int]) -> int:
+        with open(counter, "a") as f:
+            f.write(f"{job[1]}\n")
+        if job[1]:
+            raise ConnectionError(job[0])
+        return job[1]
+
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(task, jobs, journal=db, task_id=lambda job: job[0])
+    assert whilst.map(task, jobs, journal=db, task_id=lambda job: job[0]) == [0, 0]
+    assert sum(counted(counter).values()) == 2  # nothing ran again
+
+
+def test_after_a_deadline_items_done_earlier_still_come_back_skipped(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+
+    async def task(x: int) -> int:
+        await asyncio.sleep(3 if x == -1 else 0)
+        return x
+
+    whilst.map(task, range(5), journal=db)
+    results = list(whilst.imap(task, [-1, *range(5)], journal=db, limit=1, deadline=0.3))
+    assert [r.status for r in results] == [Status.CANCELLED] + [Status.SKIPPED] * 5
+    assert [r.value for r in results[1:]] == list(range(5))

@@ -3,8 +3,10 @@
 One writer (the scheduler's sink), WAL mode, commits batched on a short timer:
 journaling costs little per task and a ``kill -9`` at any moment leaves a
 consistent file (SQLite's guarantee), losing at most the last fraction of a
-second of results, which a resume simply runs again. A record says ``ok`` only
-once its commit is done, and a resume never runs a task recorded ``ok``.
+second of results, which a resume simply runs again. A result is handed out only
+once its record is committed, and a resume never runs a task recorded ``ok``
+whose value it can give back (a value too large to keep, or pickled in a file
+others could write, means the task runs again).
 
 A task's identity is its key: ``task_id(item)`` when given, else a hash of
 the item, so reordering the input or adding items does not make finished
@@ -110,6 +112,8 @@ def _encode(value: Any, pickles: bool) -> tuple[bytes | None, str]:
     try:
         data = _to_json(value).encode()
         fmt = "json"
+        if type(value) not in (int, str, float, bool) and json.loads(data) != value:
+            raise ValueError("JSON would change it")  # a tuple, a dict with int keys
     except (TypeError, ValueError):
         if not pickles:
             return None, "unkept: not JSON"
@@ -141,6 +145,7 @@ class JournalWriter:
         self.closed = False
         self._pending: dict[str, tuple[Any, ...]] = {}
         self._held: list[Result] = []  # finished, waiting for their commit
+        self._ok: set[str] = set()  # keys recorded ok by this run
         self._last_commit = time.monotonic()
         self.run: int | None = None
         self._lock_fd = -1
@@ -254,7 +259,7 @@ class JournalWriter:
         return Result(idx, None, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
 
     def started(self, key: str, index: int, item: Any, at: float, mode: str, worker: str) -> None:
-        if key in self._pending:
+        if key in self._pending or key in self._ok:
             return
         self._pending[key] = (
             key, index, _short(item), RUNNING, 0, at, at, mode, worker, None, None, None, "none",
@@ -264,6 +269,11 @@ class JournalWriter:
     def finished(self, key: str, result: Result) -> list[Result]:
         """Record how a task ended. Its result is held back until its row is
         committed: the results released by this call's commit, if it made one."""
+        if key in self._ok and not result.ok:  # an identical item did succeed: keep that
+            self._held.append(result)
+            return []
+        if result.ok:
+            self._ok.add(key)
         error = result.error
         value, fmt = (None, "none")
         if result.ok:
@@ -292,9 +302,9 @@ class JournalWriter:
     def flush(self) -> list[Result]:
         """Commit what is pending; the results now safe to hand out."""
         if not self._pending:
-            return []
+            held, self._held = self._held, []
+            return held
         rows = list(self._pending.values())
-        self._pending.clear()
         try:
             with self._db:
                 self._db.executemany(
@@ -305,6 +315,7 @@ class JournalWriter:
                 f"journal {self.path} could not be written ({exc}); the run stopped, so that "
                 "no task goes on unrecorded"
             ) from exc
+        self._pending.clear()  # only now: a failed commit keeps them (and their results)
         self._last_commit = time.monotonic()
         held, self._held = self._held, []
         return held

@@ -36,7 +36,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WorkerCrashed
+from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WhilstError, WorkerCrashed
 from ._events import Event, EventKind, Sink
 from ._modes import Call, Mode, Outcomes, mode_class
 from ._options import Options
@@ -115,6 +115,7 @@ class Scheduler:
         self.policy = options.policy
         self.fn = fn
         self._journal: JournalWriter | None = None
+        self.journal_error: WhilstError | None = None
         self.output = output
         self.sinks = tuple(sinks)
         self.mode: Mode = mode_class(options.mode)(
@@ -178,13 +179,14 @@ class Scheduler:
         self.started = time.time()
         self._loop = asyncio.get_running_loop()
         mode = self.mode
-        if self.policy.journal is not None:
-            self._open_journal()
         try:
+            if self.policy.journal is not None:
+                self._open_journal()
             await mode.open()
         except BaseException:
             if self._journal is not None:
                 self._journal.close()
+            self.output.finish()  # an imap reader must hear the run is over
             raise
         aborted = True
         deadline = self.policy.deadline
@@ -199,6 +201,8 @@ class Scheduler:
                 self._spawn()
             if not self.policy.plain:
                 await self._drain()
+            if self.journal_error is not None:
+                raise self.journal_error
             aborted = False
         finally:
             for handle in (timer, self._retry_timer):
@@ -239,9 +243,15 @@ class Scheduler:
         loop = asyncio.get_running_loop()
 
         def tick() -> None:  # commit now and then even while no task ends
-            if self._journal is not None and not self._journal.closed:
+            if self._journal is None or self._journal.closed:
+                return
+            try:
                 self._deliver(self._journal.flush())
-                loop.call_later(0.5, tick)
+            except WhilstError as exc:  # stop: no task may go on unrecorded
+                self.journal_error = exc
+                self._halt(str(exc), now=True)
+                return
+            loop.call_later(0.5, tick)
 
         loop.call_later(0.5, tick)
 
@@ -757,8 +767,9 @@ class Scheduler:
     def _finish(self, result: Result, task: _Task | None = None) -> None:
         """A task has its result: into the journal, out to the caller (once its
         journal record is committed), and it counts for the halt rule."""
-        if self._journal is not None and task is not None and task.jkey is not None:
-            self._deliver(self._journal.finished(task.jkey, result))
+        journal = self._journal
+        if journal is not None and task is not None and task.jkey is not None and task.attempts:
+            self._deliver(journal.finished(task.jkey, result))
         else:
             self._deliver((result,))
         halt = self.policy.halt
@@ -830,7 +841,8 @@ class Scheduler:
             index, self._pulled = self._pulled, self._pulled + 1
             if self.sinks:
                 self._emit(QUEUED, index, item, time.time())
-            self._abandon(_Task(index, item))
+            if not self._skip_done(index, item):
+                self._abandon(_Task(index, item))
 
     async def _next_task(self) -> _Task | None:
         """The next task for a slot, admitted under its key; None when none is left.
@@ -947,12 +959,27 @@ class Scheduler:
                 exc.add_note(f"whilst: raised by task_id= on item {index}")
                 self._finish(self._result(task, FAILED, None, exc, time.time(), ""))
                 return None
-            if task.jkey in journal.done:  # done in an earlier run: its stored value
-                result = journal.stored(task.jkey)
-                result.index, result.item = index, task.item
-                self._finish(result)
+            if self._skip_done(index, task.item, task.jkey):
                 return None
         return task
+
+    def _skip_done(self, index: int, item: Any, key: str | None = None) -> bool:
+        """Whether the journal has this item done by an earlier run; if so its
+        stored result is handed out."""
+        journal = self._journal
+        if journal is None:
+            return False
+        if key is None:
+            try:
+                key = journal.key(item)
+            except Exception:
+                return False
+        if key not in journal.done:
+            return False
+        result = journal.stored(key)
+        result.index, result.item = index, item
+        self._finish(result)
+        return True
 
     def _key_free(self, task: _Task) -> bool:
         return self._keys is None or self._keys.free(task.key)
