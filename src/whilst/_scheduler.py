@@ -1007,8 +1007,9 @@ class Scheduler:
                     self._idle.remove(fut)
 
     def _wake_all(self) -> None:
-        for fut in self._idle:
-            _wake(fut)
+        idle = self._idle
+        while idle:  # popped, so woken slots do not pile up here
+            _wake(idle.popleft())
 
     def _wake_one(self) -> None:
         """Something became ready for one slot: wake the longest napping one."""
