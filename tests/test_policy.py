@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -794,6 +794,26 @@ def test_halt_now_success_1_first_success_cancels_the_rest() -> None:
     assert results[2].value == 2
     assert [r.attempts for r in results] == [1, 1, 1, 1, 0, 0, 0, 0]
     assert all("halt" in str(r.error) for r in results if r.index != 2)
+
+
+def test_amap_halted_before_an_async_input_ended_raises_rather_than_return_fewer_values() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(100):
+            yield i
+
+    async def task(x: int) -> int:
+        return x
+
+    async def main() -> None:
+        with pytest.raises(whilst.TasksFailed) as caught:
+            await whilst.amap(task, numbers(), mode="async", limit=1, halt="now,success=1")
+        assert [r.value for r in caught.value.results] == [0]
+        assert "not read" in str(caught.value)
+        assert isinstance(caught.value.exceptions[0], TaskCancelled)
+        # An input read to its end before the halt leaves nothing out.
+        assert await whilst.amap(task, numbers(), mode="async", limit=1) == list(range(100))
+
+    vclock.run(main())
 
 
 def test_halt_fail_10_percent_triggers_on_the_10th_failure_not_the_9th() -> None:

@@ -7,7 +7,7 @@ import builtins
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any, Unpack
 
-from ._errors import TasksFailed, WhilstError
+from ._errors import TaskCancelled, TasksFailed, WhilstError
 from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
@@ -94,7 +94,7 @@ def map(
     finally:
         runner.close()
     raise_run_error(scheduler, error)
-    return _values(collect)
+    return _values(collect, scheduler.unread)
 
 
 async def amap(
@@ -119,7 +119,7 @@ async def amap(
     except BaseExceptionGroup as group:
         raise_run_error(scheduler, group)
     raise_run_error(scheduler, None)
-    return _values(collect)
+    return _values(collect, scheduler.unread)
 
 
 def imap(
@@ -158,12 +158,22 @@ def aimap(
     return AsyncRun(*streaming(fn, items, options))
 
 
-def _values(collect: Collect) -> list[Any]:
-    if not collect.failed:
+def _values(collect: Collect, unread: str | None) -> list[Any]:
+    """Every value in input order, or TasksFailed with every result.
+
+    A halted run leaves an async input unread (it may never end), so the values
+    would be silently short: that raises too, even when every task read was ok.
+    """
+    if not collect.failed and unread is None:
         return collect.values()
     results = collect.in_order()
     failed = [r for r in results if not r.ok]
-    raise TasksFailed(_failure_message(failed, len(results)), _errors(failed), results)
+    errors = _errors(failed)
+    message = _failure_message(failed, len(results)) if failed else ""
+    if unread is not None:
+        errors.append(TaskCancelled(f"{unread}: the rest of the async input was not read"))
+        message = "; ".join(filter(None, [message, errors[-1].args[0]]))
+    raise TasksFailed(message, errors, results)
 
 
 def _failure_message(failed: Sequence[Result], total: int) -> str:

@@ -140,6 +140,8 @@ class Scheduler:
         self._aitems = source if isinstance(source, AsyncIterator) else None
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
+        self._input_ended = False  # the async input said StopAsyncIteration (or raised)
+        self.unread: str | None = None  # why a halted run left an async input unread
         self._pulled = 0  # the index of the next item
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
@@ -309,9 +311,11 @@ class Scheduler:
                     try:
                         items.append(await anext(self._aitems))  # type: ignore[arg-type]
                     except StopAsyncIteration:
+                        self._input_ended = True
                         break
                     except Exception as exc:
                         self.input_error = exc
+                        self._input_ended = True
                         break
         self._pulled = first + len(items)
         if len(items) < n:
@@ -828,7 +832,11 @@ class Scheduler:
             self._abandon(task)
         self._retries.clear()
         self._held.clear()
-        if self._stopping is None or self.interrupted or self._aitems is not None:
+        if self._stopping is None or self.interrupted:
+            return
+        if self._aitems is not None:
+            if not self._input_ended:
+                self.unread = self._stopping
             return
         rest = self._rest
         for n, item in enumerate(rest):
