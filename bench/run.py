@@ -24,9 +24,11 @@ import math
 import multiprocessing
 import os
 import platform
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +115,7 @@ class Sizes:
     cpu_tasks: int
     cpu_seconds: float
     policy_n: int
+    journal_n: int
 
 
 FULL = Sizes(
@@ -127,6 +130,7 @@ FULL = Sizes(
     cpu_tasks=8,
     cpu_seconds=0.2,
     policy_n=20_000,
+    journal_n=100_000,
 )
 QUICK = Sizes(
     repeats=2,
@@ -140,6 +144,7 @@ QUICK = Sizes(
     cpu_tasks=4,
     cpu_seconds=0.05,
     policy_n=5_000,
+    journal_n=10_000,
 )
 LIMIT = 1000  # the async rows' limit, as the issue states them
 POLICY_LIMIT = 100  # the policy rows' async limit: whilst's default
@@ -784,6 +789,118 @@ def bench_policy(report: Report, sizes: Sizes, args: argparse.Namespace) -> None
     )
 
 
+def fresh(path: Path) -> Path:
+    """``path`` with no SQLite file (nor its WAL) left from an earlier case."""
+    for end in ("", "-wal", "-shm"):
+        Path(f"{path}{end}").unlink(missing_ok=True)
+    return path
+
+
+def hand_journal(path: Path, values: list[int], mode: str) -> list[int]:
+    """What a user writes by hand to keep results in SQLite: each value as a row of
+    the same columns, 1,024 rows a transaction, after the run (so a crash loses it all)."""
+    from whilst._journal import _SCHEMA
+
+    db = sqlite3.connect(fresh(path))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    now = time.time()
+    rows = [
+        (f"i:{i}", i, repr(i), "ok", 1, now, now, mode, "", None, None, json.dumps(v), "json", 1)
+        for i, v in enumerate(values)
+    ]
+    for k in range(0, len(rows), 1024):
+        with db:
+            db.executemany(f"INSERT INTO tasks VALUES ({', '.join('?' * 14)})", rows[k : k + 1024])
+    db.close()
+    return values
+
+
+def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """What journaling costs: no-op tasks with and without ``journal=``, against the
+    same run writing its results to SQLite by hand; and how soon a resume of a
+    journal with 99% done starts the first task left."""
+    n = sizes.journal_n
+    items = range(n)
+    figures: dict[str, Any] = {"n": n}
+    report.figures["journal"] = figures
+    workers = min(32, CPUS + 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "run.db"
+        runs: dict[str, dict[str, Callable[[], object]]] = {
+            "async": {
+                "whilst_plain": lambda: whilst.map(echo, items, mode="async"),
+                "whilst_journal": lambda: whilst.map(echo, items, mode="async", journal=fresh(db)),
+                "peer_journal": lambda: hand_journal(
+                    db, guarded_gather(echo, items, None, limit=POLICY_LIMIT), "async"
+                ),
+            },
+            "threads": {
+                "whilst_plain": lambda: whilst.map(noop, items, mode="threads"),
+                "whilst_journal": lambda: whilst.map(
+                    noop, items, mode="threads", journal=fresh(db)
+                ),
+                "peer_journal": lambda: hand_journal(
+                    db, list(ThreadPoolExecutor(workers).map(noop, items)), "threads"
+                ),
+            },
+        }
+        peers = {"async": "gather + Semaphore(100)", "threads": "ThreadPoolExecutor.map"}
+        for mode, cases in runs.items():
+            for case in cases.values():
+                assert case() == list(items)
+            samples = measure(cases, sizes.repeats, warm_up=False)
+            m = medians(samples)
+            figures[mode] = {"seconds": samples, "median": m}
+            report.add(
+                "journal",
+                "",
+                f"journal, {mode}, {n // 1000}k no-ops: whilst with journal= / without",
+                secs(m["whilst_journal"]),
+                secs(m["whilst_plain"]),
+                paired(samples, "whilst_journal", "whilst_plain"),
+                ("<=", 1.25),
+            )
+            report.add(
+                "journal",
+                "",
+                f"  whilst with journal= / {peers[mode]}, then the rows into SQLite by hand",
+                secs(m["whilst_journal"]),
+                secs(m["peer_journal"]),
+                paired(samples, "whilst_journal", "peer_journal"),
+            )
+
+        # Resume: 99% of the tasks done; how soon does the first one left start?
+        whilst.map(noop, (x for x in items if x % 100 != 99), mode="threads", journal=fresh(db))
+        firsts: list[float] = []
+        for _ in range(sizes.repeats):
+            began, first = time.perf_counter(), []
+
+            def task(x: int) -> int:
+                if not first:
+                    first.append(time.perf_counter())
+                return x
+
+            task.__qualname__ = noop.__qualname__
+            task.__module__ = noop.__module__
+            whilst.map(task, items, mode="threads", journal=db, resume="unfinished")
+            firsts.append(first[0] - began)
+            with sqlite3.connect(db) as rw:  # undo the rerun: the same resume each round
+                rw.execute("DELETE FROM tasks WHERE idx % 100 = 99")
+    figures["resume_first_task"] = firsts
+    took = statistics.median(firsts)
+    report.add(
+        "journal",
+        "",
+        f"resume of {n // 1000}k tasks, 99% done: first task left starts after / 2 s",
+        secs(took),
+        "2 s",
+        took / 2,
+        ("<=", 1.0),
+    )
+
+
 def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
     """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
     the bare function and of it under a retry loop, and the policy path's cost."""
@@ -815,6 +932,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "processes": bench_processes,
     "cpu": bench_cpu,
     "policy": bench_policy,
+    "journal": bench_journal,
 }
 
 

@@ -60,7 +60,14 @@ def test_a_rerun_runs_only_what_failed_and_returns_every_value(tmp_path: Path) -
     assert all(r.status is Status.SKIPPED and r.ok for r in results)
     assert run.summary is not None
     assert run.summary.counts == {"skipped": 100}
+    assert (run.summary.ran, run.summary.skipped) == (0, 100)
     assert sum(counted(counter).values()) == 110  # nothing ran a third time
+
+    run = whilst.imap(make_task(counter), range(105), journal=db)
+    assert [r.status for r in run][100:] == [Status.OK] * 5
+    assert run.summary is not None
+    assert (run.summary.ran, run.summary.skipped) == (5, 100)
+    assert str(run.summary).startswith("5 ran (5 ok), 100 skipped (done in an earlier run")
 
 
 def test_resume_unfinished_keeps_failures_as_failures(tmp_path: Path) -> None:
@@ -264,6 +271,33 @@ def test_whilst_report_summarises_and_exports_a_journal(tmp_path: Path) -> None:
     assert [row["index"] for row in rows] == ["0", "1", "2", "3"]
 
 
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch pwned",))
+
+
+def test_a_summary_neither_unpickles_values_nor_reads_markup_in_items(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    from click.testing import CliRunner
+
+    from whilst._cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "run.db"
+    whilst.map(str.upper, ["[red]x[/red]", "y"], journal=db)
+    with sqlite3.connect(db) as rw:  # a crafted pickle, as if planted in the file
+        rw.execute(
+            "UPDATE tasks SET value = ?, value_format = 'pickle', end = start + 5 WHERE item = ?",
+            (pickle.dumps(_Boom()), "'y'"),
+        )
+    out = CliRunner().invoke(cli, ["report", str(db), "--slowest", "2"]).output
+    assert "'[red]x[/red]'" in out  # shown as written, not as markup
+    assert not (tmp_path / "pwned").exists()
+
+
 @pytest.mark.parametrize("content", [None, b"not sqlite at all", b""])
 def test_whilst_report_on_a_non_journal_exits_2_with_one_line(
     tmp_path: Path, content: bytes | None
@@ -445,3 +479,133 @@ def test_after_a_deadline_items_done_earlier_still_come_back_skipped(tmp_path: P
     results = list(whilst.imap(task, [-1, *range(5)], journal=db, limit=1, deadline=0.3))
     assert [r.status for r in results] == [Status.CANCELLED] + [Status.SKIPPED] * 5
     assert [r.value for r in results[1:]] == list(range(5))
+
+
+def _every_other(counter: Path) -> Any:
+    def task(x: int) -> int:
+        with open(counter, "a") as f:
+            f.write(f"{x}\n")
+        return x * 10
+
+    task.__qualname__ = "every_other"
+    return task
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "threads"])
+def test_done_items_scattered_through_the_input_are_skipped_in_batches_too(
+    tmp_path: Path, mode: str
+) -> None:
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    task = _every_other(counter)
+    if mode == "async":
+        sync_task = task
+
+        async def task(x: int) -> int:  # type: ignore[no-redef]
+            return sync_task(x)  # type: ignore[no-any-return]
+
+        task.__qualname__ = "every_other"
+    whilst.map(task, range(0, 3000, 2), mode=mode, journal=db)  # the even ones
+    assert whilst.map(task, range(3000), mode=mode, journal=db) == [x * 10 for x in range(3000)]
+    assert counted(counter) == Counter(str(x) for x in range(3000))  # each ran once
+    results = list(whilst.imap(task, range(3000), mode=mode, journal=db))
+    assert all(r.status is Status.SKIPPED for r in results)
+    assert [r.value for r in results] == [x * 10 for x in range(3000)]
+
+
+SIGINT_RUN = textwrap.dedent(
+    """
+    import asyncio, sys, whilst
+
+    async def task(x):
+        try:
+            await asyncio.sleep(float(sys.argv[2]))
+        finally:
+            with open(sys.argv[3], "a") as f:
+                f.write(f"{x}\\n")
+        return x
+
+    print(whilst.map(task, range(20), limit=8, grace=0.5, journal=sys.argv[1]), flush=True)
+    """
+)
+
+
+def test_ctrl_c_journals_running_tasks_interrupted_and_a_resume_runs_them(tmp_path: Path) -> None:
+    """reliability.md 9: nothing new starts, the running tasks are cancelled (their
+    finally blocks run), journaled interrupted, the program ends by SIGINT within the
+    grace + 1 s (``whilst`` on the command line exits 130: test_cli.py)."""
+    db, ended = tmp_path / "run.db", tmp_path / "ended"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_RUN, str(db), "5", str(ended)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGINT, err  # KeyboardInterrupt: the shell says 130
+    assert time.monotonic() - signalled < 0.5 + 1 + 0.5  # grace + 1 s (+ slack to reap)
+    assert sorted(counted(ended)) == [str(x) for x in range(8)]  # their finally blocks ran
+    with sqlite3.connect(db) as ro:
+        assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = dict(ro.execute("SELECT item, status FROM tasks"))
+    assert rows == {str(x): "interrupted" for x in range(8)}
+    done = subprocess.run(
+        [sys.executable, "-c", SIGINT_RUN, str(db), "0", str(ended)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == str(list(range(20)))
+    assert counted(ended) == Counter(
+        {**{str(x): 2 for x in range(8)}, **{str(x): 1 for x in range(8, 20)}}
+    )
+
+
+KEY_OF = textwrap.dedent(
+    """
+    import sys
+    from whilst._journal import item_key
+
+    print(item_key({"tags": {"b", "a", "c"}, "n": frozenset({"x", "yy", "zzz"})}))
+    """
+)
+
+
+def test_default_identity_of_an_item_with_sets_is_the_same_in_every_process() -> None:
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", KEY_OF],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(4)
+    }
+    assert len(keys) == 1
+
+
+def test_an_item_with_no_stable_identity_fails_asking_for_task_id(tmp_path: Path) -> None:
+    import threading
+
+    def task(x: Any) -> int:
+        return 1
+
+    lock = threading.Lock()  # cannot be pickled, and its repr names an address
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(task, [lock, 2], mode="threads", journal=tmp_path / "run.db")
+    failed = caught.value.failed
+    assert [r.index for r in failed] == [0]
+    assert "task_id=" in str(failed[0].error)
+    assert caught.value.results[1].value == 1
+    name = {id(lock): "the lock"}
+    values = whilst.map(
+        task,
+        [lock, 2],
+        mode="threads",
+        journal=tmp_path / "run.db",
+        task_id=lambda x: name.get(id(x), x),
+    )
+    assert values == [1, 1]

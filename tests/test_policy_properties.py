@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ def halting_attempt(
     return None
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=int(os.environ.get("WHILST_EXAMPLES", 100)), deadline=None)
 @given(
     plans=st.lists(item_plans, max_size=14),
     limit=st.integers(1, 8),

@@ -74,7 +74,7 @@ def report(journal: str, fmt: str, slowest: int) -> None:
     from ._report import print_records, print_summary
 
     try:
-        with Journal(journal) as records:
+        with Journal(journal, values=fmt != "summary") as records:
             results = list(records)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None

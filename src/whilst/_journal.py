@@ -25,11 +25,13 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._errors import RemoteError, TaskCancelled, UsageError, WhilstError
+from ._errors import RemoteError, TaskCancelled, UsageError, WhilstError, WorkerCrashed
+from ._modes import Outcomes
+from ._output import Record
 from ._result import Result, Status
 
 SCHEMA_VERSION = 1
@@ -73,11 +75,14 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 RUNNING = "running"  # an attempt started and the run has not recorded its end
 INTERRUPTED = "interrupted"  # a running record found by the next run: the runner died
+_STATUS = {status: status.value for status in Status} | {Status.CANCELLED: INTERRUPTED}
 
 
 def item_key(item: Any) -> str:
     """The default identity of an item: itself for a number or a short string, else
-    a hash of its content."""
+    a hash of its content (JSON with sorted keys and sets, else its pickle). An
+    item whose only text names a memory address has no stable identity: a
+    TypeError asks for ``task_id=``."""
     kind = type(item)
     if kind is int or (kind is str and len(item) < 64):  # most inputs: numbers, names, URLs
         return f"{'i' if kind is int else 's'}:{item}"
@@ -87,13 +92,28 @@ def item_key(item: Any) -> str:
         data = b"s" + item.encode("utf-8", "surrogatepass")
     else:
         try:
-            data = b"j" + json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+            data = b"j" + json.dumps(item, sort_keys=True, default=_sorted_set).encode()
         except (TypeError, ValueError):
             try:
                 data = b"p" + pickle.dumps(item, 4)
             except Exception:
-                data = b"r" + repr(item).encode("utf-8", "surrogatepass")
+                text = repr(item)
+                if " at 0x" in text:
+                    raise TypeError(
+                        f"item {text[:80]} has no stable identity for the journal (it cannot "
+                        "be pickled and its repr names a memory address); pass task_id= to "
+                        "say what identifies an item"
+                    ) from None
+                data = b"r" + text.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _sorted_set(value: Any) -> list[Any]:
+    """A set as JSON: its elements in a fixed order (a set's own order changes
+    from one process to the next)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=_sorted_set))
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def function_name(fn: Any) -> str:
@@ -106,11 +126,14 @@ def function_name(fn: Any) -> str:
 _to_json = json.JSONEncoder(allow_nan=True).encode
 
 
-def _encode(value: Any, pickles: bool) -> tuple[bytes | None, str]:
+def _encode(value: Any, pickles: bool) -> tuple[str | bytes | None, str]:
+    """A value as kept: JSON text when JSON gives it back unchanged, else a pickle
+    (only in a file private to this user), else nothing and why."""
     if value is None:
-        return b"null", "json"
-    try:
-        data = _to_json(value).encode()
+        return "null", "json"
+    data: str | bytes
+    try:  # the JSON of an int (most values) is its repr
+        data = repr(value) if type(value) is int else _to_json(value)
         fmt = "json"
         if type(value) not in (int, str, float, bool) and json.loads(data) != value:
             raise ValueError("JSON would change it")  # a tuple, a dict with int keys
@@ -127,7 +150,8 @@ def _encode(value: Any, pickles: bool) -> tuple[bytes | None, str]:
 
 
 class JournalWriter:
-    """The journal of one run: what it skips, and the sink that records the rest."""
+    """The journal file of one run: opening it (lock, identity check, what a
+    resume skips), and committing rows."""
 
     def __init__(
         self,
@@ -143,14 +167,11 @@ class JournalWriter:
         self.path = Path(path)
         self.task_id = task_id
         self.closed = False
-        self._pending: dict[str, tuple[Any, ...]] = {}
-        self._held: list[Result] = []  # finished, waiting for their commit
-        self._ok: set[str] = set()  # keys recorded ok by this run
-        self._last_commit = time.monotonic()
+        self.rows: list[tuple[Any, ...]] = []  # final records, not yet committed
         self.run: int | None = None
         self._lock_fd = -1
         self._db = _open(self.path, create=True)
-        self._owned = _private(self.path)
+        self.owned = _private(self.path)
         try:
             self._lock()
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -227,7 +248,7 @@ class JournalWriter:
             return {}
         # An ok record counts only if its value can be given back: JSON, or a
         # pickle in a file private to this user. Others run again.
-        restorable = "('json', 'pickle')" if self._owned else "('json')"
+        restorable = "('json', 'pickle')" if self.owned else "('json')"
         ok = f"status = 'ok' AND value_format IN {restorable}"
         if resume == "unfinished":
             where = f"({ok}) OR status NOT IN ('ok', '{RUNNING}', '{INTERRUPTED}')"
@@ -255,80 +276,68 @@ class JournalWriter:
             return Result(
                 idx, None, Status(status), None, error, attempts, start, end, mode, worker
             )
-        value = _decode(value, fmt, self._owned)
+        value = _decode(value, fmt, self.owned)
         return Result(idx, None, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
 
-    def started(self, key: str, index: int, item: Any, at: float, mode: str, worker: str) -> None:
-        if key in self._pending or key in self._ok:
-            return
-        self._pending[key] = (
-            key, index, _short(item), RUNNING, 0, at, at, mode, worker, None, None, None, "none",
-            self.run,
-        )  # fmt: skip
-
-    def finished(self, key: str, result: Result) -> list[Result]:
-        """Record how a task ended. Its result is held back until its row is
-        committed: the results released by this call's commit, if it made one."""
-        if key in self._ok and not result.ok:  # an identical item did succeed: keep that
-            self._held.append(result)
-            return []
-        if result.ok:
-            self._ok.add(key)
-        error = result.error
-        value, fmt = (None, "none")
-        if result.ok:
-            value, fmt = _encode(result.value, self._owned)
-        self._pending[key] = (
-            key,
-            result.index,
-            _short(result.item),
-            result.status.value,
-            result.attempts,
-            result.start,
-            result.end,
-            result.mode,
-            result.worker,
+    def record(
+        self,
+        key: str,
+        index: int,
+        item: Any,
+        status: Status,
+        value: Any,
+        error: BaseException | None,
+        attempts: int,
+        start: float,
+        end: float,
+        mode: str,
+        worker: str,
+    ) -> None:
+        """Keep how a task ended, for the next commit. A task stopped because the
+        run stopped is ``interrupted``: a resume runs it again, whatever ``resume``."""
+        data, fmt = _encode(value, self.owned) if status is Status.OK else (None, "none")
+        self.rows.append((
+            key, index, _short(item), _STATUS[status], attempts, start, end, mode, worker,
             None if error is None else type(error).__name__,
             None if error is None else str(error)[:10_000],
-            value,
-            fmt,
-            self.run,
-        )
-        self._held.append(result)
-        if len(self._held) >= HOLD_AT_MOST or time.monotonic() - self._last_commit >= COMMIT_EVERY:
-            return self.flush()
-        return []
+            data, fmt, self.run,
+        ))  # fmt: skip
 
-    def flush(self) -> list[Result]:
-        """Commit what is pending; the results now safe to hand out."""
-        if not self._pending:
-            held, self._held = self._held, []
-            return held
-        rows = list(self._pending.values())
+    def commit(self, running: Iterable[tuple[str, Any, int]] = (), mark: str = RUNNING) -> None:
+        """Commit the records kept, and mark tasks in flight (key, item, index)
+        ``running`` (if the runner dies, the next run finds them ``interrupted``),
+        or ``interrupted`` when the run stops without their results.
+
+        A record never replaces an ``ok`` record of this run (an identical item
+        did succeed), and a mark replaces only earlier runs' records and marks.
+        Raises WhilstError, keeping the rows, when the file cannot be written.
+        """
+        now, run = time.time(), self.run
+        marks = [
+            (key, index, _short(item), mark, 0, now, now, "", "", None, None, None, "none", run)
+            for key, item, index in running
+        ]
         try:
             with self._db:
-                self._db.executemany(
-                    f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * 14)})", rows
-                )
+                if self.rows:
+                    self._db.executemany(_UPSERT + _UNLESS_OK, self.rows)
+                if marks:
+                    self._db.executemany(_UPSERT + _UNLESS_ENDED, marks)
         except sqlite3.Error as exc:
             raise WhilstError(
                 f"journal {self.path} could not be written ({exc}); the run stopped, so that "
                 "no task goes on unrecorded"
             ) from exc
-        self._pending.clear()  # only now: a failed commit keeps them (and their results)
-        self._last_commit = time.monotonic()
-        held, self._held = self._held, []
-        return held
+        self.rows.clear()  # only now: a failed commit keeps them
 
-    def close(self, counts: dict[str, int] | None = None) -> list[Result]:
-        """Commit what is pending and release the file; the results released."""
+    def close(self, counts: dict[str, int] | None = None) -> None:
+        """Commit what is kept and release the file."""
         if self.closed:
-            return []
+            return
         self.closed = True
-        released: list[Result] = []
         try:
             if self.run is not None:
-                released = self.flush()
+                self.commit()
                 with self._db:
                     self._db.execute(
                         "UPDATE runs SET ended = ?, counts = ? WHERE id = ?",
@@ -339,7 +348,193 @@ class JournalWriter:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = -1
-        return released
+
+
+_COLUMNS = [
+    "key",
+    "idx",
+    "item",
+    "status",
+    "attempts",
+    "start",
+    "end",
+    "mode",
+    "worker",
+    "error_type",
+    "error",
+    "value",
+    "value_format",
+    "run",
+]
+_UPSERT = (
+    f"INSERT INTO tasks VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT(key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
+)
+_UNLESS_ENDED = f" WHERE tasks.run != excluded.run OR tasks.status = '{RUNNING}'"
+_UNLESS_OK = " WHERE tasks.run != excluded.run OR tasks.status != 'ok' OR excluded.status = 'ok'"
+
+
+class Journaled:
+    """The scheduler's output while a journal is kept: each task's record is
+    committed before its result goes on to the output behind (``inner``), so no
+    result is handed out that a crash could lose.
+
+    Tasks are admitted as they are read (their key computed, done ones returned
+    as stored results); records are kept in a list and committed in one
+    transaction every ``COMMIT_EVERY`` seconds (a timer) or ``HOLD_AT_MOST``
+    results, whichever comes first, on every path: per task, in batches or by
+    policy. A commit that fails calls ``on_error`` and keeps what it held.
+    """
+
+    def __init__(
+        self, writer: JournalWriter, inner: Any, on_error: Callable[[WhilstError], None]
+    ) -> None:
+        self.writer, self.inner, self.on_error = writer, inner, on_error
+        self.bounded = inner.bounded
+        self.error: WhilstError | None = None
+        self._admitted: dict[int, tuple[str, Any]] = {}  # by index: (key, item), not ended
+        self._held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []  # (hand on, args)
+        self._before: set[int] = set()  # admitted at the last commit
+        self._marked: set[int] = set()  # marked running in the file
+
+    # -- reading -------------------------------------------------------------
+
+    def admit(self, index: int, item: Any) -> Result | None:
+        """None when the task is to run; else its result: stored by an earlier run
+        (skipped), or failed because ``task_id`` raised."""
+        writer = self.writer
+        try:
+            key = writer.key(item)
+        except Exception as exc:
+            exc.add_note(f"whilst: raised by task_id= on item {index}")
+            now = time.time()
+            return Result(index, item, Status.FAILED, None, exc, 0, now, now, "", "")
+        if key in writer.done:
+            result = writer.stored(key)
+            result.index, result.item = index, item
+            return result
+        self._admitted[index] = (key, item)
+        return None
+
+    def lookup(self, index: int, item: Any) -> Result | None:
+        """The stored result of an item done by an earlier run, without admitting it."""
+        with contextlib.suppress(Exception):
+            key = self.writer.key(item)
+            if key in self.writer.done:
+                result = self.writer.stored(key)
+                result.index, result.item = index, item
+                return result
+        return None
+
+    # -- the output ----------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        return bool(self.inner.full)
+
+    @property
+    def on_room(self) -> Callable[[], None] | None:
+        return self.inner.on_room  # type: ignore[no-any-return]
+
+    @on_room.setter
+    def on_room(self, call: Callable[[], None] | None) -> None:
+        self.inner.on_room = call
+
+    def recorder(self, mode: str, worker: str) -> Record:
+        inner = self.inner.recorder(mode, worker)
+        admitted, held, record = self._admitted, self._held, self.writer.record
+
+        def journaled(
+            index: int,
+            item: Any,
+            status: Status,
+            value: Any,
+            error: BaseException | None,
+            start: float,
+            end: float,
+        ) -> None:
+            key = admitted.pop(index)[0]
+            record(key, index, item, status, value, error, 1, start, end, mode, worker)
+            held.append((inner, (index, item, status, value, error, start, end)))
+            if len(held) >= HOLD_AT_MOST:
+                self.commit()
+
+        return journaled
+
+    def add_batch(
+        self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
+    ) -> None:
+        admitted, record, errors = self._admitted, self.writer.record, outcomes.errors
+        start = outcomes.start
+        for index, (item, value, end) in enumerate(
+            zip(items, outcomes.values, outcomes.ends, strict=True), first
+        ):
+            key = admitted.pop(index)[0]
+            if errors and (error := errors.get(index - first)) is not None:
+                status = Status.CRASHED if isinstance(error, WorkerCrashed) else Status.FAILED
+                record(key, index, item, status, None, error, 1, start, end, mode, worker)
+            else:
+                record(key, index, item, Status.OK, value, None, 1, start, end, mode, worker)
+            start = end
+        self._held.append((self.inner.add_batch, (first, items, outcomes, mode, worker)))
+        if len(self._held) >= HOLD_AT_MOST or len(self.writer.rows) >= 8 * HOLD_AT_MOST:
+            self.commit()
+
+    def add(self, result: Result) -> None:
+        admitted = self._admitted.pop(result.index, None)
+        if admitted is None or result.attempts == 0:  # stored, or never started: no record
+            self.inner.add(result)
+            return
+        r = result
+        self.writer.record(
+            admitted[0], r.index, r.item, r.status, r.value, r.error, r.attempts, r.start,
+            r.end, r.mode, r.worker,
+        )  # fmt: skip
+        self._held.append((self.inner.add, (result,)))
+        if len(self._held) >= HOLD_AT_MOST:
+            self.commit()
+
+    def commit(self, last: bool = False) -> None:
+        """Commit the records kept, then hand their results on. The ``last``
+        commit marks every task still without a result ``interrupted``."""
+        if self.error is not None or self.writer.closed:
+            return
+        admitted, marked = self._admitted, self._marked
+        if last:
+            running = [(key, item, i) for i, (key, item) in admitted.items()]
+        else:  # tasks in flight since the last commit, once each (tiny ones cost none)
+            running = [(*admitted[i], i) for i in self._before if i in admitted and i not in marked]
+        try:
+            self.writer.commit(running, INTERRUPTED if last else RUNNING)
+        except WhilstError as exc:  # stop: no task may go on unrecorded
+            self.error = exc
+            self.on_error(exc)
+            return
+        self._marked = {i for i in marked if i in admitted}.union(i for *_, i in running)
+        self._before = set(admitted)
+        held = self._held.copy()  # cleared in place: recorders hold the list
+        self._held.clear()
+        for hand_on, args in held:
+            hand_on(*args)
+
+    async def room(self) -> None:
+        await self.inner.room()
+
+    def fit_batch(self, size: int, slots: int) -> None:
+        self.inner.fit_batch(size, slots)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def close(self) -> None:
+        """The run is over: commit the last records, hand their results on and
+        release the file. Raises the commit's error, if any."""
+        try:
+            self.commit(last=True)
+        finally:
+            self.writer.close()
+        if self.error is not None:
+            raise self.error
 
 
 def _decode(value: bytes | None, fmt: str, owned: bool) -> Any:
@@ -411,11 +606,12 @@ class Journal:
     """A journal, read back: ``for r in whilst.Journal("run.db")`` gives each task's
     last record as a :class:`~whilst.Result`, in input order. ``item`` is the
     item's text (its ``repr``, cut to 200 characters); a task that was running
-    when its run died is ``cancelled``. Values are restored when they were kept
+    when its run stopped or died is ``cancelled``. Values are restored when they were kept
     (JSON, or pickled in a file private to this user)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, values: bool = True) -> None:
         self.path = Path(path)
+        self.values = values  # False: skip restoring values (value None)
         self._db = _open(self.path, create=False)
         self._owned = _private(self.path)
         tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
@@ -430,13 +626,14 @@ class Journal:
         )
         for idx, item, status, attempts, start, end, mode, worker, etype, text, value, fmt in rows:
             error: BaseException | None = None
-            if status in (RUNNING, INTERRUPTED):
-                status = Status.CANCELLED
-                error = TaskCancelled("the run died while this task ran")
+            if status in (RUNNING, INTERRUPTED) and etype is None:
+                error = TaskCancelled("the run stopped or died while this task ran")
             elif etype is not None:
                 error = RemoteError(f"{etype}: {text}")
+            if status in (RUNNING, INTERRUPTED):
+                status = Status.CANCELLED
             ok = status == Status.OK
-            data = _decode(value, fmt, self._owned) if ok else None
+            data = _decode(value, fmt, self._owned) if ok and self.values else None
             yield Result(idx, item, Status(status), data, error, attempts, start, end, mode, worker)
 
     def close(self) -> None:

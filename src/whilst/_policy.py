@@ -77,7 +77,6 @@ class Policy:
         """True when nothing but limits shapes the run: the scheduler's fast path."""
         return (
             self.retries == 0
-            and self.journal is None
             and self.timeout is None
             and self.deadline is None
             and self.rate is None
@@ -89,8 +88,8 @@ class Policy:
     def batchable(self) -> bool:
         """True when the policy is retries alone: tiny tasks may still travel in
         batches. Anything that stops or spaces out a task's start needs each alone."""
-        alone = (self.timeout, self.deadline, self.rate, self.key, self.halt, self.journal)
-        return alone == (None,) * 6
+        alone = (self.timeout, self.deadline, self.rate, self.key, self.halt)
+        return alone == (None,) * 5
 
     @property
     def stops_attempts(self) -> bool:

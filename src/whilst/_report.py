@@ -38,11 +38,12 @@ def print_records(results: Sequence[Result], fmt: str) -> None:
 def print_summary(name: str, results: Sequence[Result], slowest: int) -> None:
     """Counts by status, the slowest tasks and the kinds of error, as tables."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     counts = collections.Counter(r.status.value for r in results)
-    console.print(f"[bold]{name}[/]: {len(results)} tasks")
+    console.print(f"[bold]{escape(name)}[/]: {len(results)} tasks")
     table = Table("status", "tasks", title="by status")
     for status, n in counts.most_common():
         table.add_row(status, str(n))
@@ -51,12 +52,12 @@ def print_summary(name: str, results: Sequence[Result], slowest: int) -> None:
         table = Table("index", "item", "status", "seconds", "attempts", title="slowest")
         for r in sorted(results, key=lambda r: r.duration, reverse=True)[:slowest]:
             table.add_row(
-                str(r.index), str(r.item), r.status.value, f"{r.duration:.3f}", str(r.attempts)
+                str(r.index), escape(str(r.item)), r.status.value, f"{r.duration:.3f}", str(r.attempts)
             )
         console.print(table)
     errors = collections.Counter(str(r.error).split(":", 1)[0] for r in results if r.error)
     if errors:
         table = Table("error", "tasks", title="errors")
         for kind, n in errors.most_common():
-            table.add_row(kind, str(n))
+            table.add_row(escape(kind), str(n))
         console.print(table)

@@ -24,8 +24,8 @@ class Summary:
     Attributes:
         counts: results by status word (``{"ok": 98, "failed": 2}``).
         wall: seconds from the run's start to its end.
-        task_time: the tasks' durations added up: what running them one after
-            another would have cost.
+        task_time: the durations of the tasks that ran added up: what running
+            them one after another would have cost.
         mode: where the tasks ran; ``mode_reason`` says why.
         limit: most tasks that were allowed in flight at once.
         total: how many tasks ended (every item ends in exactly one result).
@@ -48,6 +48,26 @@ class Summary:
         return self.task_time / self.wall if self.wall > 0 else 0.0
 
     @property
+    def skipped(self) -> int:
+        """Tasks not run: a journal had them done by an earlier run."""
+        return self.counts.get("skipped", 0)
+
+    @property
+    def ran(self) -> int:
+        """Tasks that ran (or were to run) in this run: all but the skipped."""
+        return self.total - self.skipped
+
+    def __str__(self) -> str:
+        by_status = ", ".join(f"{n} {s}" for s, n in self.counts.items() if s != "skipped")
+        text = f"{self.ran} ran ({by_status or 'none'})"
+        if self.skipped:
+            text += f", {self.skipped} skipped (done in an earlier run, from the journal)"
+        return (
+            f"{text}; {self.wall:.2f} s wall, {self.task_time:.2f} s of tasks, "
+            f"{self.speedup:.1f}x one after another; mode {self.mode} ({self.mode_reason})"
+        )
+
+    @property
     def failed(self) -> int:
         """Tasks that ended without a value."""
         return self.total - self.counts.get("ok", 0) - self.counts.get("skipped", 0)
@@ -66,10 +86,12 @@ class _Tally:
         ok, task_time, counts = Status.OK, self.task_time, self.counts
         self.ok += len(results)
         for r in results:
-            task_time += r.end - r.start
             if r.status is not ok:
                 counts[r.status] += 1
                 self.ok -= 1
+                if r.status is Status.SKIPPED:  # ran in an earlier run
+                    continue
+            task_time += r.end - r.start
         self.task_time = task_time
 
     def summary(self, scheduler: Scheduler) -> Summary:

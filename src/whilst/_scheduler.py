@@ -45,7 +45,7 @@ from ._policy import POISON_DEATHS, KeyLimit, RateLimit
 from ._result import Result, Status, batch_results
 
 if TYPE_CHECKING:
-    from ._journal import JournalWriter
+    from ._journal import Journaled
 
 #: A batching mode aims for batches that keep a worker busy this long, so the
 #: round trip to it (about 0.1 ms) costs about 1% (joblib's batch_size="auto"
@@ -114,7 +114,7 @@ class Scheduler:
         self.options = options
         self.policy = options.policy
         self.fn = fn
-        self._journal: JournalWriter | None = None
+        self._journal: Journaled | None = None  # also self.output while it is kept
         self.journal_error: WhilstError | None = None
         self.output = output
         self.sinks = tuple(sinks)
@@ -140,6 +140,8 @@ class Scheduler:
         self._aitems = source if isinstance(source, AsyncIterator) else None
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
+        self._unread: collections.deque[tuple[int, list[Any]]] = collections.deque()  # see _take
+        self._read_all = False  # the input has ended (runs may wait in _unread)
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
         self.unread: str | None = None  # why a halted run left an async input unread
         self._pulled = 0  # the index of the next item
@@ -187,7 +189,7 @@ class Scheduler:
             await mode.open()
         except BaseException:
             if self._journal is not None:
-                self._journal.close()
+                self._journal.writer.close()
             self.output.finish()  # an imap reader must hear the run is over
             raise
         aborted = True
@@ -213,7 +215,7 @@ class Scheduler:
             self.ended = time.time()
             try:
                 if self._journal is not None:  # commits what is pending, even after Ctrl-C
-                    self._deliver(self._journal.close())
+                    self._journal.close()
             finally:
                 await self._close_mode(aborted)
 
@@ -224,7 +226,7 @@ class Scheduler:
             self.output.finish()
 
     def _open_journal(self) -> None:
-        from ._journal import JournalWriter, function_name
+        from ._journal import COMMIT_EVERY, Journaled, JournalWriter, function_name
 
         policy, options = self.policy, self.options
         assert policy.journal is not None
@@ -233,7 +235,7 @@ class Scheduler:
             "limit": options.limit,
             **{name: getattr(policy, name) for name in ("retries", "timeout", "deadline", "rate")},
         }
-        self._journal = JournalWriter(
+        writer = JournalWriter(
             policy.journal,
             function=function_name(self.fn),
             options=recorded,
@@ -242,20 +244,21 @@ class Scheduler:
             force=policy.force,
             durable=policy.durable,
         )
+
+        def failed(exc: WhilstError) -> None:  # stop: no task may go on unrecorded
+            self.journal_error = exc
+            self._halt(str(exc), now=True)
+
+        journal = self._journal = Journaled(writer, self.output, failed)
+        self.output = journal
         loop = asyncio.get_running_loop()
 
-        def tick() -> None:  # commit now and then even while no task ends
-            if self._journal is None or self._journal.closed:
-                return
-            try:
-                self._deliver(self._journal.flush())
-            except WhilstError as exc:  # stop: no task may go on unrecorded
-                self.journal_error = exc
-                self._halt(str(exc), now=True)
-                return
-            loop.call_later(0.5, tick)
+        def tick() -> None:  # commit now and then, whether or not many tasks end
+            if not writer.closed and journal.error is None:
+                journal.commit()
+                loop.call_later(COMMIT_EVERY, tick)
 
-        loop.call_later(0.5, tick)
+        loop.call_later(COMMIT_EVERY, tick)
 
     def interrupt(self) -> None:
         """Ctrl-C: start nothing more; the driver cancels running attempts after the grace.
@@ -299,7 +302,38 @@ class Scheduler:
             self.input_error = exc
 
     async def _take(self, n: int) -> tuple[int, list[Any]]:
-        """Up to ``n`` items and the index of the first; no items at the input's end."""
+        """Up to ``n`` consecutive items to run and the index of the first; no items
+        at the input's end. With a journal, items done by an earlier run are not
+        among them (their stored results are handed out), so the items read may
+        make several runs of consecutive items: the others wait in ``_unread``,
+        and the input counts as read to its end only once they are taken."""
+        journal = self._journal
+        if journal is None:
+            return await self._read_items(n)
+        runs = self._unread
+        while not runs and not self._exhausted:
+            first, items = await self._read_items(n, stop=False)
+            for index, item in enumerate(items, first):
+                if (done := journal.admit(index, item)) is not None:
+                    self._finish(done)
+                elif runs and runs[-1][0] + len(runs[-1][1]) == index:
+                    runs[-1][1].append(item)
+                else:
+                    runs.append((index, [item]))
+            if len(items) < n:
+                self._read_all = True
+                break
+        if not runs:
+            self._stop_pulling()
+            return self._pulled, []
+        run = runs.popleft()
+        if self._read_all and not runs:
+            self._stop_pulling()
+        return run
+
+    async def _read_items(self, n: int, stop: bool = True) -> tuple[int, list[Any]]:
+        """Up to ``n`` items of the input and the index of the first; fewer at its
+        end, and then (if ``stop``) nothing more is read."""
         first = self._pulled
         if self._sync_source:
             items = list(itertools.islice(self._items, n))
@@ -318,7 +352,7 @@ class Scheduler:
                         self._input_ended = True
                         break
         self._pulled = first + len(items)
-        if len(items) < n:
+        if len(items) < n and stop:
             self._stop_pulling()
         return first, items
 
@@ -336,7 +370,7 @@ class Scheduler:
         if self.sinks:
             record = self._telling(record, name, worker)
         sync_source, take, bounded = self._sync_source, self._take, output.bounded
-        now, end, sinks = time.time, _END, self.sinks
+        now, end, sinks, journal = time.time, _END, self.sinks, self._journal
         growing = True
         while True:
             if bounded and output.full:
@@ -351,6 +385,9 @@ class Scheduler:
                     return
                 index = self._pulled
                 self._pulled = index + 1
+                if journal is not None and (done := journal.admit(index, item)) is not None:
+                    self._finish(done)
+                    continue
             else:
                 index, items = await take(1)
                 if not items:
@@ -650,11 +687,8 @@ class Scheduler:
 
     def _started(self, task: _Task, worker: str) -> None:
         """An attempt of ``task`` starts now."""
-        journal, jkey = self._journal, task.jkey
-        if task.attempts == 1 or self.sinks or jkey is not None:
+        if task.attempts == 1 or self.sinks:
             start = time.time()
-            if journal is not None and jkey is not None:
-                journal.started(jkey, task.index, task.item, start, self.mode.name, worker)
             if task.attempts == 1:
                 task.start = start
             if self.sinks:
@@ -729,7 +763,7 @@ class Scheduler:
             exc.__context__ = error
             retry, status, error = False, FAILED, exc
         if not retry:
-            self._finish(self._result(task, status, value, error, end, worker), task)
+            self._finish(self._result(task, status, value, error, end, worker))
             return
         if self.sinks:
             result = self._result(task, status, None, error, end, worker)
@@ -768,14 +802,10 @@ class Scheduler:
             earlier,
         )  # fmt: skip
 
-    def _finish(self, result: Result, task: _Task | None = None) -> None:
+    def _finish(self, result: Result) -> None:
         """A task has its result: into the journal, out to the caller (once its
         journal record is committed), and it counts for the halt rule."""
-        journal = self._journal
-        if journal is not None and task is not None and task.jkey is not None and task.attempts:
-            self._deliver(journal.finished(task.jkey, result))
-        else:
-            self._deliver((result,))
+        self._deliver((result,))
         halt = self.policy.halt
         if halt is None or result.status is CANCELLED or result.status is SKIPPED:
             return
@@ -799,7 +829,7 @@ class Scheduler:
         keeping the errors of the attempts it had (``Result.errors``)."""
         why = "the task never started" if task.attempts == 0 else "its retry never started"
         error = TaskCancelled(f"{self._stopping}: {why}")
-        self._finish(self._result(task, CANCELLED, None, error, time.time(), ""), task)
+        self._finish(self._result(task, CANCELLED, None, error, time.time(), ""))
 
     def _halt(self, reason: str, now: bool) -> None:
         """Start nothing new; with ``now``, cancel running attempts too."""
@@ -828,10 +858,14 @@ class Scheduler:
         and the rest of a (synchronous) input, read to its end. An async input is
         not read further: it may never end, or only slowly."""
         output = self.output
-        for task in (*self._held, *(task for _, _, task in sorted(self._retries))):
+        unread = (
+            _Task(i, item) for first, run in self._unread for i, item in enumerate(run, first)
+        )
+        for task in (*self._held, *(task for _, _, task in sorted(self._retries)), *unread):
             self._abandon(task)
         self._retries.clear()
         self._held.clear()
+        self._unread.clear()
         if self._stopping is None or self.interrupted:
             return
         if self._aitems is not None:
@@ -849,7 +883,10 @@ class Scheduler:
             index, self._pulled = self._pulled, self._pulled + 1
             if self.sinks:
                 self._emit(QUEUED, index, item, time.time())
-            if not self._skip_done(index, item):
+            done = self._journal.lookup(index, item) if self._journal is not None else None
+            if done is not None:
+                self._finish(done)
+            else:
                 self._abandon(_Task(index, item))
 
     async def _next_task(self) -> _Task | None:
@@ -941,8 +978,11 @@ class Scheduler:
                 return None
             index = self._pulled
             self._pulled = index + 1
+            if self._journal is not None and (done := self._journal.admit(index, item)):
+                self._finish(done)
+                return None
         else:
-            index, items = await self._take(1)
+            index, items = await self._take(1)  # admitted by the journal there
             if not items:
                 return None
             item = items[0]
@@ -957,37 +997,9 @@ class Scheduler:
                 hash(task.key)
             except Exception as exc:
                 exc.add_note(f"whilst: raised by key= on item {index}")
-                self._finish(self._result(task, FAILED, None, exc, time.time(), ""), task)
-                return None
-        journal = self._journal
-        if journal is not None:
-            try:
-                task.jkey = journal.key(task.item)
-            except Exception as exc:
-                exc.add_note(f"whilst: raised by task_id= on item {index}")
                 self._finish(self._result(task, FAILED, None, exc, time.time(), ""))
                 return None
-            if self._skip_done(index, task.item, task.jkey):
-                return None
         return task
-
-    def _skip_done(self, index: int, item: Any, key: str | None = None) -> bool:
-        """Whether the journal has this item done by an earlier run; if so its
-        stored result is handed out."""
-        journal = self._journal
-        if journal is None:
-            return False
-        if key is None:
-            try:
-                key = journal.key(item)
-            except Exception:
-                return False
-        if key not in journal.done:
-            return False
-        result = journal.stored(key)
-        result.index, result.item = index, item
-        self._finish(result)
-        return True
 
     def _key_free(self, task: _Task) -> bool:
         return self._keys is None or self._keys.free(task.key)
@@ -1049,13 +1061,12 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class _Task:
     """One item on the policy path, across its attempts."""
 
-    __slots__ = ("attempts", "deaths", "errors", "index", "item", "jkey", "key", "start")
+    __slots__ = ("attempts", "deaths", "errors", "index", "item", "key", "start")
 
     def __init__(self, index: int, item: Any) -> None:
         self.index = index
         self.item = item
         self.key: Any = None
-        self.jkey: str | None = None  # its identity in the journal
         self.attempts = 0
         self.deaths = 0  # worker processes it killed
         self.errors: list[BaseException] = []  # of the attempts before the next
