@@ -877,7 +877,7 @@ def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> Non
         for _ in range(sizes.repeats):
             began, first = time.perf_counter(), []
 
-            def task(x: int) -> int:
+            def task(x: int, first: list[float] = first) -> int:
                 if not first:
                     first.append(time.perf_counter())
                 return x

@@ -52,7 +52,11 @@ def print_summary(name: str, results: Sequence[Result], slowest: int) -> None:
         table = Table("index", "item", "status", "seconds", "attempts", title="slowest")
         for r in sorted(results, key=lambda r: r.duration, reverse=True)[:slowest]:
             table.add_row(
-                str(r.index), escape(str(r.item)), r.status.value, f"{r.duration:.3f}", str(r.attempts)
+                str(r.index),
+                escape(str(r.item)),
+                r.status.value,
+                f"{r.duration:.3f}",
+                str(r.attempts),
             )
         console.print(table)
     errors = collections.Counter(str(r.error).split(":", 1)[0] for r in results if r.error)
