@@ -22,6 +22,7 @@ demo: $(VENV)/.installed-base
 	$(BIN)/whilst demo --quick
 
 test: $(VENV)/.installed-test
+	.ci/system-deps
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

@@ -116,6 +116,7 @@ class Sizes:
     cpu_seconds: float
     policy_n: int
     journal_n: int
+    watch_n: int
 
 
 FULL = Sizes(
@@ -131,6 +132,7 @@ FULL = Sizes(
     cpu_seconds=0.2,
     policy_n=20_000,
     journal_n=100_000,
+    watch_n=100_000,
 )
 QUICK = Sizes(
     repeats=2,
@@ -145,6 +147,7 @@ QUICK = Sizes(
     cpu_seconds=0.05,
     policy_n=5_000,
     journal_n=10_000,
+    watch_n=20_000,
 )
 LIMIT = 1000  # the async rows' limit, as the issue states them
 POLICY_LIMIT = 100  # the policy rows' async limit: whilst's default
@@ -901,6 +904,49 @@ def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> Non
     )
 
 
+def bench_watch(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """What watching a run costs: progress (a timer reading counters) and the
+    timeline behind report=/trace= (per-task events), on no-op tasks."""
+    n = sizes.watch_n
+    items = range(n)
+    figures: dict[str, Any] = {"n": n}
+    report.figures["watch"] = figures
+    snapshots: list[whilst.Progress] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "run.html"
+        for mode, fn in (("async", echo), ("threads", noop)):
+            cases: dict[str, Callable[[], object]] = {
+                "plain": lambda fn=fn, mode=mode: whilst.map(fn, items, mode=mode),
+                "progress": lambda fn=fn, mode=mode: whilst.map(
+                    fn, items, mode=mode, progress=snapshots.append
+                ),
+                "report": lambda fn=fn, mode=mode: whilst.map(fn, items, mode=mode, report=page),
+            }
+            for case in cases.values():
+                assert case() == list(items)
+            samples = measure(cases, sizes.repeats, warm_up=False)
+            m = medians(samples)
+            figures[mode] = {"seconds": samples, "median": m}
+            report.add(
+                "watch",
+                "",
+                f"watch, {mode}, {n // 1000}k no-ops: progress= / none",
+                secs(m["progress"]),
+                secs(m["plain"]),
+                paired(samples, "progress", "plain"),
+                ("<=", 1.05),
+            )
+            report.add(
+                "watch",
+                "",
+                "  report= (events, the page written at the end) / none",
+                secs(m["report"]),
+                secs(m["plain"]),
+                paired(samples, "report", "plain"),
+            )
+            figures[mode]["page_bytes"] = page.stat().st_size
+
+
 def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
     """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
     the bare function and of it under a retry loop, and the policy path's cost."""
@@ -933,6 +979,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "cpu": bench_cpu,
     "policy": bench_policy,
     "journal": bench_journal,
+    "watch": bench_watch,
 }
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 import gc
 import io
+import json
+import re
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -27,10 +30,35 @@ from whilst._demo import (
 
 
 @pytest.fixture(scope="module")
-def quick() -> tuple[DemoReport, str]:
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pages")
+
+
+@pytest.fixture(scope="module")
+def quick(pages: Path) -> tuple[DemoReport, str]:
     out = io.StringIO()
-    report = run_demo(quick=True, console=Console(file=out, width=100))
+    report = run_demo(quick=True, console=Console(file=out, width=100), reports=pages)
     return report, out.getvalue()
+
+
+def bars(page: Path) -> list[tuple[float, float]]:
+    """(start, end) of each bar the timeline page draws, in ms."""
+    found = re.search(r'<script type="application/json" id="data">(.*?)</script>', page.read_text())
+    assert found is not None
+    data = json.loads(found.group(1))
+    return sorted(zip(data["start"], data["end"], strict=True))
+
+
+def test_report_dir_holds_a_timeline_per_scenario(
+    quick: tuple[DemoReport, str], pages: Path
+) -> None:
+    names = {p.stem for p in pages.glob("*.html")}
+    assert {"two-tasks-sync", "two-tasks-async", "cpu-processes", "network-async"} <= names
+    assert str(pages) in quick[1]
+    first, second = bars(pages / "two-tasks-sync.html")
+    assert second[0] >= first[1] - 1  # a staircase: the second starts when the first ended
+    first, second = bars(pages / "two-tasks-async.html")
+    assert second[0] < first[1] - 100  # stacked: both run at once
 
 
 def test_quick_demo_is_quick(quick: tuple[DemoReport, str]) -> None:

@@ -5,6 +5,7 @@ import whilst
 EXPECTED = {
     "AsyncRun",
     "Journal",
+    "Progress",
     "Result",
     "Retry",
     "Run",

@@ -15,14 +15,17 @@ from ._errors import (
     WhilstError,
     WorkerCrashed,
 )
+from ._progress import Progress
 from ._result import Result, Status
-from ._run import AsyncRun, Run, Summary
+from ._run import AsyncRun, Run
+from ._summary import Summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncRun",
     "Journal",
+    "Progress",
     "Result",
     "Retry",
     "Run",

@@ -11,9 +11,10 @@ from ._errors import TaskCancelled, TasksFailed, WhilstError
 from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
-from ._run import AsyncRun, Run, raise_run_error, streaming
+from ._run import AsyncRun, Run, raise_run_error, streaming, summarise
 from ._runner import make_runner
 from ._scheduler import Scheduler
+from ._summary import Stats
 
 Items = Iterable[Any] | AsyncIterable[Any]
 
@@ -24,6 +25,7 @@ def map(
     *,
     mode: str = "auto",
     limit: int | None = None,
+    summary: bool = False,
     **policy: Unpack[PolicyOptions],
 ) -> list[Any]:
     """Call ``fn`` on every item and return the values in input order.
@@ -74,6 +76,14 @@ def map(
         force: resume a journal written by another function.
         durable: sync every commit to disk (SQLite ``synchronous=FULL``).
 
+    Watching (never changes what runs):
+        summary: print the run's summary on stderr at the end (counts, wall
+            and task time, speed-up, concurrency, durations, retries, mode).
+        progress: ``True`` for a progress bar on stderr, or a function called
+            with a :class:`whilst.Progress` ten times a second and at the end.
+        report: write the run's timeline to this HTML file at the end.
+        trace: write the run as Chrome trace events (Perfetto, chrome://tracing).
+
     Raises:
         TasksFailed: when any task failed; ``.results`` holds every result,
             successes included, so no finished work is lost.
@@ -94,6 +104,8 @@ def map(
     finally:
         runner.close()
     raise_run_error(scheduler, error)
+    if summary:
+        _print_summary(collect, scheduler)
     return _values(collect, scheduler.unread)
 
 
@@ -103,6 +115,7 @@ async def amap(
     *,
     mode: str = "auto",
     limit: int | None = None,
+    summary: bool = False,
     **policy: Unpack[PolicyOptions],
 ) -> list[Any]:
     """:func:`map` for use inside a running event loop: ``await whilst.amap(...)``.
@@ -119,6 +132,8 @@ async def amap(
     except BaseExceptionGroup as group:
         raise_run_error(scheduler, group)
     raise_run_error(scheduler, None)
+    if summary:
+        _print_summary(collect, scheduler)
     return _values(collect, scheduler.unread)
 
 
@@ -156,6 +171,12 @@ def aimap(
     """:func:`imap` for use inside a running event loop: ``async for r in whilst.aimap(...)``."""
     options = resolve(fn, mode=mode, limit=limit, ordered=ordered, policy=policy)
     return AsyncRun(*streaming(fn, items, options))
+
+
+def _print_summary(collect: Collect, scheduler: Scheduler) -> None:
+    stats = Stats()
+    stats.add(collect.in_order())
+    summarise(stats, scheduler).print()
 
 
 def _values(collect: Collect, unread: str | None) -> list[Any]:

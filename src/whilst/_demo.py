@@ -18,6 +18,7 @@ runs, so ``import whilst`` stays light.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import tempfile
 import threading
@@ -56,6 +57,11 @@ class Scale:
     files: int
     file_size: int
     greet_delay: float  # the seed's greet(): asyncio.sleep(1)
+    reports: Path | None = None  # --report DIR: a timeline page per scenario
+
+    def watch(self, name: str) -> dict[str, Any]:
+        """The options that write scenario ``name``'s timeline, with --report DIR."""
+        return {} if self.reports is None else {"report": self.reports / f"{name}.html"}
 
 
 FULL = Scale(2.0, 100, 0.05, 8, 0.25, 1000, 4096, 1.0)
@@ -144,12 +150,15 @@ class DemoReport:
         return next(r for r in self.rows if r.key == key)
 
 
-def run_demo(quick: bool = False, console: Console | None = None) -> DemoReport:
+def run_demo(
+    quick: bool = False, console: Console | None = None, reports: Path | None = None
+) -> DemoReport:
     """Measure the seed's examples on this machine and print them to ``console``.
 
     Args:
         quick: scale durations and sizes down so the demo ends in seconds.
         console: where to print; stdout by default.
+        reports: a directory to write one timeline page per scenario into.
 
     Returns:
         The measured numbers.
@@ -158,7 +167,7 @@ def run_demo(quick: bool = False, console: Console | None = None) -> DemoReport:
         from rich.console import Console
 
         console = Console()
-    scale = QUICK if quick else FULL
+    scale = dataclasses.replace(QUICK if quick else FULL, reports=reports)
     started = time.perf_counter()
     console.rule("whilst demo: synchronous vs asynchronous, measured here")
     _say(console, f"{cpu_count()} CPUs; {'quick run, work scaled down' if quick else 'full run'}.")
@@ -166,6 +175,11 @@ def run_demo(quick: bool = False, console: Console | None = None) -> DemoReport:
     rows = _when_to_use(scale, console)
     lesson = _coroutine_lesson(scale, console)
     wall = time.perf_counter() - started
+    if reports is not None:
+        pages = sorted(reports.glob("*.html"))
+        _say(console, f"Timelines of each scenario, {len(pages)} pages in {reports}:")
+        for page in pages:
+            _say(console, f"  {page}")
     console.rule(f"demo finished in {wall:.1f} s")
     return DemoReport(quick, two, rows, lesson, wall)
 
@@ -225,7 +239,7 @@ def _two_tasks(scale: Scale, console: Console) -> TwoTasks:
         time.sleep(s)
         sync_log(n, "Task finished")
 
-    whilst.map(task, [1, 2], mode="sync")
+    whilst.map(task, [1, 2], mode="sync", **scale.watch("two-tasks-sync"))
     sync_wall = time.perf_counter() - sync_log.start
     _say(
         console,
@@ -238,7 +252,7 @@ def _two_tasks(scale: Scale, console: Console) -> TwoTasks:
         await asyncio.sleep(s)
         async_log(n, "Task finished")
 
-    whilst.map(atask, [1, 2], mode="async")
+    whilst.map(atask, [1, 2], mode="async", **scale.watch("two-tasks-async"))
     async_wall = time.perf_counter() - async_log.start
     two = TwoTasks(s, sync_wall, async_wall, sync_log.events, async_log.events)
     console.print(_timeline(two))
@@ -365,7 +379,9 @@ def _cpu_row(scale: Scale, console: Console) -> Row:
     for _ in range(2):
         for mode in ("sync", "threads", "processes"):
             start = time.perf_counter()
-            counts[mode] = whilst.map(count_primes, windows, mode=mode)
+            counts[mode] = whilst.map(
+                count_primes, windows, mode=mode, **scale.watch(f"cpu-{mode}")
+            )
             seconds = time.perf_counter() - start
             times[mode] = min(times.get(mode, seconds), seconds)
     if not counts["sync"] == counts["threads"] == counts["processes"]:
@@ -444,7 +460,7 @@ class _LocalServer:
                 self._loop.close()
 
 
-async def _fetch_all_async(urls: list[str]) -> list[bytes]:
+async def _fetch_all_async(urls: list[str], watch: dict[str, Any]) -> list[bytes]:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
@@ -453,7 +469,7 @@ async def _fetch_all_async(urls: list[str]) -> list[bytes]:
             async with session.get(url) as response:
                 return await response.read()
 
-        return await whilst.amap(fetch, urls, mode="async")
+        return await whilst.amap(fetch, urls, mode="async", **watch)
 
 
 def _network_row(scale: Scale, console: Console) -> Row:
@@ -471,9 +487,11 @@ def _network_row(scale: Scale, console: Console) -> Row:
     with _LocalServer(scale.latency) as server:
         urls = [server.url] * n
         times = {
-            "sync": _timed(whilst.map, fetch, urls, mode="sync"),
-            "threads": _timed(whilst.map, fetch, urls, mode="threads"),
-            "async": _timed(asyncio.run, _fetch_all_async(urls)),
+            "sync": _timed(whilst.map, fetch, urls, mode="sync", **scale.watch("network-sync")),
+            "threads": _timed(
+                whilst.map, fetch, urls, mode="threads", **scale.watch("network-threads")
+            ),
+            "async": _timed(asyncio.run, _fetch_all_async(urls, scale.watch("network-async"))),
         }
         served = server.served
     if served != 3 * n:
@@ -503,7 +521,9 @@ def _files_row(scale: Scale, console: Console) -> Row:
         for i, path in enumerate(paths):
             path.write_bytes(bytes([i % 256]) * size)
         times = {
-            mode: _best_of(3, whilst.map, _read_file, paths, mode=mode)
+            mode: _best_of(
+                3, whilst.map, _read_file, paths, mode=mode, **scale.watch(f"files-{mode}")
+            )
             for mode in ("sync", "threads")
         }
     return Row(

@@ -7,10 +7,12 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 from ._errors import UsageError, UsageTypeError
 from ._policy import Policy, RetryOn, make_policy
+from ._progress import Progress, ProgressCallback, progress_callback
 
 #: Modes a user can name, in the order the docs list them.
 MODES = ("auto", "sync", "async", "threads", "processes")
@@ -44,7 +46,8 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 class PolicyOptions(TypedDict, total=False):
-    """The policy and journal keywords every form takes (see :func:`whilst.map`)."""
+    """The policy, journal and observability keywords every form takes (see
+    :func:`whilst.map`)."""
 
     retries: int
     backoff: float
@@ -63,6 +66,13 @@ class PolicyOptions(TypedDict, total=False):
     task_id: Callable[[Any], Any] | None
     force: bool
     durable: bool
+    progress: bool | str | Callable[[Progress], Any]
+    report: str | os.PathLike[str] | None
+    trace: str | os.PathLike[str] | None
+
+
+#: The keywords that only watch a run (design.md, invariant 6).
+WATCHING = ("progress", "report", "trace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,9 @@ class Options:
     ordered: bool
     is_async: bool
     policy: Policy = field(default_factory=Policy)
+    progress: ProgressCallback | None = None
+    report: Path | None = None  # the timeline page to write at the end
+    trace: Path | None = None  # the Chrome trace to write at the end
 
 
 def resolve(
@@ -126,14 +139,41 @@ def resolve(
             f"mode='sync' runs one task at a time, so limit={limit} cannot apply; "
             "drop limit, or choose mode='threads', 'async' or 'processes' to overlap tasks"
         )
+    rest: dict[str, Any] = dict(policy or {})
+    watching = {name: rest.pop(name, None) for name in WATCHING}
     return Options(
         mode=mode,
         mode_reason=reason,
         limit=limit if limit is not None else default_limit(mode),
         ordered=ordered,
         is_async=is_async,
-        policy=make_policy(**(policy or {})),
+        policy=make_policy(**rest),
+        progress=progress_callback(watching["progress"]),
+        report=writable("report", watching["report"], ".html"),
+        trace=writable("trace", watching["trace"], ".json"),
     )
+
+
+def writable(name: str, path: object, suffix: str) -> Path | None:
+    """A file a run will write at its end, checked now: not after an hour of work."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageTypeError(f"{name} must be a file name such as run{suffix}, got {path!r}")
+    file = Path(path)
+    where = file.parent
+    if file.is_dir():
+        raise UsageError(f"{name} {file} is a directory; give a file name such as run{suffix}")
+    if not where.is_dir():
+        raise UsageError(
+            f"{name} {file} cannot be written: the directory {where} does not exist; create it "
+            "or give another path"
+        )
+    if not os.access(file if file.exists() else where, os.W_OK):
+        raise UsageError(
+            f"{name} {file} cannot be written (permission denied); give a path this user can write"
+        )
+    return file
 
 
 def _unknown(name: str) -> str:

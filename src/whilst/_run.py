@@ -6,106 +6,28 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from ._options import Options
 from ._output import Stream, window_for
-from ._result import Result, Status
+from ._result import Result
 from ._runner import Runner, make_runner
 from ._scheduler import Scheduler
+from ._summary import Stats, Summary
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """A finished run in figures.
-
-    Attributes:
-        counts: results by status word (``{"ok": 98, "failed": 2}``).
-        wall: seconds from the run's start to its end.
-        task_time: the durations of the tasks that ran added up: what running
-            them one after another would have cost.
-        mode: where the tasks ran; ``mode_reason`` says why.
-        limit: most tasks that were allowed in flight at once.
-        total: how many tasks ended (every item ends in exactly one result).
-    """
-
-    counts: dict[str, int]
-    wall: float
-    task_time: float
-    mode: str
-    mode_reason: str
-    limit: int
-    total: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "total", sum(self.counts.values()))
-
-    @property
-    def speedup(self) -> float:
-        """Task time over wall time: how many times faster than one after another."""
-        return self.task_time / self.wall if self.wall > 0 else 0.0
-
-    @property
-    def skipped(self) -> int:
-        """Tasks not run: a journal had them done by an earlier run."""
-        return self.counts.get("skipped", 0)
-
-    @property
-    def ran(self) -> int:
-        """Tasks that ran (or were to run) in this run: all but the skipped."""
-        return self.total - self.skipped
-
-    def __str__(self) -> str:
-        by_status = ", ".join(f"{n} {s}" for s, n in self.counts.items() if s != "skipped")
-        text = f"{self.ran} ran ({by_status or 'none'})"
-        if self.skipped:
-            text += f", {self.skipped} skipped (done in an earlier run, from the journal)"
-        return (
-            f"{text}; {self.wall:.2f} s wall, {self.task_time:.2f} s of tasks, "
-            f"{self.speedup:.1f}x one after another; mode {self.mode} ({self.mode_reason})"
-        )
-
-    @property
-    def failed(self) -> int:
-        """Tasks that ended without a value."""
-        return self.total - self.counts.get("ok", 0) - self.counts.get("skipped", 0)
-
-
-class _Tally:
-    __slots__ = ("counts", "ok", "task_time")
-
-    def __init__(self) -> None:
-        self.ok = 0
-        self.counts: collections.Counter[Status] = collections.Counter()  # all but ok
-        self.task_time = 0.0
-
-    def add(self, results: list[Result]) -> None:
-        # Count by identity: hashing an enum member runs Python code (Enum.__hash__).
-        ok, task_time, counts = Status.OK, self.task_time, self.counts
-        self.ok += len(results)
-        for r in results:
-            if r.status is not ok:
-                counts[r.status] += 1
-                self.ok -= 1
-                if r.status is Status.SKIPPED:  # ran in an earlier run
-                    continue
-            task_time += r.end - r.start
-        self.task_time = task_time
-
-    def summary(self, scheduler: Scheduler) -> Summary:
-        o = scheduler.options
-        return Summary(
-            counts={
-                status.value: n for status, n in {Status.OK: self.ok, **self.counts}.items() if n
-            },
-            wall=scheduler.ended - scheduler.started,
-            task_time=self.task_time,
-            mode=o.mode,
-            mode_reason=o.mode_reason,
-            limit=o.limit,
-        )
+def summarise(stats: Stats, scheduler: Scheduler) -> Summary:
+    """The summary of a finished run, from the figures of its results."""
+    o = scheduler.options
+    return stats.summary(
+        wall=scheduler.ended - scheduler.started,
+        mode=o.mode,
+        mode_reason=o.mode_reason,
+        limit=o.limit,
+        peak=scheduler.peak,
+        retries=scheduler.retried,
+    )
 
 
 def streaming(fn: Any, items: Any, options: Options) -> tuple[Scheduler, Stream]:
@@ -139,7 +61,7 @@ class Run(Iterator[Result]):
         self._scheduler = scheduler
         self._stream = stream
         self._runner: Runner | None = None
-        self._tally = _Tally()
+        self._stats = Stats()
         self._closed = False
         self._results = self._iterate()  # a generator: the cheapest way to hand out results
         self.summary: Summary | None = None
@@ -152,7 +74,7 @@ class Run(Iterator[Result]):
 
     def _iterate(self) -> Generator[Result, None, None]:
         while batch := self._take():
-            self._tally.add(batch)
+            self._stats.add(batch)
             yield from batch
 
     def _take(self) -> list[Result]:
@@ -173,7 +95,7 @@ class Run(Iterator[Result]):
         assert main is not None
         error = None if main.cancelled() else main.exception()
         self._shutdown()
-        self.summary = self._tally.summary(self._scheduler)
+        self.summary = summarise(self._stats, self._scheduler)
         runner.raise_if_interrupted()
         raise_run_error(self._scheduler, error)
         return []
@@ -212,7 +134,7 @@ class AsyncRun(AsyncIterator[Result]):
         self._stream = stream
         self._main: Any = None
         self._ready: collections.deque[Result] = collections.deque()
-        self._tally = _Tally()
+        self._stats = Stats()
         self.summary: Summary | None = None
 
     def __aiter__(self) -> AsyncRun:
@@ -233,12 +155,12 @@ class AsyncRun(AsyncIterator[Result]):
             await self.aclose()
             raise
         if batch:
-            self._tally.add(batch)
+            self._stats.add(batch)
             self._ready.extend(batch)
             return
         main = self._main
         await asyncio.wait([main])
-        self.summary = self._tally.summary(self._scheduler)
+        self.summary = summarise(self._stats, self._scheduler)
         if main.cancelled():
             raise asyncio.CancelledError
         raise_run_error(self._scheduler, main.exception())

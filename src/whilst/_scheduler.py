@@ -24,6 +24,7 @@ import heapq
 import itertools
 import math
 import time
+import warnings
 from asyncio import Timeout
 from collections.abc import (
     AsyncIterable,
@@ -34,6 +35,7 @@ from collections.abc import (
     Sequence,
     Sized,
 )
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WhilstError, WorkerCrashed
@@ -42,7 +44,10 @@ from ._modes import Call, Mode, Outcomes, mode_class
 from ._options import Options
 from ._output import Record, window_for
 from ._policy import POISON_DEATHS, KeyLimit, RateLimit
+from ._progress import EVERY as PROGRESS_EVERY
+from ._progress import Progress
 from ._result import Result, Status, batch_results
+from ._timeline import Timeline
 
 if TYPE_CHECKING:
     from ._journal import Journaled
@@ -117,11 +122,22 @@ class Scheduler:
         self._journal: Journaled | None = None  # also self.output while it is kept
         self.journal_error: WhilstError | None = None
         self.output = output
+        self.timeline: Timeline | None = None
+        if options.report is not None or options.trace is not None:
+            self.timeline = Timeline()
+            sinks = (*sinks, self.timeline)
         self.sinks = tuple(sinks)
         self.mode: Mode = mode_class(options.mode)(
             fn, limit=options.limit, is_async=options.is_async
         )
         self.interrupted = False
+        # Figures for progress and the summary: tasks ended (skipped included), of
+        # them not ok; attempts retried; most tasks running at once (in a batching
+        # mode, most workers busy), and running now on the policy path.
+        self.done = self.failed = self.retried = self.peak = 0
+        self._running = 0
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._progress_off = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.input_error: BaseException | None = None
         self.started = 0.0
@@ -199,6 +215,8 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             self._deadline_at = loop.time() + deadline
             timer = loop.call_at(self._deadline_at, self._deadline_passed)
+        if self.options.progress is not None:
+            self._tell_progress()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -209,7 +227,7 @@ class Scheduler:
                 raise self.journal_error
             aborted = False
         finally:
-            for handle in (timer, self._retry_timer):
+            for handle in (timer, self._retry_timer, self._progress_timer):
                 if handle is not None:
                     handle.cancel()
             self.ended = time.time()
@@ -218,6 +236,74 @@ class Scheduler:
                     self._journal.close()
             finally:
                 await self._close_mode(aborted)
+                self._tell_progress(finished=True)
+                self._write_timeline()
+
+    def _write_timeline(self) -> None:
+        """Write ``report=`` and ``trace=``, whatever way the run ended. A file that
+        cannot be written now (its path was checked before the run) is a warning:
+        the results matter more than their picture."""
+        timeline, o = self.timeline, self.options
+        if timeline is None:
+            return
+        for path, write in ((o.report, self._write_report), (o.trace, self._write_trace)):
+            if path is None:
+                continue
+            try:
+                write(path, timeline)
+            except OSError as exc:
+                warnings.warn(f"whilst: could not write {path}: {exc}", stacklevel=1)
+
+    def _write_report(self, path: Path, timeline: Timeline) -> None:
+        from ._html import write_report
+
+        o = self.options
+        summary = timeline.stats.summary(
+            wall=self.ended - self.started,
+            mode=o.mode,
+            mode_reason=o.mode_reason,
+            limit=o.limit,
+            peak=self.peak,
+            retries=self.retried,
+        )
+        name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        write_report(path, timeline, summary, title=f"whilst run: {name}, {o.mode} mode")
+
+    def _write_trace(self, path: Path, timeline: Timeline) -> None:
+        from ._trace import write_trace
+
+        write_trace(path, timeline)
+
+    def progress(self, finished: bool = False) -> Progress:
+        """How far the run has come, now."""
+        end = self.ended if finished else time.time()
+        return Progress(
+            done=self.done,
+            total=self._total,
+            failed=self.failed,
+            retries=self.retried,
+            in_flight=max(self._pulled - self.done, 0),
+            elapsed=end - self.started,
+            finished=finished,
+        )
+
+    def _tell_progress(self, finished: bool = False) -> None:
+        """Hand a progress snapshot to ``progress=``, now and every EVERY seconds
+        until the run is over. A callback that raises is switched off, with a
+        warning: watching a run never changes it."""
+        tell = self.options.progress
+        if tell is None or self._progress_off:
+            return
+        try:
+            tell(self.progress(finished))
+        except Exception as exc:
+            self._progress_off = True
+            warnings.warn(f"whilst: progress= raised {exc!r}; progress is off", stacklevel=1)
+            return
+        if not finished:
+            self._progress_timer = asyncio.get_running_loop().call_later(
+                PROGRESS_EVERY, self._tell_progress
+            )
 
     async def _close_mode(self, aborted: bool) -> None:
         try:
@@ -400,18 +486,25 @@ class Scheduler:
             if sinks:
                 self._emit(QUEUED, index, item, start)
                 self._emit(STARTED, index, item, start, worker)
+            # Read and not ended = running: the item was read just now, with no
+            # await since (two subtractions a task; no counter to keep).
+            if (running := self._pulled - self.done) > self.peak:
+                self.peak = running
             try:
                 value = await call(item)
             except asyncio.CancelledError as exc:
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise  # the run is being stopped, not just this task
+                self.failed += 1
                 record(index, item, CANCELLED, None, exc, start, now())
             except BaseException as exc:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
+                self.failed += 1
                 record(index, item, FAILED, None, exc, start, now())
             else:
                 record(index, item, OK, value, None, start, now())
+            self.done += 1
 
     async def _batch_slot(self, slot: int) -> None:
         """A slot of a batching mode: tiny tasks travel to the worker in batches,
@@ -441,7 +534,11 @@ class Scheduler:
                 if not flying:
                     return
                 first, items, worker, task = flying.popleft()
-                outcomes = await task
+                self._busy(1)
+                try:
+                    outcomes = await task
+                finally:
+                    self._busy(-1)
                 self._finished_batch(first, items, outcomes, worker)
                 if mode.auto_batch:
                     size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
@@ -481,10 +578,18 @@ class Scheduler:
         ends = [o.ends[0] for o in alone]
         return Outcomes(alone[0].start, ends, [o.values[0] for o in alone], errors)
 
+    def _busy(self, n: int) -> None:
+        """``n`` more (or fewer) attempts or batches running now."""
+        running = self._running = self._running + n
+        if running > self.peak:
+            self.peak = running
+
     def _finished_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, worker: str
     ) -> None:
         name = self.mode.name
+        self.done += len(items)
+        self.failed += len(outcomes.errors)
         self.output.add_batch(first, items, outcomes, name, worker)
         if self.sinks:
             for r in batch_results(first, items, outcomes, name, worker):
@@ -561,17 +666,18 @@ class Scheduler:
             task.attempts += 1
             began = loop.time()
             scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
+            running = False
             try:
                 if status is not OK:
                     pass  # its worker died getting ready
                 elif scope is None:
                     worker = mode.worker(slot)
-                    self._started(task, worker)
+                    running = self._started(task, worker)
                     value = await attempt(task.item)
                 else:
                     async with scope:
                         worker = mode.worker(slot)
-                        self._started(task, worker)
+                        running = self._started(task, worker)
                         began = loop.time()
                         if timeout is not None and not self._stop_now:
                             scope.reschedule(began + timeout)
@@ -591,6 +697,8 @@ class Scheduler:
                 status, error = (CRASHED if isinstance(exc, WorkerCrashed) else FAILED), exc
             finally:
                 del self._scopes[slot]
+                if running:
+                    self._busy(-1)
             overran = timeout is not None and loop.time() - began > timeout
             if overran and status is OK and not stoppable:  # it could not be stopped
                 status, value, error = TIMED_OUT, None, self._timed_out()
@@ -625,7 +733,11 @@ class Scheduler:
             held = self._held
             if held:
                 tasks = [held.popleft() for _ in range(min(size, len(held)))]
-                busy = await self._retry_batch(slot, tasks, rerun)
+                self._busy(1)
+                try:
+                    busy = await self._retry_batch(slot, tasks, rerun)
+                finally:
+                    self._busy(-1)
             elif not self._exhausted and len(self._retries) < self._aside:
                 if output.bounded and output.full:
                     # A retry may be what the reader waits for: nap, to be woken
@@ -637,7 +749,11 @@ class Scheduler:
                     continue
                 self._spawn()
                 worker, run = self._hand_over(slot, first, items, rerun)
-                outcomes = await run
+                self._busy(1)
+                try:
+                    outcomes = await run
+                finally:
+                    self._busy(-1)
                 busy = outcomes.ends[-1] - outcomes.start
                 if outcomes.errors:
                     self._failed_batch(first, items, outcomes, worker)
@@ -685,14 +801,16 @@ class Scheduler:
                 self._ended(task, status, None, error, end, worker)
         return outcomes.ends[-1] - outcomes.start
 
-    def _started(self, task: _Task, worker: str) -> None:
-        """An attempt of ``task`` starts now."""
+    def _started(self, task: _Task, worker: str) -> bool:
+        """An attempt of ``task`` starts now (it counts as running: True)."""
+        self._busy(1)
         if task.attempts == 1 or self.sinks:
             start = time.time()
             if task.attempts == 1:
                 task.start = start
             if self.sinks:
                 self._emit(STARTED, task.index, task.item, start, worker)
+        return True
 
     def _attempt_caller(self, slot: int) -> Call:
         """An async function running one attempt of one item in ``slot``."""
@@ -765,6 +883,7 @@ class Scheduler:
         if not retry:
             self._finish(self._result(task, status, value, error, end, worker))
             return
+        self.retried += 1
         if self.sinks:
             result = self._result(task, status, None, error, end, worker)
             self._emit(RETRYING, task.index, task.item, end, worker, result)
@@ -805,6 +924,9 @@ class Scheduler:
     def _finish(self, result: Result) -> None:
         """A task has its result: into the journal, out to the caller (once its
         journal record is committed), and it counts for the halt rule."""
+        self.done += 1
+        if not result.ok:
+            self.failed += 1
         self._deliver((result,))
         halt = self.policy.halt
         if halt is None or result.status is CANCELLED or result.status is SKIPPED:

@@ -1,0 +1,174 @@
+"""Every attempt of a run as a bar in a lane: the sink behind ``report=`` and ``trace=``.
+
+It listens to the scheduler's events: an attempt opens when it starts and closes
+when it is retried or its task finishes; each bar keeps its lane (the worker
+slot that ran it: a loop slot, a thread, a process), start, end, status and
+attempt number. Bars live in arrays (about 40 bytes each), item and error texts
+are cut short, so a run of 100,000 tasks makes a timeline of a few megabytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._events import Event, EventKind
+from ._result import Result, Status
+from ._summary import Stats, Summary
+
+#: Status codes of the bars, in the order pages and traces list them.
+STATUSES: list[Status] = [s for s in Status if s is not Status.SKIPPED]
+_CODE: dict[Status, int] = {s: i for i, s in enumerate(STATUSES)}
+ITEM_TEXT = 80
+ERROR_TEXT = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    lane: int
+    start: float
+    end: float
+    status: Status
+    index: int
+    attempt: int
+    item: str
+    error: str | None
+
+
+class Timeline:
+    """The attempts of one run, in columns; call it with each event."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, int] = {}
+        self.lane = array("i")
+        self.start = array("d")
+        self.end = array("d")
+        self.status = array("b")
+        self.index = array("q")
+        self.attempt = array("i")
+        self.items: dict[int, str] = {}  # by task index
+        self.errors: dict[int, str] = {}  # by bar number, for bars that did not end ok
+        self.stats = Stats()  # of the final results
+        self._open: dict[int, tuple[float, str]] = {}  # by task index: (start, worker)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def __call__(self, event: Event) -> None:
+        kind = event.kind
+        if kind is EventKind.STARTED:
+            self._open[event.index] = (event.time, event.worker)
+        elif kind is EventKind.RETRYING:
+            assert event.result is not None
+            self._close(event.result, retried=True)
+        elif kind is EventKind.FINISHED:
+            result = event.result
+            assert result is not None
+            self.stats.add((result,))
+            if result.status is not Status.SKIPPED and result.attempts:
+                self._close(result, retried=False)
+
+    def _close(self, r: Result, retried: bool) -> None:
+        opened = self._open.pop(r.index, None)
+        # A batch's items all "start" when it is handed over; the result knows
+        # when the worker got to this one. A retried task's result starts at its
+        # first attempt; the event knows when this one began.
+        start = max(opened[0], r.start) if opened else r.start
+        worker = r.worker or (opened[1] if opened else "")
+        end = max(r.end, start)
+        text = self.items.get(r.index)
+        if text is None:
+            text = _short(repr(r.item), ITEM_TEXT)
+        self.add(worker, start, end, r.status, r.index, r.attempts, text, r.error)
+
+    def add(
+        self,
+        worker: str,
+        start: float,
+        end: float,
+        status: Status,
+        index: int,
+        attempt: int,
+        item: str,
+        error: object,
+    ) -> None:
+        """One bar; ``item`` is the task's text, ``error`` is kept as short text."""
+        lane = self.lanes.setdefault(worker, len(self.lanes))
+        if error is not None:
+            self.errors[len(self.start)] = _short(f"{type(error).__name__}: {error}", ERROR_TEXT)
+        self.lane.append(lane)
+        self.start.append(start)
+        self.end.append(end)
+        self.status.append(_CODE[status])
+        self.index.append(index)
+        self.attempt.append(attempt)
+        self.items[index] = item
+
+    def bars(self) -> Iterator[Bar]:
+        for k in range(len(self.start)):
+            yield Bar(
+                self.lane[k],
+                self.start[k],
+                self.end[k],
+                STATUSES[self.status[k]],
+                self.index[k],
+                self.attempt[k],
+                self.items.get(self.index[k], ""),
+                self.errors.get(k),
+            )
+
+    def lane_order(self) -> tuple[list[str], list[int]]:
+        """Lane names in natural order (``loop-2`` before ``loop-10``), and each
+        lane's place in that order."""
+        names = sorted(self.lanes, key=_natural)
+        place = {name: k for k, name in enumerate(names)}
+        return names, [place[name] for name in sorted(self.lanes, key=self.lanes.__getitem__)]
+
+    def peak(self) -> int:
+        """Most bars overlapping at any moment."""
+        edges = sorted([(t, 1) for t in self.start] + [(t, -1) for t in self.end])
+        running = peak = 0
+        for _, step in edges:  # an end before a start at the same moment: -1 sorts first
+            running += step
+            peak = max(peak, running)
+        return peak
+
+
+def from_journal(path: str | os.PathLike[str]) -> tuple[Timeline, Summary]:
+    """A journal's records as a timeline (one bar per task, its last attempt's
+    record: a journal keeps no earlier attempts) and their summary."""
+    from ._journal import Journal
+
+    timeline = Timeline()
+    results = []
+    with Journal(path, values=False) as journal:
+        for r in journal:
+            results.append(r)
+            if r.attempts:
+                text = _short(str(r.item), ITEM_TEXT)  # the journal keeps the item's repr
+                timeline.add(r.worker, r.start, r.end, r.status, r.index, r.attempts, text, r.error)
+    timeline.stats.add(results)
+    started = min((r.start for r in results), default=0.0)
+    ended = max((r.end for r in results), default=0.0)
+    modes = sorted({r.mode for r in results if r.mode})
+    summary = timeline.stats.summary(
+        wall=ended - started,
+        mode=", ".join(modes) or "-",
+        mode_reason=f"read from the journal {os.fspath(path)}",
+        limit=len(timeline.lanes),
+        peak=timeline.peak(),
+        retries=sum(max(r.attempts - 1, 0) for r in results),
+    )
+    return timeline, summary
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

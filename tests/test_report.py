@@ -1,0 +1,285 @@
+"""Where the time went: the timeline page in real headless Chromium, the trace
+file, the summary and progress (issue 5; reliability.md 26)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import whilst
+from browser import Page
+from whilst import Status
+from whilst._html import write_report
+from whilst._timeline import Timeline
+
+NASTY_ITEM = "<script>window.pwned = 1</script>"
+NASTY_ERROR = '</script><img src=x onerror="window.pwned = 2"><!-- \u2028 & more'
+
+
+async def flaky(x: Any) -> Any:
+    """Fails its first attempt when x is a multiple of 4; a nasty item always fails."""
+    await asyncio.sleep(0.01 + (x if isinstance(x, int) else 0) % 3 * 0.005)
+    if x == NASTY_ITEM:
+        raise ValueError(NASTY_ERROR)
+    if isinstance(x, int) and x % 4 == 0 and x not in flaky.seen:  # type: ignore[attr-defined]
+        flaky.seen.add(x)  # type: ignore[attr-defined]
+        raise ConnectionError(f"first try of {x}")
+    return x
+
+
+flaky.seen = set()  # type: ignore[attr-defined]
+
+
+def run_with_report(tmp_path: Path, items: list[Any]) -> tuple[Path, Path, list[whilst.Result]]:
+    flaky.seen.clear()  # type: ignore[attr-defined]
+    page, trace = tmp_path / "run.html", tmp_path / "run.trace.json"
+    run = whilst.imap(
+        flaky, items, limit=4, retries=1, backoff=0, report=page, trace=trace, ordered=False
+    )
+    results = list(run)
+    return page, trace, results
+
+
+def test_the_page_draws_one_bar_per_attempt_and_runs_no_task_text(tmp_path: Path) -> None:
+    items: list[Any] = [*range(12), NASTY_ITEM]
+    page, _, results = run_with_report(tmp_path, items)
+    attempts = sum(r.attempts for r in results)
+    assert attempts == 13 + 3 + 1  # items 0, 4, 8 and the nasty one were retried
+    html = page.read_text()
+    assert "http://" not in html
+    assert "https://" not in html
+    assert "Content-Security-Policy" in html
+    assert NASTY_ITEM not in html
+    assert "<img" not in html
+    assert "\u2028" not in html
+
+    async def look() -> None:
+        async with Page(page) as browser:
+            drawn = await browser.evaluate("window.whilstReport")
+            assert drawn["total"] == attempts
+            assert drawn["bars"] == attempts
+            assert drawn["merged"] == 0
+            assert drawn["lanes"] == 4
+            assert drawn["peak"] == 4
+            assert await browser.evaluate("window.pwned === undefined")
+            assert await browser.evaluate("document.querySelectorAll('img').length") == 0
+            assert await browser.evaluate("document.scripts.length") == 2  # data, and ours
+            assert browser.errors == []
+            shot = Image.open(io.BytesIO(await browser.screenshot())).convert("RGB")
+            colours = shot.getcolors(maxcolors=1 << 20) or []
+            assert len(colours) > 10  # text, bars and curve: not a blank page
+            greens = sum(n for n, (r, g, b) in colours if g > 130 and r < 90 and b < 120)
+            assert greens > 1000  # the ok bars are there
+
+    asyncio.run(look())
+
+
+def test_the_page_of_100k_tasks_merges_sub_pixel_bars_and_says_so(tmp_path: Path) -> None:
+    timeline = Timeline()
+    t = 1_000_000.0
+    for i in range(100_000):  # 8 lanes, 1 ms tasks back to back: 12.5 s of run
+        lane, k = i % 8, i // 8
+        timeline.add(
+            f"thread-{lane}", t + k * 1e-3, t + (k + 1) * 1e-3, Status.OK, i, 1, str(i), None
+        )
+    summary = timeline.stats.summary(
+        wall=12.5, mode="threads", mode_reason="test", limit=8, peak=8, retries=0
+    )
+    page = write_report(tmp_path / "big.html", timeline, summary)
+
+    async def look() -> None:
+        async with Page(page) as browser:
+            drawn = await browser.evaluate("window.whilstReport")
+            assert drawn["total"] == 100_000
+            assert drawn["merged"] > 90_000
+            assert drawn["bars"] + drawn["merged"] == 100_000
+            note = await browser.evaluate("document.getElementById('drawn').textContent")
+            assert "merged into pixel columns" in note
+            took = await browser.evaluate(
+                "(() => { const t = performance.now(); window.dispatchEvent(new Event('resize'));"
+                " return performance.now() - t; })()"
+            )
+            assert took < 2000  # a redraw of 100,000 bars, generous for a slow machine
+
+    asyncio.run(look())
+
+
+def test_the_trace_has_one_track_per_worker_in_microseconds(tmp_path: Path) -> None:
+    _, trace, results = run_with_report(tmp_path, list(range(12)))
+    data = json.loads(trace.read_text())
+    events = data["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert sorted(names.values()) == [f"loop-{k}" for k in range(4)]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert len(spans) == sum(r.attempts for r in results)
+    for e in spans:
+        assert {"name", "cat", "ph", "ts", "dur", "pid", "tid"} <= set(e)
+        assert e["tid"] in names
+        assert 8_000 <= e["dur"] <= 5_000_000  # ~10 ms tasks, in microseconds
+    assert {e["cat"] for e in spans} == {"ok", "failed"}
+    wall = max(r.end for r in results) - min(r.start for r in results)
+    assert max(e["ts"] + e["dur"] for e in spans) == pytest.approx(wall * 1e6, rel=0.05)
+
+
+@pytest.mark.parametrize("option", ["report", "trace"])
+def test_an_unwritable_report_path_is_refused_before_anything_runs(
+    tmp_path: Path, option: str
+) -> None:
+    ran: list[int] = []
+    for path, words in [
+        (tmp_path / "missing" / "run.html", "does not exist"),
+        (tmp_path, "is a directory"),
+    ]:
+        with pytest.raises(whilst.UsageError, match=words):
+            whilst.map(ran.append, range(3), **{option: path})  # type: ignore[arg-type]
+    if os.getuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(whilst.UsageError, match="permission denied"):
+            whilst.map(ran.append, range(3), **{option: locked / "run.html"})  # type: ignore[arg-type]
+    assert ran == []
+
+
+def test_the_summary_counts_what_happened() -> None:
+    flaky.seen.clear()  # type: ignore[attr-defined]
+    run = whilst.imap(flaky, range(40), limit=8, retries=1, backoff=0)
+    results = list(run)
+    s = run.summary
+    assert s is not None
+    assert s.counts == {"ok": 40}
+    assert s.retries == 10
+    assert s.peak == 8
+    assert s.limit == 8
+    durations = sorted(r.duration for r in results)
+    assert s.max == durations[-1]
+    assert s.p50 == pytest.approx(durations[19], rel=0.05)
+    assert s.task_time == pytest.approx(sum(durations))
+    assert s.speedup == s.mean_concurrency == pytest.approx(s.task_time / s.wall)
+    assert 1 < s.speedup <= 8
+    assert s.mode == "async"
+    assert "coroutine" in s.mode_reason
+
+
+def test_map_summary_true_prints_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    whilst.map(abs, range(10), mode="sync", summary=True)
+    err = capsys.readouterr().err
+    assert "10 ran (10 ok)" in err
+    assert "speed-up" in err
+    assert "mode" in err
+
+
+def test_progress_callback_sees_the_run_go_by() -> None:
+    seen: list[whilst.Progress] = []
+
+    def slow(x: int) -> int:
+        time.sleep(0.02)
+        if x == 3:
+            raise ValueError(x)
+        return x
+
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(slow, range(40), mode="threads", limit=4, progress=seen.append)
+    assert len(seen) >= 3  # ten a second over about 0.2 s, and the last
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert all(p.total == 40 and 0 <= p.in_flight <= 40 for p in seen)
+    last = seen[-1]
+    assert last.finished
+    assert last.done == 40
+    assert last.failed == 1
+    assert last.in_flight == 0
+    assert not any(p.finished for p in seen[:-1])
+
+
+def test_a_progress_callback_that_raises_is_switched_off_not_fatal() -> None:
+    def broken(p: whilst.Progress) -> None:
+        raise RuntimeError("ui bug")
+
+    with pytest.warns(UserWarning, match="progress is off"):
+        assert whilst.map(abs, range(5), mode="sync", progress=broken) == list(range(5))
+
+
+PROGRESS = textwrap.dedent(
+    """
+    import time, whilst
+    whilst.map(time.sleep, [0.05] * 20, mode="threads", limit=4, progress="auto")
+    print("done", flush=True)
+    """
+)
+
+
+def test_progress_auto_draws_on_a_terminal_and_nothing_without_one() -> None:
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROGRESS], stdin=child, stdout=child, stderr=child, close_fds=True
+    )
+    os.close(child)
+    out = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=30)
+    os.close(main)
+    text = out.decode(errors="replace")
+    assert "20/20" in text
+    assert "━" in text
+
+    piped = subprocess.run(
+        [sys.executable, "-c", PROGRESS], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert piped.stdout == "done\n"
+    assert piped.stderr == ""
+
+
+def test_whilst_report_draws_a_journal_as_a_timeline(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from whilst._cli import cli
+
+    db, page, trace = tmp_path / "run.db", tmp_path / "run.html", tmp_path / "run.json"
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(_sometimes, range(30), mode="threads", limit=3, journal=db)
+    out = CliRunner().invoke(cli, ["report", str(db), "-o", str(page), "--trace", str(trace)])
+    assert out.exit_code == 0, out.output
+    spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == 30
+    assert {e["cat"] for e in spans} == {"ok", "failed"}
+
+    async def look() -> None:
+        async with Page(page) as browser:
+            drawn = await browser.evaluate("window.whilstReport")
+            assert drawn["bars"] == 30
+            assert drawn["lanes"] == 3
+            assert browser.errors == []
+
+    asyncio.run(look())
+    missing = CliRunner().invoke(cli, ["report", str(db), "-o", str(tmp_path / "no" / "x.html")])
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.output
+
+
+def _sometimes(x: int) -> int:
+    time.sleep(0.005)
+    if x % 7 == 3:
+        raise ValueError(x)
+    return x
