@@ -43,6 +43,6 @@ class Event:
     result: Result | None = None
 
 
-#: Anything that consumes events. A sink that raises stops the run: a journal
-#: that cannot write must not let tasks go on unrecorded.
+#: Anything that consumes events. A sink that raises stops the run. A sink with
+#: a ``wants`` attribute (a set of EventKind) is told only those kinds.
 Sink = Callable[[Event], None]

@@ -121,17 +121,17 @@ def _data(timeline: Timeline, summary: Summary) -> dict[str, Any]:
     t0 = min(timeline.start, default=0.0)
     t1 = max(timeline.end, default=t0)
 
-    def ms(times: Any) -> list[float]:
-        return [round((t - t0) * 1e3, 4) for t in times]
+    def us(times: Any) -> list[int]:  # whole microseconds: exact enough, and compact
+        return [int((t - t0) * 1e6) for t in times]
 
     names, place = timeline.lane_order()
     return {
-        "t0": 0.0,
-        "t1": max(round((t1 - t0) * 1e3, 4), 1e-3),
+        "t0": 0,
+        "t1": max(int((t1 - t0) * 1e6), 1),
         "lanes": names,
         "lane": [place[lane] for lane in timeline.lane],
-        "start": ms(timeline.start),
-        "end": ms(timeline.end),
+        "start": us(timeline.start),
+        "end": us(timeline.end),
         "status": list(timeline.status),
         "index": list(timeline.index),
         "attempt": list(timeline.attempt),

@@ -127,6 +127,11 @@ class Scheduler:
             self.timeline = Timeline()
             sinks = (*sinks, self.timeline)
         self.sinks = tuple(sinks)
+        # The sinks of each kind of event (a sink's ``wants``, else every kind).
+        self._sinks_for = {
+            kind: tuple(sink for sink in sinks if kind in getattr(sink, "wants", EventKind))
+            for kind in EventKind
+        }
         self.mode: Mode = mode_class(options.mode)(
             fn, limit=options.limit, is_async=options.is_async
         )
@@ -622,9 +627,11 @@ class Scheduler:
         worker: str = "",
         result: Result | None = None,
     ) -> None:
-        event = Event(kind, index, item, at, worker, result)
-        for sink in self.sinks:
-            sink(event)
+        sinks = self._sinks_for[kind]
+        if sinks:
+            event = Event(kind, index, item, at, worker, result)
+            for sink in sinks:
+                sink(event)
 
     def _next_size(self, size: int, busy: float) -> int:
         if busy < BATCH_TARGET / 2:

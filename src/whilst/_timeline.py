@@ -42,6 +42,8 @@ class Bar:
 class Timeline:
     """The attempts of one run, in columns; call it with each event."""
 
+    wants = frozenset({EventKind.STARTED, EventKind.RETRYING, EventKind.FINISHED})
+
     def __init__(self) -> None:
         self.lanes: dict[str, int] = {}
         self.lane = array("i")
@@ -68,22 +70,27 @@ class Timeline:
         elif kind is EventKind.FINISHED:
             result = event.result
             assert result is not None
-            self.stats.add((result,))
+            self.stats.add_one(result)
             if result.status is not Status.SKIPPED and result.attempts:
                 self._close(result, retried=False)
 
     def _close(self, r: Result, retried: bool) -> None:
-        opened = self._open.pop(r.index, None)
+        index = r.index
+        opened = self._open.pop(index, None)
         # A batch's items all "start" when it is handed over; the result knows
         # when the worker got to this one. A retried task's result starts at its
         # first attempt; the event knows when this one began.
-        start = max(opened[0], r.start) if opened else r.start
-        worker = r.worker or (opened[1] if opened else "")
-        end = max(r.end, start)
-        text = self.items.get(r.index)
+        start = r.start
+        if opened is not None and opened[0] > start:
+            start = opened[0]
+        end = r.end if r.end > start else start
+        text = self.items.get(index)
         if text is None:
-            text = _short(repr(r.item), ITEM_TEXT)
-        self.add(worker, start, end, r.status, r.index, r.attempts, text, r.error)
+            text = repr(r.item)
+            if len(text) > ITEM_TEXT:
+                text = _short(text, ITEM_TEXT)
+        worker = r.worker or (opened[1] if opened else "")
+        self.add(worker, start, end, r.status, index, r.attempts, text, r.error)
 
     def add(
         self,
@@ -97,7 +104,9 @@ class Timeline:
         error: object,
     ) -> None:
         """One bar; ``item`` is the task's text, ``error`` is kept as short text."""
-        lane = self.lanes.setdefault(worker, len(self.lanes))
+        lane = self.lanes.get(worker)
+        if lane is None:
+            lane = self.lanes[worker] = len(self.lanes)
         if error is not None:
             self.errors[len(self.start)] = _short(f"{type(error).__name__}: {error}", ERROR_TEXT)
         self.lane.append(lane)

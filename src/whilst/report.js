@@ -192,10 +192,10 @@
     document.getElementById("task-labels").style.width = labels + "px";
   }
 
-  function seconds(ms) {
-    if (ms >= 1000) return (ms / 1000).toFixed(2) + " s";
-    if (ms >= 1) return ms.toFixed(1) + " ms";
-    return (ms * 1000).toFixed(0) + " µs";
+  function seconds(us) {
+    if (us >= 1e6) return (us / 1e6).toFixed(2) + " s";
+    if (us >= 1000) return (us / 1000).toFixed(1) + " ms";
+    return us.toFixed(0) + " µs";
   }
 
   function barAt(event) {
