@@ -51,7 +51,7 @@ class Page:
     async def __aenter__(self) -> Page:
         assert CHROMIUM is not None, "chromium is not installed (.ci/run installs it)"
         self._proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once, waits for nothing
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self._profile.name}", self.url],
+            [CHROMIUM, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -63,11 +63,15 @@ class Page:
             targets = await response.json(content_type=None)
         page = next(t for t in targets if t["type"] == "page")
         self._ws = await self._session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
-        await self.send("Runtime.enable")
+        await self.send("Runtime.enable")  # before the page loads: its errors are heard
+        await self.send("Page.navigate", url=self.url)
         for _ in range(200):  # up to 10 s for the page to load and draw
-            if await self.evaluate("document.readyState") == "complete":
+            where = await self.evaluate("[location.href, document.readyState]")
+            if where == [self.url, "complete"]:
                 break
             await asyncio.sleep(0.05)
+        else:
+            raise TimeoutError(f"{self.url} did not load: {where}")
         return self
 
     def _endpoint(self) -> str:
