@@ -3,12 +3,18 @@ feature is a library feature first (here :func:`whilst._demo.run_demo`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
+from ._batch import BatchOptions, run_batch
+from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
 EXIT_INTERRUPTED = 130
@@ -17,6 +23,8 @@ EXIT_INTERRUPTED = 130
 def main() -> None:
     """The ``whilst`` command: exits 130 after Ctrl-C (click alone would say
     "Aborted!" and exit 1) and 143 after SIGTERM (the run raises SystemExit)."""
+    from ._errors import UsageError, WhilstError
+
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -25,6 +33,12 @@ def main() -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except UsageError as exc:  # found by the library before anything ran
+        click.echo(f"whilst: {exc}", err=True)
+        sys.exit(2)
+    except WhilstError as exc:  # the run itself failed (say, its journal became unwritable)
+        click.echo(f"whilst: {exc}", err=True)
+        sys.exit(1)
 
 
 @click.group(name="whilst", context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,3 +142,209 @@ def report(journal: str, fmt: str, slowest: int, output: str | None, trace: str 
         print_summary(journal, results, slowest)
     else:
         print_records(results, fmt)
+
+
+# -- batch commands -----------------------------------------------------------
+
+
+def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options ``run``, ``http`` and ``call`` share; they become ``options``."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        decorators = [
+            click.option(
+                "-j",
+                "--jobs",
+                type=click.IntRange(min=1),
+                default=None,
+                help=f"Most jobs running at once [default: {jobs_default}].",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                help="Seconds per attempt; then it is stopped and counts as timed out.",
+            ),
+            click.option(
+                "--retries",
+                type=click.IntRange(min=0),
+                default=0,
+                show_default=True,
+                help="Extra attempts for a job that failed (--retries 2: at most 3 in "
+                "all; GNU parallel's --retries 2 means 2 in all).",
+            ),
+            click.option("--rate", help="Most starts per second: 5, 0.5 or 300/min."),
+            click.option(
+                "--halt",
+                help="When to stop early: soon,fail=3 (start nothing new), "
+                "now,fail=1 (stop running jobs too), now,success=1, fail=10%.",
+            ),
+            click.option(
+                "-k",
+                "--keep-order",
+                is_flag=True,
+                help="Print results in input order (default: as they finish).",
+            ),
+            click.option(
+                "--journal",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Record each job in this SQLite file; run again with it and "
+                "jobs that succeeded are skipped.",
+            ),
+            click.option(
+                "--resume",
+                type=click.Choice(["failed", "unfinished", "none"]),
+                default="failed",
+                show_default=True,
+                help="With --journal: rerun what is not ok (failed), only jobs with "
+                "no final record (unfinished, GNU parallel's --resume), or all (none).",
+            ),
+            click.option(
+                "--force", is_flag=True, help="Resume a journal written by another command."
+            ),
+            click.option(
+                "--report",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Write the run's timeline to this HTML page.",
+            ),
+            click.option(
+                "--trace",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Write the run as Chrome trace events (Perfetto).",
+            ),
+            click.option(
+                "--results",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Write one JSON line per job to this file.",
+            ),
+            click.option(
+                "--progress/--no-progress",
+                default=None,
+                help="A progress bar on stderr [default: when stderr is a terminal].",
+            ),
+            click.option("-q", "--quiet", is_flag=True, help="No summary at the end."),
+        ]
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+def _shared(kwargs: dict[str, Any]) -> BatchOptions:
+    """Take the shared options out of a command's keyword arguments."""
+    from ._options import writable
+
+    names = [f.name for f in dataclasses.fields(BatchOptions)]
+    options = BatchOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
+    writable("--results", options.results, ".jsonl")
+    return options
+
+
+@cli.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="""\b
+Examples:
+  whilst run gzip -9 ::: *.log                 # each file, CPU count at a time
+  whilst run -j 4 'convert {} {.}.png' ::: *.jpg
+  whilst run echo {1}-{2} ::: a b ::: 1 2      # a-1 a-2 b-1 b-2
+  find . -name '*.txt' | whilst run wc -l      # inputs from stdin
+  whilst run --colsep , 'mv {1} {2}' :::: renames.csv
+  whilst run --timeout 30 --retries 2 --journal fetch.db ./fetch.sh :::: ids.txt
+
+\b
+Replacement strings (as GNU parallel): {} the input, {.} without its
+extension, {/} its basename, {//} its directory, {/.} basename without
+extension, {#} the job number, {%} the job slot, {1} {2}... the columns
+(also {1.} {1/}...). With none, the input is appended. Every value is
+shell-quoted: an input such as '; rm -rf ~' reaches the command as one
+literal argument.
+
+\b
+Exit status: 0 when every job succeeded, 1 when any failed, 2 for a usage
+error, 130 after Ctrl-C, 143 after SIGTERM.""",
+)
+@batch_options("the CPU count")
+@click.option("-0", "--null", is_flag=True, help="Inputs are separated by NUL, not newline.")
+@click.option("--colsep", metavar="SEP", help="Split each input into columns {1} {2}... at SEP.")
+@click.option("--no-shell", is_flag=True, help="Run the command's words directly, not by sh -c.")
+@click.option("--dry-run", is_flag=True, help="Print the commands; run nothing.")
+@click.option("--tag", is_flag=True, help="Start each output line with the job's input and a tab.")
+@click.option(
+    "--line-buffer",
+    is_flag=True,
+    help="Print output lines as they come (default: each job's output whole).",
+)
+@click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(words: tuple[str, ...], **kwargs: Any) -> None:
+    """Run a command for every input, like GNU parallel: faster, and every
+    input shell-quoted.
+
+    Inputs come after ::: (values), :::: (files of lines; - for stdin), or,
+    with neither, from the lines of stdin. Several sources make every
+    combination. Each job's output is printed whole when it ends, never mixed
+    with another job's.
+    """
+    from ._errors import UsageError
+    from ._shell import (
+        Job,
+        Runner,
+        Template,
+        check_sources,
+        jobs,
+        ran_of,
+        result_record,
+        split_words,
+    )
+
+    null, colsep, no_shell = kwargs.pop("null"), kwargs.pop("colsep"), kwargs.pop("no_shell")
+    dry_run, tag, line_buffer = kwargs.pop("dry_run"), kwargs.pop("tag"), kwargs.pop("line_buffer")
+    try:
+        options = _shared(kwargs)
+        command, sources = split_words(words)
+        template = Template(tuple(command), shell=not no_shell)
+        template.check()
+        check_sources(sources)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    stdin = sys.stdin.buffer
+    todo = (
+        Job(seq, args) for seq, args in enumerate(jobs(sources, stdin, null=null, colsep=colsep), 1)
+    )
+    if dry_run:
+        out = sys.stdout.buffer
+        for job in todo:
+            line = template.command(job.args, job.seq, 1)
+            text = line if isinstance(line, str) else shlex.join(line)
+            out.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        return
+    from ._options import default_limit
+
+    limit = options.jobs or default_limit("processes")
+    runner = Runner(
+        template,
+        slots=limit,
+        timeout=options.timeout,
+        line_buffer=line_buffer,
+        tag=tag,
+        journal_identity=f"whilst run {shlex.join(command)}",  # a changed command: refused
+    )
+
+    def show(r: Result) -> None:
+        runner.show(r.item, ran_of(r) if r.status is not Status.SKIPPED else None)
+
+    def record(r: Result) -> dict[str, Any]:
+        return result_record(r.item, r)
+
+    try:
+        status = run_batch(
+            runner,
+            todo,
+            dataclasses.replace(options, jobs=limit, timeout=None),  # the runner times commands
+            mode="threads",
+            show=show,
+            record=record,
+            task_id=lambda job: "\0".join(job.args),
+        )
+    finally:
+        runner.stop()  # whatever way the run ended: no command is left running
+    sys.exit(status)

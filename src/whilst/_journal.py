@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._errors import RemoteError, TaskCancelled, UsageError, WhilstError, WorkerCrashed
+from ._errors import RemoteError, TaskCancelled, UsageError, WhilstError
 from ._modes import Outcomes
 from ._output import Record
-from ._result import Result, Status
+from ._result import Result, Status, failure_status
 
 SCHEMA_VERSION = 1
 #: Values larger than this (bytes, encoded) are not kept; the record says so.
@@ -117,7 +117,11 @@ def _sorted_set(value: Any) -> list[Any]:
 
 
 def function_name(fn: Any) -> str:
-    """What identifies the function of a run: its module and qualified name."""
+    """What identifies the function of a run: its module and qualified name (or
+    what it says identifies it: ``whilst run`` names its command)."""
+    identity = getattr(fn, "journal_identity", None)
+    if identity:
+        return str(identity)
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{module}:{name}"
@@ -471,7 +475,7 @@ class Journaled:
         ):
             key = admitted.pop(index)[0]
             if errors and (error := errors.get(index - first)) is not None:
-                status = Status.CRASHED if isinstance(error, WorkerCrashed) else Status.FAILED
+                status = failure_status(error)
                 record(key, index, item, status, None, error, 1, start, end, mode, worker)
             else:
                 record(key, index, item, Status.OK, value, None, 1, start, end, mode, worker)

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._errors import WorkerCrashed
+from ._errors import TaskTimeout, WorkerCrashed
 
 if TYPE_CHECKING:
     from ._modes import Outcomes
@@ -85,6 +85,17 @@ class Result:
         )
 
 
+def failure_status(error: BaseException) -> Status:
+    """How an attempt that raised ``error`` ended: ``crashed`` when its worker died,
+    ``timed_out`` when the task itself reports a timeout (:class:`whilst.TaskTimeout`,
+    as ``whilst run`` does when it kills a command), else ``failed``."""
+    if isinstance(error, WorkerCrashed):
+        return Status.CRASHED
+    if isinstance(error, TaskTimeout):
+        return Status.TIMED_OUT
+    return Status.FAILED
+
+
 def batch_results(
     first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
 ) -> list[Result]:
@@ -94,7 +105,7 @@ def batch_results(
         index = first + k
         if k in errors:
             error = errors[k]
-            status = Status.CRASHED if isinstance(error, WorkerCrashed) else Status.FAILED
+            status = failure_status(error)
             results.append(Result(index, item, status, None, error, 1, start, end, mode, worker))
         else:
             results.append(Result(index, item, Status.OK, value, None, 1, start, end, mode, worker))

@@ -46,7 +46,7 @@ from ._output import Record, window_for
 from ._policy import POISON_DEATHS, KeyLimit, RateLimit
 from ._progress import EVERY as PROGRESS_EVERY
 from ._progress import Progress
-from ._result import Result, Status, batch_results
+from ._result import Result, Status, batch_results, failure_status
 from ._timeline import Timeline
 
 if TYPE_CHECKING:
@@ -506,7 +506,7 @@ class Scheduler:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
                 self.failed += 1
-                record(index, item, FAILED, None, exc, start, now())
+                record(index, item, failure_status(exc), None, exc, start, now())
             else:
                 record(index, item, OK, value, None, start, now())
             self.done += 1
@@ -692,8 +692,8 @@ class Scheduler:
             except TimeoutError as exc:
                 if scope is not None and scope.expired():
                     status, error = self._expired()
-                else:  # the task raised TimeoutError itself: an ordinary failure
-                    status, error = FAILED, exc
+                else:  # the task raised it: an ordinary failure, unless a TaskTimeout
+                    status, error = failure_status(exc), exc
             except asyncio.CancelledError as exc:
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise  # the run is being stopped, not just this task
@@ -701,7 +701,7 @@ class Scheduler:
             except BaseException as exc:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
-                status, error = (CRASHED if isinstance(exc, WorkerCrashed) else FAILED), exc
+                status, error = failure_status(exc), exc
             finally:
                 del self._scopes[slot]
                 if running:
@@ -804,7 +804,7 @@ class Scheduler:
             if error is None:
                 self._ended(task, OK, value, None, end, worker)
             else:
-                status = CRASHED if isinstance(error, WorkerCrashed) else FAILED
+                status = failure_status(error)
                 self._ended(task, status, None, error, end, worker)
         return outcomes.ends[-1] - outcomes.start
 

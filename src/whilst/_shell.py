@@ -1,0 +1,428 @@
+"""``whilst run``: a command over many inputs, with GNU parallel's inputs and
+replacement strings, every substituted value shell-quoted.
+
+A job is one combination of input values (its *args*). Its command is the
+template with ``{}``, ``{.}``, ``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``,
+``{1}``... replaced (or the args appended when there are none), run by
+``/bin/sh -c`` in a process group of its own, so a timeout, a halt or Ctrl-C
+kills the command and everything it started. Jobs run in threads: measured
+here, a thread blocking on ``subprocess`` starts commands faster than an event
+loop's subprocess support (see ``bench/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import re
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ._errors import TaskTimeout, UsageError, WhilstError
+
+#: ``:::`` takes values from the command line, ``::::`` the lines of files.
+ARGS, FILES = ":::", "::::"
+#: ``{}``, ``{.}``, ``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``, and each with a
+#: column number: ``{2}``, ``{2.}``...
+REPLACEMENT = re.compile(r"\{(\d*)(\.|/\.|//|/|#|%|)\}")
+#: Seconds a killed command's process group gets between SIGTERM and SIGKILL.
+TERM_WAIT = 0.2
+
+
+def split_words(words: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The command's words, and each input source after them: (``:::`` or ``::::``,
+    its values or file names)."""
+    command: list[str] = []
+    sources: list[tuple[str, list[str]]] = []
+    for word in words:
+        if word in (ARGS, FILES):
+            sources.append((word, []))
+        elif sources:
+            sources[-1][1].append(word)
+        else:
+            command.append(word)
+    return command, sources
+
+
+def check_sources(sources: list[tuple[str, list[str]]]) -> None:
+    """Every ``::::`` file readable, every source non-empty: before any job runs."""
+    for kind, values in sources:
+        if not values:
+            raise UsageError(
+                f"{kind} needs values after it: {kind} a b c"
+                if kind == ARGS
+                else f"{kind} needs a file after it: {kind} inputs.txt"
+            )
+        if kind == FILES:
+            for name in values:
+                if name != "-" and not os.access(name, os.R_OK):
+                    why = "does not exist" if not os.path.exists(name) else "cannot be read"
+                    raise UsageError(f"input file {name} {why}; give a file of input lines")
+
+
+def read_lines(stream: IO[bytes], null: bool) -> Iterator[str]:
+    """The lines (or NUL-separated records) of a byte stream, as text that keeps
+    any byte that is not UTF-8 (surrogateescape: it reaches the command as it was)."""
+    if null:
+        pending = b""
+        while chunk := stream.read(1 << 16):
+            *records, pending = (pending + chunk).split(b"\0")
+            for record in records:
+                yield record.decode("utf-8", "surrogateescape")
+        if pending:
+            yield pending.decode("utf-8", "surrogateescape")
+        return
+    for line in stream:
+        yield line.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
+
+
+def jobs(
+    sources: list[tuple[str, list[str]]],
+    stdin: IO[bytes],
+    *,
+    null: bool = False,
+    colsep: str | None = None,
+) -> Iterator[tuple[str, ...]]:
+    """Each job's args: one value from each source (the cartesian product, the
+    last source varying fastest, as GNU parallel), or each line of stdin when
+    there are no sources; with ``colsep``, each value split into columns. A
+    single source is read lazily."""
+
+    def values(kind: str, given: list[str]) -> Iterator[str]:
+        if kind == ARGS:
+            yield from given
+            return
+        for name in given:
+            if name == "-":
+                yield from read_lines(stdin, null)
+            else:
+                with open(name, "rb") as f:
+                    yield from read_lines(f, null)
+
+    streams = [values(kind, given) for kind, given in sources] or [read_lines(stdin, null)]
+    combos: Iterable[tuple[str, ...]] = (
+        ((v,) for v in streams[0]) if len(streams) == 1 else itertools.product(*streams)
+    )
+    for combo in combos:
+        if colsep is None:
+            yield combo
+        else:
+            yield tuple(column for value in combo for column in value.split(colsep))
+
+
+def _modify(value: str, how: str) -> str:
+    if how == ".":  # without its extension
+        head, dot, ext = value.rpartition(".")
+        return head if dot and "/" not in ext and head else value
+    if how == "/":  # its basename
+        return value.rpartition("/")[2]
+    if how == "//":  # its directory
+        head, slash, _ = value.rpartition("/")
+        return (head or "/") if slash else "."
+    if how == "/.":  # its basename without its extension
+        return _modify(_modify(value, "/"), ".")
+    return value
+
+
+@dataclass(frozen=True)
+class Template:
+    """A command with replacement strings; ``shell`` False runs its words as argv."""
+
+    words: tuple[str, ...]
+    shell: bool = True
+
+    @property
+    def appends(self) -> bool:
+        """No replacement string: the args are appended, as GNU parallel does."""
+        return not any(REPLACEMENT.search(word) for word in self.words)
+
+    def check(self) -> None:
+        if not self.words:
+            raise UsageError("whilst run needs a command: whilst run 'gzip -9 {}' ::: *.log")
+        for word in self.words:
+            for match in REPLACEMENT.finditer(word):
+                number, how = match.groups()
+                if number and how in ("#", "%"):
+                    raise UsageError(f"{match.group()} is not a replacement string: use {{{how}}}")
+
+    def command(self, args: tuple[str, ...], seq: int, slot: int) -> str | list[str]:
+        """The command of one job: a shell command line, or an argv."""
+        quote = shlex.quote if self.shell else str
+
+        def value(match: re.Match[str]) -> str:
+            number, how = match.groups()
+            if how == "#":
+                return str(seq)
+            if how == "%":
+                return str(slot)
+            if number:
+                k = int(number)
+                chosen = [args[k - 1]] if 0 < k <= len(args) else [""]
+            else:
+                chosen = list(args)
+            return " ".join(quote(_modify(v, how)) for v in chosen)
+
+        if self.shell:
+            line = " ".join(self.words)
+            if self.appends:
+                return " ".join([line, *map(shlex.quote, args)])
+            return REPLACEMENT.sub(value, line)
+        if self.appends:
+            return [*self.words, *args]
+        argv: list[str] = []
+        for word in self.words:
+            if word == "{}":
+                argv.extend(args)  # each value its own argument
+            else:
+                argv.append(REPLACEMENT.sub(value, word))
+        return argv
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: its number (``{#}``, from 1) and its args."""
+
+    seq: int
+    args: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """Its args as one line, as ``--tag`` prefixes its output."""
+        return " ".join(self.args)
+
+
+@dataclass
+class Ran:
+    """How a job's command ended: the value of a job's result."""
+
+    command: str | list[str]
+    exit_code: int | None  # None when a signal ended it
+    signal: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    slot: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class CommandFailed(WhilstError):
+    """A job's command exited non-zero or was killed by a signal; ``ran`` says how."""
+
+    def __init__(self, ran: Ran) -> None:
+        how = f"exit code {ran.exit_code}" if ran.signal is None else f"signal {ran.signal}"
+        super().__init__(f"command failed with {how}")
+        self.ran = ran
+
+
+class CommandTimedOut(TaskTimeout):
+    """A job's command ran past ``--timeout``; its process group was killed."""
+
+    def __init__(self, ran: Ran, timeout: float) -> None:
+        super().__init__(
+            f"command ran past its timeout of {timeout:g} s; its process group "
+            "was killed (SIGTERM, then SIGKILL)"
+        )
+        self.ran = ran
+
+
+@dataclass
+class Runner:
+    """Runs jobs, one per call, in the calling thread: each command in its own
+    process group, its output captured whole (or streamed line by line)."""
+
+    template: Template
+    slots: int
+    timeout: float | None = None
+    line_buffer: bool = False
+    tag: bool = False
+    out: IO[bytes] = field(default_factory=lambda: sys.stdout.buffer)
+    err: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
+    shell: str = "/bin/sh"
+    journal_identity: str = ""  # what a journal of this run records as its function
+
+    def __post_init__(self) -> None:
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(1, self.slots + 1):
+            self._free.put(slot)
+        self._live: dict[int, subprocess.Popen[bytes]] = {}  # by pid: running commands
+        self._lock = threading.Lock()  # one writer at a time on out and err
+        self.stopping = False
+
+    def __call__(self, job: Job) -> Ran:
+        if self.stopping:  # the run is being stopped: start nothing more
+            raise WhilstError("the run was stopped before this job started")
+        slot = self._free.get()
+        try:
+            return self._run(job, slot)
+        finally:
+            self._free.put(slot)
+
+    def _run(self, job: Job, slot: int) -> Ran:
+        command = self.template.command(job.args, job.seq, slot)
+        argv = [self.shell, "-c", command] if isinstance(command, str) else command
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group: killed as a whole
+            )
+        except OSError as exc:  # --no-shell and no such program
+            raise WhilstError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        with self._lock:
+            self._live[proc.pid] = proc
+        try:
+            if self.line_buffer:
+                stdout, stderr, timed_out = b"", b"", self._stream(proc, job)
+            else:
+                try:
+                    stdout, stderr = proc.communicate(timeout=self.timeout)
+                    timed_out = False
+                except subprocess.TimeoutExpired:
+                    self._kill(proc)
+                    stdout, stderr = proc.communicate()
+                    timed_out = True
+        finally:
+            with self._lock:
+                self._live.pop(proc.pid, None)
+        code = proc.returncode
+        ran = Ran(
+            command,
+            code if code >= 0 else None,
+            -code if code < 0 else None,
+            stdout,
+            stderr,
+            slot,
+        )
+        if timed_out:
+            assert self.timeout is not None
+            raise CommandTimedOut(ran, self.timeout)
+        if not ran.ok:
+            raise CommandFailed(ran)
+        return ran
+
+    def _stream(self, proc: subprocess.Popen[bytes], job: Job) -> bool:
+        """--line-buffer: print whole lines as they come, each stream on its own;
+        True if the timeout killed the command."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        prefix = (job.text.encode("utf-8", "surrogateescape") + b"\t") if self.tag else b""
+        with selectors.DefaultSelector() as selector:
+            partial: dict[int, bytes] = {}  # by pipe: the start of a line to come
+            for stream, sink in ((proc.stdout, self.out), (proc.stderr, self.err)):
+                assert stream is not None
+                os.set_blocking(stream.fileno(), False)
+                selector.register(stream, selectors.EVENT_READ, sink)
+                partial[stream.fileno()] = b""
+            while selector.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._kill(proc)
+                    proc.wait()
+                    return True
+                for key, _ in selector.select(left):
+                    fd, sink = key.fd, key.data
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        if partial[fd]:
+                            self._write(sink, prefix + partial[fd] + b"\n")
+                        continue
+                    *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
+                    if lines:
+                        self._write(sink, b"".join(prefix + line + b"\n" for line in lines))
+        proc.wait()
+        return False
+
+    def _write(self, sink: IO[bytes], data: bytes) -> None:
+        with self._lock:
+            sink.write(data)
+            sink.flush()
+
+    def show(self, job: Job, ran: Ran | None) -> None:
+        """Print a finished job's output whole (not with --line-buffer, which
+        printed it as it came)."""
+        if ran is None or self.line_buffer:
+            return
+        prefix = (job.text.encode("utf-8", "surrogateescape") + b"\t") if self.tag else b""
+        for data, sink in ((ran.stdout, self.out), (ran.stderr, self.err)):
+            if not data:
+                continue
+            if prefix:
+                lines = data.split(b"\n")
+                if lines[-1] == b"":
+                    lines.pop()
+                data = b"".join(prefix + line + b"\n" for line in lines)
+            self._write(sink, data)
+
+    def _kill(self, proc: subprocess.Popen[bytes], wait: float = TERM_WAIT) -> None:
+        """Kill a command's whole process group: SIGTERM, a short wait, SIGKILL."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its children too, if they linger
+
+    def stop(self, wait: float = TERM_WAIT) -> None:
+        """Kill every running command's process group (Ctrl-C, SIGTERM, a halt)."""
+        self.stopping = True
+        with self._lock:
+            live = list(self._live.values())
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        end = time.monotonic() + wait
+        for proc in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(end - time.monotonic(), 0))
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ran_of(result: Any) -> Ran | None:
+    """The Ran of a job's result: its value, or what its error carries."""
+    if isinstance(result.value, Ran):
+        return result.value
+    return getattr(result.error, "ran", None)
+
+
+def result_record(job: Job, result: Any) -> dict[str, Any]:
+    """One line of ``--results FILE.jsonl``."""
+    ran = ran_of(result)
+
+    def text(data: bytes) -> str:
+        return data.decode("utf-8", "replace")
+
+    return {
+        "seq": job.seq,
+        "args": list(job.args),
+        "command": None if ran is None else ran.command,
+        "status": result.status.value,
+        "exit_code": None if ran is None else ran.exit_code,
+        "signal": None if ran is None else ran.signal,
+        "stdout": text(ran.stdout) if ran else "",
+        "stderr": text(ran.stderr) if ran else "",
+        "start": result.start,
+        "duration": result.duration,
+        "attempts": result.attempts,
+        "error": None if result.error is None or ran is not None else str(result.error),
+    }
+
+
+def shell_path() -> str:
+    return "/bin/sh" if Path("/bin/sh").exists() else "sh"

@@ -1,0 +1,311 @@
+"""``whilst run``: GNU parallel is the oracle; every input is one literal argument;
+timeouts, halts and signals leave no process behind (issue 6; reliability.md
+11-13, 21, 25)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+WHILST = [sys.executable, "-m", "whilst"]
+PARALLEL = shutil.which("parallel")
+
+
+def whilst_run(*args: str, stdin: bytes = b"", cwd: Path | None = None, timeout: float = 60):
+    return subprocess.run(
+        [*WHILST, "run", *args], input=stdin, capture_output=True, cwd=cwd, timeout=timeout
+    )
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "names").write_text("dir/a.txt\nb.tar.gz\n/x/y/z.c\nplain\nsp ace.md\n")
+    (tmp_path / "pairs").write_text("1,2\n3,4\n5,6\n")
+    return tmp_path
+
+
+# Templates, inputs and options, each run by GNU parallel and by whilst run -k.
+ORACLE = [
+    ["echo", ":::", "a", "b", "c"],
+    ["echo", "{}", ":::", "a b", "c"],
+    ["echo", "x{}y", ":::", "a"],
+    ["echo", ":::", "a", "b", ":::", "1", "2"],
+    ["echo", "{2}", "{1}", ":::", "a", "b", ":::", "1", "2"],
+    ["echo", "{.}", "{/}", "{//}", "{/.}", "::::", "names"],
+    ["echo", "{#}", "{}", ":::", "a", "b", "c"],
+    ["-j1", "echo", "{%}", ":::", "a", "b"],
+    ["echo", "{1.}", "{2/}", ":::", "a.x", ":::", "d/e.f"],
+    ["echo", "{3}", ":::", "a", ":::", "b"],
+    ["--colsep", ",", "echo", "{2}-{1}", "::::", "pairs"],
+    ["--colsep", ",", "echo", "::::", "pairs"],
+    ["--tag", "echo", "hi", ":::", "a", "b", ":::", "1", "2"],
+    ["echo {} | tr a-z A-Z", ":::", "ab", "cd"],
+    ["echo", "::::", "names", "::::", "pairs"],
+    ["printf", "[%s]", ":::", "; touch pwned", "$(echo hi)", "a'b\"c", "-rf", "--"],
+]
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed (.ci/system-deps)")
+@pytest.mark.parametrize("args", ORACLE, ids=lambda a: " ".join(a)[:40])
+def test_whilst_run_prints_exactly_what_gnu_parallel_prints(files: Path, args: list[str]) -> None:
+    assert PARALLEL is not None
+    theirs = subprocess.run(
+        [PARALLEL, "-k", *args], capture_output=True, cwd=files, timeout=60, check=True
+    )
+    ours = whilst_run("-k", "-q", *args, cwd=files)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs.stdout
+    assert not (files / "pwned").exists()
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed (.ci/system-deps)")
+@pytest.mark.parametrize("null", [False, True])
+def test_inputs_from_stdin_as_gnu_parallel(null: bool) -> None:
+    assert PARALLEL is not None
+    data = b"x y\0z\0" if null else b"x y\nz\n"
+    flags = ["-0"] if null else []
+    theirs = subprocess.run(
+        [PARALLEL, "-k", *flags, "echo"], input=data, capture_output=True, check=True
+    )
+    ours = whilst_run("-k", "-q", *flags, "echo", stdin=data)
+    assert ours.stdout == theirs.stdout
+
+
+NASTY = [
+    "; touch pwned",
+    "$(touch pwned)",
+    "`touch pwned`",
+    "a'b\"c",
+    "line\nbreak",
+    "-rf",
+    "--",
+    "  spaced  ",
+    "*",
+    "~",
+    "\\",
+]
+
+
+@pytest.mark.parametrize(
+    ("template", "shell"),
+    [
+        (["printf '%s\\0'"], True),  # shell mode: the template is shell text
+        (["printf '%s\\0' {}"], True),
+        (["printf", "%s\\0"], False),  # --no-shell: the template's words are the argv
+        (["printf", "%s\\0", "{}"], False),
+        (["{}"], True),
+        (["{}"], False),
+    ],
+)
+def test_every_input_reaches_the_command_as_one_literal_argument(
+    tmp_path: Path, template: list[str], shell: bool
+) -> None:
+    """reliability.md 25: in shell and argv mode, and a template that starts with {}."""
+    if template == ["{}"]:
+        # the input is the command: it is run (as one word), never interpreted
+        result = whilst_run(
+            "-q", *(["--no-shell"] if not shell else []), "{}", ":::", "touch pwned", cwd=tmp_path
+        )
+        assert result.returncode == 1
+        assert not (tmp_path / "pwned").exists()
+        return
+    raw = b"\xff\xfebytes"  # not UTF-8: through a file, as it is
+    (tmp_path / "inputs").write_bytes(
+        b"\n".join([*(a.encode() for a in NASTY if "\n" not in a), raw]) + b"\n"
+    )
+    args = ["-k", "-q", *(["--no-shell"] if not shell else []), *template]
+    result = whilst_run(*args, ":::", *NASTY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(b"\0")[:-1] == [a.encode() for a in NASTY]
+    from_file = whilst_run(*args, "::::", "inputs", cwd=tmp_path)
+    assert from_file.stdout.split(b"\0")[-2] == raw
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_exit_status_output_grouping_and_results_file(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    script = "for i in 1 2 3; do echo {}-$i; sleep 0.01; done; echo err-{} >&2; exit {}"
+    run = whilst_run("-j", "3", "--results", str(results), script, ":::", "0", "1", "2")
+    assert run.returncode == 1
+    lines = run.stdout.decode().splitlines()
+    for job in ("0", "1", "2"):  # each job's output whole, never interleaved
+        at = lines.index(f"{job}-1")
+        assert lines[at : at + 3] == [f"{job}-1", f"{job}-2", f"{job}-3"]
+    assert "2 of 3 failed" in run.stderr.decode()
+    records = {r["args"][0]: r for r in map(json.loads, results.read_text().splitlines())}
+    assert records["0"]["exit_code"] == 0
+    assert records["0"]["status"] == "ok"
+    assert records["2"]["exit_code"] == 2
+    assert records["2"]["status"] == "failed"
+    assert records["1"]["stdout"] == "1-1\n1-2\n1-3\n"
+    assert records["1"]["stderr"] == "err-1\n"
+    assert records["1"]["duration"] > 0
+
+
+def test_line_buffer_streams_lines_as_they_come() -> None:
+    template = "echo start {}; sleep 0.3; echo end {}"
+    run = whilst_run("--line-buffer", "--tag", template, ":::", "a", "b")
+    lines = run.stdout.decode().splitlines()
+    assert sorted(lines[:2]) == ["a\tstart a", "b\tstart b"]  # both began before either ended
+    assert sorted(lines[2:]) == ["a\tend a", "b\tend b"]
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path: Path) -> None:
+    run = whilst_run("--dry-run", "touch {}", ":::", "a b", "c'd", cwd=tmp_path)
+    assert run.stdout.decode().splitlines() == ["touch 'a b'", "touch 'c'\"'\"'d'"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _descendants_gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+def test_a_timeout_kills_the_whole_process_group_and_never_hangs_on_the_pipe(
+    tmp_path: Path,
+) -> None:
+    """reliability.md 13: sh -c 'sleep 30 & sleep 30' with its output captured."""
+    pids = tmp_path / "pids"
+    results = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    run = whilst_run(
+        "--timeout",
+        "0.5",
+        "--results",
+        str(results),
+        f"sh -c 'sleep 30 & echo $! >> {pids}; sleep 30 & echo $! >> {pids}; wait'",
+        ":::",
+        "x",
+    )
+    assert time.monotonic() - started < 10
+    assert run.returncode == 1
+    record = json.loads(results.read_text())
+    assert record["status"] == "timed_out"
+    time.sleep(0.3)
+    assert _descendants_gone([int(p) for p in pids.read_text().split()])
+
+
+def test_retries_count_extra_attempts(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    run = whilst_run("--retries", "2", "-q", f"echo x >> {counter}; exit 1", ":::", "a")
+    assert run.returncode == 1
+    assert counter.read_text().count("x") == 3  # 1 + 2 retries
+
+
+def test_halt_now_kills_the_running_jobs(tmp_path: Path) -> None:
+    """reliability.md 21: halt now,fail=1 with 4 running jobs, one exits 7."""
+    pids, db = tmp_path / "pids", tmp_path / "run.db"
+    started = time.monotonic()
+    run = whilst_run(
+        "-j",
+        "4",
+        "--halt",
+        "now,fail=1",
+        "--journal",
+        str(db),
+        "-q",
+        f"echo $$ >> {pids}; if [ {{}} = 3 ]; then sleep 0.3; exit 7; fi; sleep 30",
+        ":::",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+    )
+    assert time.monotonic() - started < 10
+    assert run.returncode == 1
+    time.sleep(0.3)
+    assert _descendants_gone([int(p) for p in pids.read_text().split()])
+    with sqlite3.connect(db) as ro:
+        statuses = dict(ro.execute("SELECT item, status FROM tasks"))
+    assert sorted(statuses.values()) == ["failed", "interrupted", "interrupted", "interrupted"]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """reliability.md 11 and 12: even a command that ignores SIGTERM is gone."""
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen(
+        [
+            *WHILST,
+            "run",
+            "-j",
+            "3",
+            "-q",
+            f"trap '' TERM; echo $$ >> {pids}; sleep 30 & sleep 30 & wait",
+            ":::",
+            "1",
+            "2",
+            "3",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not pids.exists() or len(pids.read_text().split()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    time.sleep(0.2)
+    proc.send_signal(sig)  # a second one: at once
+    signalled = time.monotonic()
+    proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert time.monotonic() - signalled < 3
+    time.sleep(0.3)
+    shells = [int(p) for p in pids.read_text().split()]
+    assert _descendants_gone(shells)
+    leftovers = [
+        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "30"]
+    ]
+    assert leftovers == []
+
+
+def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    template = f"echo {{}} >> {counter}; [ {{}} != 3 ]"
+    first = whilst_run("--journal", str(db), "-q", template, ":::", "1", "2", "3", "4")
+    assert first.returncode == 1
+    again = whilst_run("--journal", str(db), "-q", template, ":::", "1", "2", "3", "4")
+    assert again.returncode == 1
+    assert sorted(counter.read_text().split()) == ["1", "2", "3", "3", "4"]  # only 3 ran again
+    other = whilst_run("--journal", str(db), "-q", "echo {}", ":::", "1")
+    assert other.returncode == 2
+    assert b"records a run of whilst run" in other.stderr
+    assert b"Traceback" not in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--frobnicate", "echo", ":::", "a"], "No such option"),
+        (["echo", "::::", "missing.txt"], "does not exist"),
+        (["echo", ":::"], "needs values"),
+        (["-j", "0", "echo", ":::", "a"], "-j"),
+        (["--halt", "sometimes", "echo", ":::", "a"], "halt"),
+        (["--results", "/no/such/dir/r.jsonl", "echo", ":::", "a"], "does not exist"),
+        (["--report", "/no/such/dir/r.html", "echo", ":::", "a"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
+    run = whilst_run(*args, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert words in run.stderr.decode()
+    assert b"Traceback" not in run.stderr
+
+
+def test_an_empty_input_exits_0_with_a_note() -> None:
+    run = whilst_run("echo", stdin=b"")
+    assert run.returncode == 0
+    assert b"no input" in run.stderr
