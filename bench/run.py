@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -117,6 +118,7 @@ class Sizes:
     policy_n: int
     journal_n: int
     watch_n: int
+    run_jobs: int
 
 
 FULL = Sizes(
@@ -133,6 +135,7 @@ FULL = Sizes(
     policy_n=20_000,
     journal_n=100_000,
     watch_n=100_000,
+    run_jobs=2000,
 )
 QUICK = Sizes(
     repeats=2,
@@ -148,6 +151,7 @@ QUICK = Sizes(
     policy_n=5_000,
     journal_n=10_000,
     watch_n=20_000,
+    run_jobs=400,
 )
 LIMIT = 1000  # the async rows' limit, as the issue states them
 POLICY_LIMIT = 100  # the policy rows' async limit: whilst's default
@@ -947,6 +951,42 @@ def bench_watch(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
             figures[mode]["page_bytes"] = page.stat().st_size
 
 
+def bench_run(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """``whilst run`` against ``xargs -P`` and GNU parallel: jobs of ``true`` at -j 8,
+    the whole command timed (start-up included), inputs on stdin."""
+    n = sizes.run_jobs
+    inputs = "".join(f"{i}\n" for i in range(n)).encode()
+    whilst_cmd = [sys.executable, "-m", "whilst", "run", "-j", "8", "-q", "true"]
+    commands = {
+        "whilst": whilst_cmd,
+        "xargs": ["xargs", "-P", "8", "-n", "1", "true"],
+        "parallel": ["parallel", "-j", "8", "true"],
+    }
+    available = {k: v for k, v in commands.items() if shutil.which(v[0])}
+
+    def case(argv: list[str]) -> Callable[[], object]:
+        return lambda: subprocess.run(argv, input=inputs, check=True, capture_output=True)
+
+    cases = {name: case(argv) for name, argv in available.items()}
+    samples = measure(cases, sizes.repeats)
+    m = medians(samples)
+    report.figures["run"] = {"jobs": n, "seconds": samples, "median": m}
+    rate = {name: n / seconds for name, seconds in m.items()}
+    for peer, target in (("xargs", 1.0), ("parallel", 4.5)):
+        if peer not in m:
+            continue
+        report.add(
+            "run",
+            "",
+            f"whilst run, {n:,} jobs of true at -j 8: throughput / {peer}"
+            + (" -P 8 -n 1" if peer == "xargs" else ""),
+            f"{rate['whilst']:,.0f} jobs/s",
+            f"{rate[peer]:,.0f} jobs/s",
+            paired(samples, peer, "whilst"),
+            (">=", target),
+        )
+
+
 def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
     """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
     the bare function and of it under a retry loop, and the policy path's cost."""
@@ -980,6 +1020,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "policy": bench_policy,
     "journal": bench_journal,
     "watch": bench_watch,
+    "run": bench_run,
 }
 
 
