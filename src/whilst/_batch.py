@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._result import Result
+from ._summary import Summary
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,46 @@ class BatchOptions:
         return policy
 
 
+class Tally:
+    """The consumer side of a batch command: each result shown and written to
+    ``--results``; at the end the summary and the exit status."""
+
+    def __init__(
+        self,
+        options: BatchOptions,
+        show: Callable[[Result], None],
+        record: Callable[[Result], dict[str, Any]],
+    ) -> None:
+        self.options, self.show, self.record = options, show, record
+        self.failed = self.total = 0
+        self._results = open(options.results, "w", encoding="utf-8") if options.results else None  # noqa: SIM115
+
+    def add(self, r: Result) -> None:
+        self.total += 1
+        self.show(r)
+        if self._results is not None:
+            self._results.write(json.dumps(self.record(r), default=repr) + "\n")
+            self._results.flush()
+        if not r.ok:
+            self.failed += 1
+
+    def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
+
+    def finish(self, summary: Summary | None) -> int:
+        """Print the summary (unless --quiet); the exit status: 0 when every task
+        succeeded, else 1."""
+        if self.total == 0:
+            print("whilst: no input: nothing to do", file=sys.stderr)
+            return 0
+        if not self.options.quiet and summary is not None:
+            summary.print()
+        if self.failed:
+            print(f"whilst: {self.failed} of {self.total} failed", file=sys.stderr)
+        return 1 if self.failed else 0
+
+
 def run_batch(
     fn: Callable[..., Any],
     items: Iterable[Any],
@@ -63,41 +104,49 @@ def run_batch(
 ) -> int:
     """Run ``fn`` over ``items``, hand each result to ``show`` as it ends (in input
     order with --keep-order), write ``--results`` lines, print the summary on
-    stderr; the exit status: 0 when every task succeeded, else 1."""
+    stderr; the exit status."""
     import whilst
 
-    failed = total = 0
-    results = open(options.results, "w", encoding="utf-8") if options.results else None  # noqa: SIM115
+    tally = Tally(options, show, record)
     try:
         run = whilst.imap(
-            fn,
-            items,
-            mode=mode,
-            limit=options.jobs,
-            ordered=options.keep_order,
-            **options.policy(task_id),
-            **policy,
-        )
+            fn, items, mode=mode, limit=options.jobs, ordered=options.keep_order,
+            **options.policy(task_id), **policy,
+        )  # fmt: skip
         with run:
             for r in run:
-                total += 1
-                show(r)
-                if results is not None:
-                    results.write(json.dumps(record(r), default=repr) + "\n")
-                    results.flush()
-                if not r.ok:
-                    failed += 1
+                tally.add(r)
     finally:
-        if results is not None:
-            results.close()
-    if total == 0:
-        print("whilst: no input: nothing to do", file=sys.stderr)
-        return 0
-    if not options.quiet and run.summary is not None:
-        run.summary.print()
-    if failed:
-        print(f"whilst: {failed} of {total} failed", file=sys.stderr)
-    return 1 if failed else 0
+        tally.close()
+    return tally.finish(run.summary)
+
+
+async def arun_batch(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    options: BatchOptions,
+    *,
+    mode: str,
+    show: Callable[[Result], None],
+    record: Callable[[Result], dict[str, Any]],
+    task_id: Callable[[Any], Any] | None = None,
+    **policy: Any,
+) -> int:
+    """:func:`run_batch` on the caller's event loop."""
+    import whilst
+
+    tally = Tally(options, show, record)
+    try:
+        run = whilst.aimap(
+            fn, items, mode=mode, limit=options.jobs, ordered=options.keep_order,
+            **options.policy(task_id), **policy,
+        )  # fmt: skip
+        async with run:
+            async for r in run:
+                tally.add(r)
+    finally:
+        tally.close()
+    return tally.finish(run.summary)
 
 
 def common_record(r: Result) -> dict[str, Any]:

@@ -13,11 +13,13 @@ from typing import Any
 import click
 
 from . import __version__
-from ._batch import BatchOptions, run_batch
+from ._batch import BatchOptions, arun_batch, common_record, run_batch
 from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
 EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM.
+EXIT_TERMINATED = 143
 
 
 def main() -> None:
@@ -348,3 +350,246 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     finally:
         runner.stop()  # whatever way the run ended: no command is left running
     sys.exit(status)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  whilst http urls.txt --out pages/            # each body to its own file
+  whilst http -j 50 --per-host 2 --rate 20 urls.txt
+  cat urls.txt | whilst http --retries 3 --results fetched.jsonl
+  whilst http -X POST -H 'Content-Type: application/json' --data '{"q": 1}' urls.txt
+
+\b
+Connection errors and 429, 502, 503, 504 are retried with --retries,
+waiting as a Retry-After header asks. Authorization, Cookie and X-Api-Key
+headers are sent, never written; URLs are shown with user:password@ and
+secret-looking query values (key, token, password...) as ***.
+
+\b
+Exit status: 0 when every URL was fetched, 1 when any failed, 2 for a usage
+error, 130 after Ctrl-C, 143 after SIGTERM.""",
+)
+@batch_options("100")
+@click.option(
+    "--per-host",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Most requests in flight to one host.",
+)
+@click.option("-X", "--method", default="GET", show_default=True, help="The HTTP method.")
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="A request header (repeatable).",
+)
+@click.option("--data", help="The request body (with -X POST, say).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save each body to its own file in this directory (created if missing).",
+)
+@click.argument(
+    "source", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True)
+)
+def http(source: str, **kwargs: Any) -> None:
+    """Fetch many URLs (one per line, from SOURCE or stdin), politely: a limit
+    in flight, per host and per second, retries that honour Retry-After.
+
+    Prints one line per URL: status, bytes, seconds, URL.
+    """
+    import asyncio
+    import signal
+
+    from ._errors import UsageError
+    from ._http import Fetcher, check_out, check_url, parse_headers, retryable
+
+    per_host, method, out = kwargs.pop("per_host"), kwargs.pop("method").upper(), kwargs.pop("out")
+    data, given_headers = kwargs.pop("data"), kwargs.pop("headers")
+    try:
+        options = _shared(kwargs)
+        headers = parse_headers(given_headers)
+        check_out(out)
+        targets = [check_url(line) for line in _lines(source) if not line.startswith("#")]
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    fetcher = Fetcher(
+        method=method,
+        headers=headers,
+        data=None if data is None else data.encode(),
+        out=out,
+        connections=options.jobs or 100,
+    )
+
+    def show(r: Result) -> None:
+        if r.status is Status.SKIPPED:
+            return
+        f = r.value
+        if f is not None:
+            click.echo(f"{f.status}\t{f.bytes}\t{f.elapsed:.3f}\t{r.item!r}")
+        else:
+            click.echo(f"{r.status.value}\t-\t{r.duration:.3f}\t{r.item!r}\t{r.error}")
+
+    def record(r: Result) -> dict[str, Any]:
+        f = r.value
+        return {
+            **common_record(r),
+            "url": repr(r.item),
+            "http_status": getattr(f, "status", getattr(r.error, "status", None)),
+            "bytes": getattr(f, "bytes", None),
+            "elapsed": getattr(f, "elapsed", None),
+            "file": getattr(f, "saved", None),
+        }
+
+    terminated = False
+
+    async def main() -> int:
+        nonlocal terminated
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return await arun_batch(
+                fetcher, targets, options, mode="async", show=show, record=record,
+                task_id=lambda t: t.key, key=lambda t: t.host, per_key=per_host,
+                retry_on=retryable, timeout=options.timeout,
+            )  # fmt: skip
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            await fetcher.close()
+
+    try:
+        status = asyncio.run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            click.echo("terminated", err=True)
+            sys.exit(EXIT_TERMINATED)
+        raise
+    sys.exit(status)
+
+
+def _lines(source: str) -> list[str]:
+    """The non-blank lines of a file, or of stdin for ``-``."""
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise click.UsageError(f"{source} cannot be read: {exc.strerror}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  whilst call mymodule:resize :::: photos.txt --mode processes
+  whilst call --path src tools.parse:parse_line < lines.txt > parsed.jsonl
+  whilst call --jsonl client:fetch_user users.jsonl -j 20 --retries 2
+
+\b
+Each result is one JSON line on stdout: {"index", "item", "ok", "value"},
+or "status" and "error" when it failed (values that are not JSON are
+shown as their repr). Exit status: 0 when every call succeeded, 1 when any
+failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
+)
+@batch_options("as --mode chooses")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "sync", "async", "threads", "processes"]),
+    default="auto",
+    show_default=True,
+    help="Where the calls run.",
+)
+@click.option("--jsonl", is_flag=True, help="Each input line is a JSON value, not a string.")
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Add this directory to sys.path first (repeatable).",
+)
+@click.argument("target", metavar="MODULE:FUNCTION")
+@click.argument(
+    "source", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True)
+)
+def call(target: str, source: str, **kwargs: Any) -> None:
+    """Call a Python function on every input line (from SOURCE or stdin)."""
+    import json
+
+    from ._errors import UsageError
+
+    mode, jsonl, paths = kwargs.pop("mode"), kwargs.pop("jsonl"), kwargs.pop("paths")
+    try:
+        options = _shared(kwargs)
+        fn = _function(target, paths)
+        lines = _lines(source)
+        items = [_json_line(line, n) for n, line in enumerate(lines, 1)] if jsonl else lines
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def show(r: Result) -> None:
+        line: dict[str, Any] = {"index": r.index, "item": r.item, "ok": r.ok}
+        if r.ok:
+            line["value"] = r.value
+        else:
+            line.update(status=r.status.value, error=f"{type(r.error).__name__}: {r.error}")
+        click.echo(json.dumps(line, default=repr, ensure_ascii=False))
+
+    status = run_batch(
+        fn, items, options, mode=mode, show=show, record=common_record, timeout=options.timeout
+    )
+    sys.exit(status)
+
+
+def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
+    """``module:function`` imported, or a UsageError saying what is missing."""
+    import importlib
+
+    from ._errors import UsageError
+
+    module_name, colon, name = target.partition(":")
+    if not colon or not module_name or not name:
+        raise UsageError(f"{target!r} is not MODULE:FUNCTION, such as mytools:resize")
+    for path in reversed(paths):
+        sys.path.insert(0, str(Path(path).resolve()))
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -m` would: the current directory
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"module {exc.name!r} was not found; run from its directory or add --path DIR"
+        ) from None
+    fn: Any = module
+    for part in name.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise UsageError(f"module {module_name!r} has no {name!r}")
+    if not callable(fn):
+        raise UsageError(f"{target} is a {type(fn).__name__}, not a function")
+    return fn  # type: ignore[no-any-return]
+
+
+def _json_line(line: str, number: int) -> Any:
+    import json
+
+    from ._errors import UsageError
+
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"line {number} is not JSON ({exc.msg}); drop --jsonl for plain lines"
+        ) from None

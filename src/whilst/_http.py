@@ -1,0 +1,212 @@
+"""``whilst http``: fetch many URLs politely, on one event loop.
+
+One aiohttp session pools connections for the run; whilst's scheduler keeps
+``-j`` requests in flight, at most ``--per-host`` per host, at ``--rate``.
+Connection errors and 429, 502, 503 and 504 are retried (a ``Retry-After`` is
+honoured); other statuses fail. Secrets never leave the process: an item shows
+its URL with ``user:password@`` and secret-looking query values as ``***``
+(in the journal, results, report and errors), and request headers are never
+written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from ._errors import Retry, UsageError, WhilstError
+
+#: Statuses worth another attempt: the server is busy or a gateway failed.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Query parameters whose values are secrets.
+SECRET_PARAMS = re.compile(r"(?i)(key|token|secret|password|passwd|pwd|auth|signature|sig|session)")
+#: Headers that are never shown: a header given with -H is sent, never written.
+SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key", "proxy-authorization"})
+
+
+def redact(url: str) -> str:
+    """The URL as it may be shown: no ``user:password@``, no secret query values."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}=***" if SECRET_PARAMS.search(name) else (f"{name}={value}" if sep else name)
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Target:
+    """One URL to fetch. Its repr is the redacted URL: that is what the journal,
+    the report and error messages show."""
+
+    url: str
+
+    def __repr__(self) -> str:
+        return redact(self.url)
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2].lower()
+
+    @property
+    def key(self) -> str:
+        """Its identity in a journal: a hash of the whole URL (secrets included, never shown)."""
+        return hashlib.blake2b(self.url.encode(), digest_size=16).hexdigest()
+
+
+def check_url(text: str) -> Target:
+    """A Target, or a UsageError naming what is wrong with the URL."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"{redact(text)!r} is not an http(s) URL; give one URL per line")
+    return Target(text)
+
+
+class HTTPStatusError(WhilstError):
+    """The server answered with a status that is not a success."""
+
+    def __init__(self, status: int, target: Target) -> None:
+        super().__init__(f"HTTP {status} from {target!r}")
+        self.status = status
+
+
+class FetchError(WhilstError):
+    """The request failed before a status came back (connection refused or reset,
+    a body cut short...); the message names the cause, the URL redacted."""
+
+
+@dataclass
+class Fetched:
+    """What a fetch returns: its status, size, and where the body went."""
+
+    status: int
+    bytes: int
+    elapsed: float
+    saved: str | None = None
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date), at most 600."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), 600.0)
+
+
+def safe_name(target: Target) -> str:
+    """A file name for a URL's body: its host and path with anything but letters,
+    digits, dot, dash and underscore made ``_`` (no way out of ``--out``), and a
+    short hash so that different URLs never share a file."""
+    parts = urllib.parse.urlsplit(target.url)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{target.host}{parts.path}").strip("._")[:120]
+    return f"{stem or 'body'}-{target.key[:10]}"
+
+
+@dataclass
+class Fetcher:
+    """The task of ``whilst http``: one request per call, on a session shared by
+    the run (opened on the run's loop by the first call; :meth:`close` at the end)."""
+
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    data: bytes | None = None
+    out: Path | None = None
+    connections: int = 100
+    _session: Any = None
+
+    async def __call__(self, target: Target) -> Fetched:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.connections, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+                trust_env=False,  # never through a proxy from the environment
+            )
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                self.method, target.url, headers=self.headers, data=self.data
+            ) as response:
+                if response.status in RETRY_STATUSES:
+                    after = retry_after(response.headers.get("Retry-After"))
+                    raise Retry(after, f"HTTP {response.status} from {target!r}, to be retried")
+                if response.status >= 400:
+                    raise HTTPStatusError(response.status, target)
+                size, saved = await self._body(response, target)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # aiohttp's messages carry the URL: name the cause, never the secrets
+            raise FetchError(f"{type(exc).__name__} fetching {target!r}") from None
+        return Fetched(response.status, size, time.perf_counter() - started, saved)
+
+    async def _body(self, response: Any, target: Target) -> tuple[int, str | None]:
+        size = 0
+        if self.out is None:
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+            return size, None
+        path = self.out / safe_name(target)
+        with open(path, "wb") as f:  # noqa: ASYNC230 - 64 KB writes to a local disk
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                f.write(chunk)
+        return size, str(path)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def retryable(error: BaseException) -> bool:
+    """What ``whilst http --retries`` retries: connection errors (and busy statuses,
+    which raise whilst.Retry)."""
+    return isinstance(error, (FetchError, asyncio.TimeoutError))
+
+
+def parse_headers(given: tuple[str, ...]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for header in given:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"-H {name!r}... is not a header; write it as 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def check_out(out: Path | None) -> None:
+    """``--out DIR``: created if missing, and writable; checked before anything runs."""
+    if out is None:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be created: {exc.strerror}") from None
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is not a directory")
+    import os
+
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} cannot be written (permission denied)")
