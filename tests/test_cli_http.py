@@ -1,0 +1,257 @@
+"""``whilst http`` against a real aiohttp server on 127.0.0.1 that injects latency,
+429s with Retry-After, 500s, resets and slow bodies; ``whilst call`` (issue 6;
+reliability.md 27)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+WHILST = [sys.executable, "-m", "whilst"]
+SECRET = "SEKRET-1234"
+
+
+class Server:
+    """An aiohttp server in a thread of its own, recording what it was asked."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, list[float]] = defaultdict(list)
+        self.auth: list[str | None] = []
+        self.running: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.other: Server | None = None  # where /redirect sends
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_route("*", "/{kind}/{name:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        kind, name = request.match_info["kind"], request.match_info["name"]
+        self.hits[f"{kind}/{name}"].append(time.monotonic())
+        host = request.host.split(":")[0]
+        self.running[host] += 1
+        self.peak[host] = max(self.peak[host], self.running[host])
+        try:
+            await asyncio.sleep(0.02)
+            n = len(self.hits[f"{kind}/{name}"])
+            if kind == "busy" and n < 3:
+                return web.Response(status=429, headers={"Retry-After": "0.3"})
+            if kind == "fail":
+                return web.Response(status=500)
+            if kind == "reset" and n < 4:
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-request
+                return web.Response()
+            if kind == "slow":
+                response = web.StreamResponse()
+                await response.prepare(request)
+                for _ in range(50):
+                    await response.write(b"x" * 10)
+                    await asyncio.sleep(0.1)
+                return response
+            if kind == "redirect":
+                assert self.other is not None
+                raise web.HTTPFound(self.other.url("/auth/x"))
+            if kind == "auth":
+                self.auth.append(request.headers.get("Authorization"))
+                return web.Response(text=request.headers.get("Authorization", "none"))
+            if kind == "wait":
+                await asyncio.sleep(0.2)
+            return web.Response(text=f"page {name}\n")
+        finally:
+            self.running[host] -= 1
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.close()
+
+
+def whilst(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*WHILST, *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_retries_honour_retry_after_and_each_url_ends_as_it_should(
+    server: Server, tmp_path: Path
+) -> None:
+    results = tmp_path / "r.jsonl"
+    urls = [server.url(p) for p in ("/ok/1", "/ok/2", "/busy/1", "/fail/1", "/reset/1")]
+    run = whilst("http", "--retries", "3", "--results", str(results), "-q", stdin="\n".join(urls))
+    assert run.returncode == 1, run.stderr
+    records = {r["url"]: r for r in map(json.loads, results.read_text().splitlines())}
+    busy, fail, reset = records[urls[2]], records[urls[3]], records[urls[4]]
+    assert records[urls[0]]["http_status"] == 200
+    assert records[urls[0]]["bytes"] == 7
+    assert busy["ok"]
+    assert busy["attempts"] == 3
+    gaps = [b - a for a, b in zip(server.hits["busy/1"], server.hits["busy/1"][1:], strict=False)]
+    assert all(gap >= 0.3 for gap in gaps)  # Retry-After: 0.3
+    assert not fail["ok"]
+    assert fail["attempts"] == 1
+    assert fail["http_status"] == 500
+    assert reset["ok"]  # after 3 dropped connections (aiohttp may resend one by itself)
+    assert reset["attempts"] >= 2
+    assert "1 of 5 failed" in run.stderr
+
+
+def test_a_slow_body_times_out(server: Server, tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    run = whilst(
+        "http", "--timeout", "0.5", "--results", str(results), "-q", stdin=server.url("/slow/1")
+    )
+    assert run.returncode == 1
+    assert time.monotonic() - started < 10
+    assert json.loads(results.read_text())["status"] == "timed_out"
+
+
+def test_per_host_limit_holds_while_other_hosts_go_on(server: Server) -> None:
+    urls = [server.url(f"/wait/{i}") for i in range(12)]
+    urls += [server.url(f"/wait/l{i}", host="localhost") for i in range(4)]
+    run = whilst("http", "-j", "10", "--per-host", "2", "-q", stdin="\n".join(urls))
+    assert run.returncode == 0, run.stderr
+    assert server.peak["127.0.0.1"] == 2
+    assert server.peak["localhost"] == 2
+
+
+def test_out_dir_names_are_safe_and_inside_it(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    urls = [
+        server.url("/ok/a/../../../etc/passwd"),
+        server.url("/ok/..%2F..%2Fx"),
+        server.url("/ok/plain.html"),
+    ]
+    run = whilst("http", "--out", str(out), "-q", stdin="\n".join(urls))
+    assert run.returncode == 0, run.stderr
+    files = list(out.iterdir())
+    assert len(files) == 3
+    assert all(f.parent == out and not f.name.startswith(".") for f in files)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != out] == []
+
+
+def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) -> None:
+    """reliability.md 27: Authorization, Cookie, X-Api-Key, user:password@ and ?api_key=."""
+    other = Server()
+    try:
+        server.other = other
+        urls = [
+            server.url(f"/ok/1?api_key={SECRET}&page=2").replace("http://", f"http://me:{SECRET}@"),
+            server.url(f"/fail/1?token={SECRET}"),
+            server.url("/redirect/1"),
+        ]
+        files = {name: tmp_path / name for name in ("run.db", "r.jsonl", "r.html", "r.json")}
+        run = whilst(
+            "http", "-H", f"Authorization: Bearer {SECRET}", "-H", f"Cookie: s={SECRET}",
+            "-H", f"X-Api-Key: {SECRET}", "--journal", str(files["run.db"]),
+            "--results", str(files["r.jsonl"]), "--report", str(files["r.html"]),
+            "--trace", str(files["r.json"]), "--out", str(tmp_path / "out"),
+            stdin="\n".join(urls),
+        )  # fmt: skip
+        assert run.returncode == 1
+        assert SECRET not in run.stdout + run.stderr
+        assert "***" in run.stdout
+        for path in tmp_path.rglob("*"):
+            if path.is_file() and path.parent.name != "out":
+                assert SECRET.encode() not in path.read_bytes(), path.name
+        assert other.auth == [None]  # the redirect to another host got no Authorization
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "words"),
+    [
+        (["http"], "ftp://example.com/x", "not an http(s) URL"),
+        (["http", "-H", "no colon"], "http://127.0.0.1:9/", "Name: value"),
+        (["http", "--out", "/proc/version"], "http://127.0.0.1:9/", "--out"),
+        (["http", "missing.txt"], "", "cannot be read"),
+        (["call", "no_such_module_x:f"], "1", "not found"),
+        (["call", "json:no_such_function"], "1", "has no"),
+        (["call", "json"], "1", "MODULE:FUNCTION"),
+        (["call", "--jsonl", "json:dumps"], "{oops", "not JSON"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(args: list[str], stdin: str, words: str) -> None:
+    run = whilst(*args, stdin=stdin)
+    assert run.returncode == 2, run.stderr
+    assert words in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+TOOLS = """
+import asyncio
+
+def square(x):
+    return int(x) ** 2
+
+async def shout(record):
+    await asyncio.sleep(0.01)
+    if record["name"] == "bad":
+        raise ValueError("no bad names")
+    return record["name"].upper()
+"""
+
+
+@pytest.mark.parametrize("mode", ["sync", "threads", "processes"])
+def test_call_runs_a_function_over_lines(tmp_path: Path, mode: str) -> None:
+    (tmp_path / "tools.py").write_text(TOOLS)
+    run = whilst(
+        "call",
+        "-q",
+        "-k",
+        "--mode",
+        mode,
+        "--path",
+        str(tmp_path),
+        "tools:square",
+        stdin="1\n2\n3\n",
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [(line["item"], line["value"]) for line in lines] == [("1", 1), ("2", 4), ("3", 9)]
+
+
+def test_call_with_jsonl_reports_failures_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "tools.py").write_text(TOOLS)
+    records = "\n".join(json.dumps({"name": n}) for n in ("ada", "bad", "bob"))
+    run = whilst("call", "-k", "--jsonl", "--path", str(tmp_path), "tools:shout", stdin=records)
+    assert run.returncode == 1
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line.get("value") for line in lines] == ["ADA", None, "BOB"]
+    assert lines[1]["error"] == "ValueError: no bad names"
+    assert "1 of 3 failed" in run.stderr
