@@ -119,6 +119,7 @@ class Sizes:
     journal_n: int
     watch_n: int
     run_jobs: int
+    http_n: int
 
 
 FULL = Sizes(
@@ -136,6 +137,7 @@ FULL = Sizes(
     journal_n=100_000,
     watch_n=100_000,
     run_jobs=2000,
+    http_n=5000,
 )
 QUICK = Sizes(
     repeats=2,
@@ -152,6 +154,7 @@ QUICK = Sizes(
     journal_n=10_000,
     watch_n=20_000,
     run_jobs=400,
+    http_n=1000,
 )
 LIMIT = 1000  # the async rows' limit, as the issue states them
 POLICY_LIMIT = 100  # the policy rows' async limit: whilst's default
@@ -987,6 +990,59 @@ def bench_run(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
         )
 
 
+def bench_http(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """``whilst http`` against a hand-written aiohttp loop (same concurrency) and
+    ``xargs -P 8 curl``: GETs to a local server that answers after 10 ms, each
+    whole command timed, URLs on stdin."""
+    n = sizes.http_n
+    server = subprocess.Popen(
+        [sys.executable, str(BENCH / "_http_peers.py"), "serve", "0.01"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        urls = "".join(f"http://127.0.0.1:{port}/{i}\n" for i in range(n)).encode()
+        limit = "100"
+        commands = {
+            "whilst": [sys.executable, "-m", "whilst", "http", "-j", limit, "--per-host", limit,
+                       "-q"],
+            "aiohttp": [sys.executable, str(BENCH / "_http_peers.py"), "fetch", limit],
+            "curl": ["xargs", "-P", "8", "-n", "1", "curl", "-s", "-o", "/dev/null"],
+        }  # fmt: skip
+        if shutil.which("curl") is None:
+            del commands["curl"]
+
+        def case(argv: list[str]) -> Callable[[], object]:
+            return lambda: subprocess.run(
+                argv, input=urls, check=True, stdout=subprocess.DEVNULL, timeout=600
+            )
+
+        samples = measure({name: case(argv) for name, argv in commands.items()}, sizes.repeats)
+    finally:
+        server.kill()
+        server.wait()
+    m = medians(samples)
+    report.figures["http"] = {"gets": n, "seconds": samples, "median": m}
+    rate = {name: n / seconds for name, seconds in m.items()}
+    titles = {
+        "aiohttp": ("a hand-written aiohttp loop, 100 in flight", 0.9),
+        "curl": ("xargs -P 8 curl", 5.0),
+    }
+    for peer, (title, target) in titles.items():
+        if peer in m:
+            report.add(
+                "http",
+                "",
+                f"whilst http, {n:,} GETs of 10 ms, 100 in flight: throughput / {title}",
+                f"{rate['whilst']:,.0f} GET/s",
+                f"{rate[peer]:,.0f} GET/s",
+                paired(samples, peer, "whilst"),
+                (">=", target),
+            )
+
+
 def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
     """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
     the bare function and of it under a retry loop, and the policy path's cost."""
@@ -1021,6 +1077,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "journal": bench_journal,
     "watch": bench_watch,
     "run": bench_run,
+    "http": bench_http,
 }
 
 
