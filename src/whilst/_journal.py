@@ -385,9 +385,15 @@ class Journaled:
 
     Tasks are admitted as they are read (their key computed, done ones returned
     as stored results); records are kept in a list and committed in one
-    transaction every ``COMMIT_EVERY`` seconds (a timer) or ``HOLD_AT_MOST``
-    results, whichever comes first, on every path: per task, in batches or by
-    policy. A commit that fails calls ``on_error`` and keeps what it held.
+    transaction every ``COMMIT_EVERY`` seconds (checked as results come, and on
+    a timer for when none do) or ``HOLD_AT_MOST`` results, whichever comes
+    first, on every path: per task, in batches or by policy. A bounded output
+    (imap's window) counts the results held for a commit, so the run never gets
+    further ahead of its reader than without a journal.
+
+    A commit that fails calls ``on_error``, keeps what it held (those results
+    are never handed out: their records are not safe) and stops holding the run
+    back, so that it ends at once with the error.
     """
 
     def __init__(
@@ -400,12 +406,17 @@ class Journaled:
         self._held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []  # (hand on, args)
         self._before: set[int] = set()  # admitted at the last commit
         self._marked: set[int] = set()  # marked running in the file
+        self._waiting: set[int] = set()  # admitted, not started yet: never marked running
+        self._last = time.monotonic()  # when the last commit was made
+        window = getattr(inner, "window", None)
+        self._hold = HOLD_AT_MOST if window is None else max(1, min(HOLD_AT_MOST, window // 2))
 
     # -- reading -------------------------------------------------------------
 
-    def admit(self, index: int, item: Any) -> Result | None:
+    def admit(self, index: int, item: Any, started: bool = True) -> Result | None:
         """None when the task is to run; else its result: stored by an earlier run
-        (skipped), or failed because ``task_id`` raised."""
+        (skipped), or failed because ``task_id`` raised. ``started`` False: it waits
+        (set aside, or read ahead) until :meth:`start`."""
         writer = self.writer
         try:
             key = writer.key(item)
@@ -418,7 +429,15 @@ class Journaled:
             result.index, result.item = index, item
             return result
         self._admitted[index] = (key, item)
+        if not started:
+            self._waiting.add(index)
         return None
+
+    def start(self, first: int, n: int = 1) -> None:
+        """Tasks ``first`` .. ``first + n - 1`` start (or are handed to a worker)."""
+        waiting = self._waiting
+        if waiting:
+            waiting.difference_update(range(first, first + n))
 
     def lookup(self, index: int, item: Any) -> Result | None:
         """The stored result of an item done by an earlier run, without admitting it."""
@@ -434,7 +453,9 @@ class Journaled:
 
     @property
     def full(self) -> bool:
-        return bool(self.inner.full)
+        if self.error is not None:  # the run is ending: nothing may wait for room
+            return False
+        return bool(self.inner.full) or (self.bounded and len(self._held) >= self._hold)
 
     @property
     def on_room(self) -> Callable[[], None] | None:
@@ -447,6 +468,7 @@ class Journaled:
     def recorder(self, mode: str, worker: str) -> Record:
         inner = self.inner.recorder(mode, worker)
         admitted, held, record = self._admitted, self._held, self.writer.record
+        clock = time.monotonic
 
         def journaled(
             index: int,
@@ -460,7 +482,7 @@ class Journaled:
             key = admitted.pop(index)[0]
             record(key, index, item, status, value, error, 1, start, end, mode, worker)
             held.append((inner, (index, item, status, value, error, start, end)))
-            if len(held) >= HOLD_AT_MOST:
+            if len(held) >= HOLD_AT_MOST or clock() - self._last >= COMMIT_EVERY:
                 self.commit()
 
         return journaled
@@ -481,11 +503,11 @@ class Journaled:
                 record(key, index, item, Status.OK, value, None, 1, start, end, mode, worker)
             start = end
         self._held.append((self.inner.add_batch, (first, items, outcomes, mode, worker)))
-        if len(self._held) >= HOLD_AT_MOST or len(self.writer.rows) >= 8 * HOLD_AT_MOST:
-            self.commit()
+        self._maybe_commit(len(self.writer.rows) >= 8 * HOLD_AT_MOST)
 
     def add(self, result: Result) -> None:
         admitted = self._admitted.pop(result.index, None)
+        self._waiting.discard(result.index)
         if admitted is None or result.attempts == 0:  # stored, or never started: no record
             self.inner.add(result)
             return
@@ -495,7 +517,10 @@ class Journaled:
             r.end, r.mode, r.worker,
         )  # fmt: skip
         self._held.append((self.inner.add, (result,)))
-        if len(self._held) >= HOLD_AT_MOST:
+        self._maybe_commit()
+
+    def _maybe_commit(self, now: bool = False) -> None:
+        if now or len(self._held) >= HOLD_AT_MOST or time.monotonic() - self._last >= COMMIT_EVERY:
             self.commit()
 
     def commit(self, last: bool = False) -> None:
@@ -503,15 +528,23 @@ class Journaled:
         commit marks every task still without a result ``interrupted``."""
         if self.error is not None or self.writer.closed:
             return
-        admitted, marked = self._admitted, self._marked
-        if last:
-            running = [(key, item, i) for i, (key, item) in admitted.items()]
-        else:  # tasks in flight since the last commit, once each (tiny ones cost none)
-            running = [(*admitted[i], i) for i in self._before if i in admitted and i not in marked]
+        admitted, marked, waiting = self._admitted, self._marked, self._waiting
+        self._last = time.monotonic()
+        if last:  # started and never ended: the run stopped while they ran
+            running = [(key, item, i) for i, (key, item) in admitted.items() if i not in waiting]
+        else:  # tasks running since the last commit, once each (tiny ones cost none)
+            running = [
+                (*admitted[i], i)
+                for i in self._before
+                if i in admitted and i not in marked and i not in waiting
+            ]
         try:
             self.writer.commit(running, INTERRUPTED if last else RUNNING)
         except WhilstError as exc:  # stop: no task may go on unrecorded
             self.error = exc
+            unblock = getattr(self.inner, "unblock", None)
+            if unblock is not None:
+                unblock()  # no slot may wait for a reader that waits for held results
             self.on_error(exc)
             return
         self._marked = {i for i in marked if i in admitted}.union(i for *_, i in running)
@@ -522,6 +555,10 @@ class Journaled:
             hand_on(*args)
 
     async def room(self) -> None:
+        if self.error is not None:
+            return
+        if self._held:  # make room by committing what is held, then as the reader reads
+            self.commit()
         await self.inner.room()
 
     def fit_batch(self, size: int, slots: int) -> None:
@@ -581,7 +618,9 @@ def _open(path: Path, *, create: bool) -> sqlite3.Connection:
     else:
         raise UsageError(f"journal {path} does not exist")
     try:
-        db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
+        # A second writer cannot be another whilst run (the file lock): one that holds
+        # the database locked for a second means the journal cannot be written.
+        db = sqlite3.connect(path, timeout=1.0, isolation_level="DEFERRED", check_same_thread=False)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise UsageError(f"journal {path} cannot be read as SQLite ({exc})") from None

@@ -164,6 +164,7 @@ class Stream:
         self._next = 0
         self._reader: asyncio.Future[None] | None = None
         self._waiting: list[asyncio.Future[None]] = []  # slots waiting for room
+        self._unblocked = False  # the run is ending with an error: nothing waits for room
         self.on_room: Callable[[], None] | None = None  # told when the reader makes room
 
     @property
@@ -231,9 +232,19 @@ class Stream:
             self._early.clear()
         self._wake()
 
+    def unblock(self) -> None:
+        """Let every slot waiting for room go on, now and from now on: the run is
+        ending with an error, and its reader may be waiting for a result that
+        will never come (say, one whose journal record could not be written)."""
+        self._unblocked = True
+        waiting, self._waiting = self._waiting, []
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
+
     async def room(self) -> None:
         """Wait until the consumer has taken results and there is room for more."""
-        while self.full and not self.done:
+        while self.full and not self.done and not self._unblocked:
             fut = asyncio.get_running_loop().create_future()
             self._waiting.append(fut)
             await fut

@@ -338,6 +338,7 @@ class Scheduler:
 
         def failed(exc: WhilstError) -> None:  # stop: no task may go on unrecorded
             self.journal_error = exc
+            self._stop_pulling()
             self._halt(str(exc), now=True)
 
         journal = self._journal = Journaled(writer, self.output, failed)
@@ -401,11 +402,17 @@ class Scheduler:
         journal = self._journal
         if journal is None:
             return await self._read_items(n)
-        runs = self._unread
+        runs, output, skipped = self._unread, self.output, 0
         while not runs and not self._exhausted:
+            if output.bounded and output.full:  # done items come back as results too
+                await output.room()
+            elif skipped >= 1024:  # a long stretch of done items: let others in
+                skipped = 0
+                await asyncio.sleep(0)
             first, items = await self._read_items(n, stop=False)
+            skipped += len(items)
             for index, item in enumerate(items, first):
-                if (done := journal.admit(index, item)) is not None:
+                if (done := journal.admit(index, item, started=False)) is not None:
                     self._finish(done)
                 elif runs and runs[-1][0] + len(runs[-1][1]) == index:
                     runs[-1][1].append(item)
@@ -484,6 +491,8 @@ class Scheduler:
                 if not items:
                     return
                 item = items[0]
+                if journal is not None:
+                    journal.start(index)
             if growing:
                 self._spawn()
                 growing = self._slots < limit
@@ -556,6 +565,8 @@ class Scheduler:
     ) -> tuple[str, asyncio.Task[Outcomes]]:
         mode = self.mode
         worker = mode.worker(slot)
+        if self._journal is not None:
+            self._journal.start(first, len(items))
         if self.sinks:
             now = time.time()
             for kind in (QUEUED, STARTED):  # started: handed to the worker that runs it
@@ -811,6 +822,8 @@ class Scheduler:
     def _started(self, task: _Task, worker: str) -> bool:
         """An attempt of ``task`` starts now (it counts as running: True)."""
         self._busy(1)
+        if self._journal is not None and task.attempts == 1:
+            self._journal.start(task.index)
         if task.attempts == 1 or self.sinks:
             start = time.time()
             if task.attempts == 1:
@@ -995,8 +1008,8 @@ class Scheduler:
         self._retries.clear()
         self._held.clear()
         self._unread.clear()
-        if self._stopping is None or self.interrupted:
-            return
+        if self._stopping is None or self.interrupted or self.journal_error is not None:
+            return  # (a run whose journal failed ends at once, with that error)
         if self._aitems is not None:
             if not self._input_ended:
                 self.unread = self._stopping
@@ -1107,7 +1120,8 @@ class Scheduler:
                 return None
             index = self._pulled
             self._pulled = index + 1
-            if self._journal is not None and (done := self._journal.admit(index, item)):
+            journal = self._journal
+            if journal is not None and (done := journal.admit(index, item, started=False)):
                 self._finish(done)
                 return None
         else:
