@@ -162,19 +162,20 @@ class KeyLimit:
 
 
 def parse_rate(rate: object) -> float | None:
-    """Starts per second from a number or ``"300/min"`` (also ``/s``, ``/h``)."""
+    """Starts per second from a number or ``"300/min"`` (also ``/s``, ``/h``, or a
+    number alone: ``"5"``)."""
     if rate is None:
         return None
     if isinstance(rate, str):
-        m = re.fullmatch(
-            r"\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", rate
+        m = re.fullmatch(  # "5" (from a command line) is 5 a second
+            r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*", rate
         )
         if m is None:
             raise UsageError(
                 f"rate {rate!r} is not a rate: give starts per second as a number (rate=5) "
                 "or a string such as '300/min', '5/s' or '1000/h'"
             )
-        per = {"s": 1, "m": 60, "h": 3600}[m.group(2)[0]]
+        per = {"s": 1, "m": 60, "h": 3600}[(m.group(2) or "s")[0]]
         value = float(m.group(1)) / per
     elif isinstance(rate, int | float) and not isinstance(rate, bool):
         value = float(rate)

@@ -350,6 +350,9 @@ class Runner:
             raise WhilstError(f"cannot run {argv[0]}: {exc.strerror}") from None
         with self._lock:
             self._live[proc.pid] = proc
+            stopped = self.stopping
+        if stopped:  # stop() ran while it started: it must not outlive the run
+            self._kill(proc, wait=0)
         try:
             if self.line_buffer:
                 stdout, stderr, timed_out = b"", b"", self._stream(proc, job)
@@ -443,9 +446,11 @@ class Runner:
             os.killpg(proc.pid, signal.SIGKILL)  # its children too, if they linger
 
     def stop(self, wait: float = TERM_WAIT) -> None:
-        """Kill every running command's process group (Ctrl-C, SIGTERM, a halt)."""
-        self.stopping = True
+        """Kill every running command's process group (Ctrl-C, SIGTERM, a halt).
+        A command starting meanwhile sees ``stopping`` once it is registered, and
+        kills itself."""
         with self._lock:
+            self.stopping = True
             live = list(self._live.values())
         for proc in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
