@@ -43,7 +43,19 @@ def main() -> None:
         sys.exit(1)
 
 
-@click.group(name="whilst", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    name="whilst",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""\b
+Examples:
+  whilst run gzip -9 ::: *.log            a command per input, like GNU parallel
+  whilst http urls.txt --out pages/       fetch many URLs, politely
+  whilst call tools:resize photos.txt     a Python function per input line
+  whilst report run.db -o run.html        a journal's timeline
+  whilst demo --quick                     sync vs async, measured here
+
+Run `whilst COMMAND --help` for a command's options and more examples.""",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="whilst")
 def cli() -> None:
     """Run a batch of tasks the right way: one after another, on an asyncio event
@@ -276,7 +288,9 @@ error, 130 after Ctrl-C, 143 after SIGTERM.""",
     is_flag=True,
     help="Print output lines as they come (default: each job's output whole).",
 )
-@click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument(
+    "words", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND... [::: INPUTS...]"
+)
 def run(words: tuple[str, ...], **kwargs: Any) -> None:
     """Run a command for every input, like GNU parallel: faster, and every
     input shell-quoted.
@@ -417,22 +431,27 @@ def http(source: str, **kwargs: Any) -> None:
         targets = [check_url(line) for line in _lines(source) if not line.startswith("#")]
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
+    jobs = options.jobs or 100
+    # A per-host limit of -j or more can never bind: leave it out (the fast path).
+    per_host_limit = {} if per_host >= jobs else {"key": _host, "per_key": per_host}
     fetcher = Fetcher(
         method=method,
         headers=headers,
         data=None if data is None else data.encode(),
         out=out,
-        connections=options.jobs or 100,
+        connections=jobs,
     )
+
+    write = sys.stdout.write
 
     def show(r: Result) -> None:
         if r.status is Status.SKIPPED:
             return
         f = r.value
         if f is not None:
-            click.echo(f"{f.status}\t{f.bytes}\t{f.elapsed:.3f}\t{r.item!r}")
+            write(f"{f.status}\t{f.bytes}\t{f.elapsed:.3f}\t{r.item.shown}\n")
         else:
-            click.echo(f"{r.status.value}\t-\t{r.duration:.3f}\t{r.item!r}\t{r.error}")
+            write(f"{r.status.value}\t-\t{r.duration:.3f}\t{r.item.shown}\t{r.error}\n")
 
     def record(r: Result) -> dict[str, Any]:
         f = r.value
@@ -462,8 +481,8 @@ def http(source: str, **kwargs: Any) -> None:
         try:
             return await arun_batch(
                 fetcher, targets, options, mode="async", show=show, record=record,
-                task_id=lambda t: t.key, key=lambda t: t.host, per_key=per_host,
-                retry_on=retryable, timeout=options.timeout,
+                task_id=lambda t: t.key, retry_on=retryable, timeout=options.timeout,
+                **per_host_limit,
             )  # fmt: skip
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
@@ -477,6 +496,10 @@ def http(source: str, **kwargs: Any) -> None:
             sys.exit(EXIT_TERMINATED)
         raise
     sys.exit(status)
+
+
+def _host(target: Any) -> str:
+    return str(target.host)
 
 
 def _lines(source: str) -> list[str]:

@@ -53,13 +53,16 @@ class Target:
     the report and error messages show."""
 
     url: str
+    shown: str = field(init=False, compare=False)  # redacted, worked out once
+    host: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shown", redact(self.url))
+        host = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2].lower()
+        object.__setattr__(self, "host", host)
 
     def __repr__(self) -> str:
-        return redact(self.url)
-
-    @property
-    def host(self) -> str:
-        return urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2].lower()
+        return self.shown
 
     @property
     def key(self) -> str:
