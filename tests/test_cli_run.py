@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,24 @@ def whilst_run(*args: str, stdin: bytes = b"", cwd: Path | None = None, timeout:
     return subprocess.run(
         [*WHILST, "run", *args], input=stdin, capture_output=True, cwd=cwd, timeout=timeout
     )
+
+
+def _sleepers() -> list[psutil.Process]:
+    """Live ``sleep 30`` processes: only a command whilst failed to kill leaves one."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["cmdline"] == ["sleep", "30"] and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_command_outlives_its_test() -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 2
+    while _sleepers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sleepers() == []
 
 
 @pytest.fixture
@@ -266,10 +285,7 @@ def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
     time.sleep(0.3)
     shells = [int(p) for p in pids.read_text().split()]
     assert _descendants_gone(shells)
-    leftovers = [
-        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "30"]
-    ]
-    assert leftovers == []
+    assert _sleepers() == []
 
 
 def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:

@@ -442,8 +442,7 @@ class Runner:
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(wait)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its children too, if they linger
+        _kill_group(proc)
 
     def stop(self, wait: float = TERM_WAIT) -> None:
         """Kill every running command's process group (Ctrl-C, SIGTERM, a halt).
@@ -460,8 +459,20 @@ class Runner:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(end - time.monotonic(), 0))
         for proc in live:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a command's process group, and again a moment later: a child
+    forked while the first signal was on its way would miss it and live on,
+    orphaned, in the group."""
+    for pause in (0.02, 0.0):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return  # no process left in the group
+        proc.poll()  # reap the command itself
+        time.sleep(pause)
 
 
 def ran_of(result: Any) -> Ran | None:
