@@ -1043,6 +1043,37 @@ def bench_http(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
             )
 
 
+def bench_doctor(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """What ``whilst doctor`` costs a loop-heavy program: 100,000 tiny tasks (1,000 at
+    a time, each yielding once), the program's own time with and without it."""
+    n = sizes.async_n
+    program = str(BENCH / "_loop_heavy.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+
+    def case(*argv: str) -> Callable[[], Measured]:
+        def run() -> Measured:
+            out = subprocess.run(
+                [sys.executable, *argv, program, str(n)], capture_output=True, text=True,
+                check=True, env=env,
+            )  # fmt: skip
+            return Measured(float(out.stdout.split()[0]))
+
+        return run
+
+    samples = measure({"plain": case(), "doctor": case("-m", "whilst", "doctor")}, sizes.repeats)
+    m = medians(samples)
+    report.figures["doctor"] = {"tasks": n, "seconds": samples, "median": m}
+    report.add(
+        "doctor",
+        "",
+        f"whilst doctor on {n // 1000}k tiny tasks: the program's time / without the doctor",
+        secs(m["doctor"]),
+        secs(m["plain"]),
+        paired(samples, "doctor", "plain"),
+        ("<=", 1.05),
+    )
+
+
 def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
     """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
     the bare function and of it under a retry loop, and the policy path's cost."""
@@ -1078,6 +1109,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "watch": bench_watch,
     "run": bench_run,
     "http": bench_http,
+    "doctor": bench_doctor,
 }
 
 

@@ -23,6 +23,7 @@ EXPECTED = {
     "amap",
     "imap",
     "map",
+    "watch",
 }
 
 

@@ -43,7 +43,18 @@ __all__ = [
     "amap",
     "imap",
     "map",
+    "watch",
 ]
+
+
+def watch(threshold: float = 0.1) -> object:
+    """Watch the asyncio loops that run inside a ``with`` block, as ``whilst doctor``
+    does for a whole program: ``with whilst.watch() as doctor: asyncio.run(main())``,
+    then ``doctor.findings()`` (blocking calls, never-awaited coroutines, lost task
+    exceptions, a CPU-bound loop), or ``whilst.doctor.print_report``."""
+    from ._doctor import Doctor
+
+    return Doctor(threshold=threshold)
 
 
 def __getattr__(name: str) -> object:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -616,3 +616,84 @@ def _json_line(line: str, number: int) -> Any:
         raise UsageError(
             f"line {number} is not JSON ({exc.msg}); drop --jsonl for plain lines"
         ) from None
+
+
+@cli.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="""\b
+Examples:
+  whilst doctor app.py --port 8080        # run app.py with its arguments
+  whilst doctor --json crawl.py > findings.json
+  python -m whilst.doctor app.py
+
+\b
+It finds: calls that block the event loop (time.sleep, requests, file reads,
+CPU loops) with the line, how often and how long; coroutines never awaited and
+task exceptions never retrieved, where they were created; and how much of the
+loop's time went to the CPU. The program's own exit status is passed through.""",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0.001),
+    default=0.1,
+    show_default=True,
+    help="Seconds the event loop may stay away before it counts as blocked.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the findings as one JSON object (after the program's own output).",
+)
+@click.option("--live", is_flag=True, help="Also report each problem on stderr when it happens.")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def doctor(script: str, args: tuple[str, ...], threshold: float, as_json: bool, live: bool) -> None:
+    """Run an asyncio program (SCRIPT [ARGS]...) and report what slows it down."""
+    sys.exit(run_doctor(script, args, threshold=threshold, as_json=as_json, live=live))
+
+
+def run_doctor(
+    script: str, args: Sequence[str], *, threshold: float, as_json: bool, live: bool
+) -> int:
+    """Run ``script`` as ``__main__`` under the doctor; the program's exit status."""
+    import json
+    import runpy
+    import traceback
+
+    from ._doctor import Doctor, Finding, print_report, report
+
+    def tell(finding: Finding) -> None:
+        click.echo(
+            f"whilst doctor: {finding.kind} at {finding.file}:{finding.line} "
+            f"({finding.call}): {finding.fix}",
+            err=True,
+        )
+
+    status: int | None = 0
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [script, *args]
+    sys.path.insert(0, str(Path(script).resolve().parent))
+    watch = Doctor(threshold=threshold, live=tell if live else None)
+    try:
+        with watch:
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code
+                status = code if isinstance(code, int) else (0 if code is None else 1)
+                if code is not None and not isinstance(code, int):
+                    click.echo(str(code), err=True)
+            except KeyboardInterrupt:
+                status = EXIT_INTERRUPTED
+            except Exception:  # the program's own error: shown as Python would
+                traceback.print_exc()
+                status = 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    if as_json:
+        sys.stdout.flush()
+        click.echo(json.dumps(report(watch, script, status)))
+    else:
+        print_report(watch, script)
+    return status or 0

@@ -1,0 +1,205 @@
+"""``whilst doctor``: programs that reproduce each of the seed's pitfalls, and a
+clean one (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import whilst
+
+SEED = textwrap.dedent(
+    """\
+    import asyncio, time
+
+    async def task(n):
+        print(f"Task {n} started")
+        time.sleep(0.3)
+        print(f"Task {n} finished")
+
+    async def greet():
+        return "hi"
+
+    async def boom():
+        raise ValueError("lost")
+
+    async def main():
+        await asyncio.gather(task(1), task(2))
+        greet()
+        asyncio.create_task(boom())
+        await asyncio.sleep(0.05)
+        total = 0
+        for i in range(20_000_000):
+            total += i
+
+    asyncio.run(main())
+    import gc; gc.collect()
+    raise SystemExit(3)
+    """
+)
+
+HTTP = textwrap.dedent(
+    """\
+    import asyncio, http.server, threading, time, urllib.request
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(0.3)
+            self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+
+    async def fetch():
+        return urllib.request.urlopen(url).read()
+
+    async def main():
+        await asyncio.gather(fetch(), fetch())
+
+    asyncio.run(main())
+    server.shutdown()
+    """
+)
+
+CLEAN = textwrap.dedent(
+    """\
+    import asyncio
+
+    async def task(n):
+        await asyncio.sleep(0.02)
+        return n
+
+    async def main():
+        print(sum(await asyncio.gather(*(task(i) for i in range(200)))))
+
+    asyncio.run(main())
+    """
+)
+
+
+def doctor(tmp_path: Path, program: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    script = tmp_path / "program.py"
+    script.write_text(program)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}  # as users run
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", "--json", *args, str(script)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    return run.returncode, json.loads(run.stdout.splitlines()[-1]), run.stdout
+
+
+def by_kind(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for f in report["findings"]:
+        found.setdefault(f["kind"], []).append(f)
+    return found
+
+
+def test_the_seeds_pitfalls_are_each_found_at_their_line(tmp_path: Path) -> None:
+    status, report, out = doctor(tmp_path, SEED)
+    assert status == 3  # the program's own exit status
+    assert "Task 1 started" in out
+    found = by_kind(report)
+    assert set(found) >= {"blocking_call", "never_awaited", "lost_exception"}
+    for f in report["findings"]:
+        assert {"kind", "file", "line", "function", "count", "seconds", "fix"} <= set(f)
+    sleep = next(f for f in found["blocking_call"] if f["line"] == 5)
+    assert sleep["function"] == "task"
+    assert sleep["call"] == "time.sleep(0.3)"
+    assert sleep["seconds"] >= 0.5  # two sleeps of 0.3 s, back to back on the loop
+    assert "asyncio.sleep" in sleep["fix"]
+    cpu = next(f for f in found["blocking_call"] if f["line"] == 21)
+    assert "CPU loop" in cpu["detail"]
+    assert "processes" in cpu["fix"]
+    [never] = found["never_awaited"]
+    assert (never["line"], never["function"], never["call"]) == (16, "main", "greet()")
+    [lost] = found["lost_exception"]
+    assert lost["line"] == 17
+    assert "ValueError: lost" in lost["detail"]
+
+
+def test_a_blocking_http_call_is_named_with_its_fix(tmp_path: Path) -> None:
+    status, report, _ = doctor(tmp_path, HTTP)
+    assert status == 0
+    [block] = [f for f in report["findings"] if f["kind"] == "blocking_call"]
+    assert block["function"] == "fetch"
+    assert "urlopen" in block["call"]
+    assert "async HTTP client" in block["fix"]
+    assert block["seconds"] >= 0.5
+
+
+def test_a_clean_program_has_no_findings(tmp_path: Path) -> None:
+    status, report, out = doctor(tmp_path, CLEAN)
+    assert status == 0
+    assert out.startswith("19900\n")
+    assert report["findings"] == []
+
+
+def test_a_cpu_bound_loop_is_named_with_the_functions_that_used_it(tmp_path: Path) -> None:
+    program = textwrap.dedent(
+        """\
+        import asyncio
+
+        def crunch(n):
+            return sum(i * i for i in range(n))
+
+        async def step(n):
+            await asyncio.sleep(0)
+            return crunch(n)
+
+        async def main():
+            for _ in range(40):
+                await asyncio.gather(*(step(20_000) for _ in range(10)))
+
+        asyncio.run(main())
+        """
+    )
+    _, report, _ = doctor(tmp_path, program, "--threshold", "5")
+    [cpu] = [f for f in report["findings"] if f["kind"] == "cpu_bound"]
+    assert report["loop_cpu_share"] >= 0.5
+    assert cpu["function"] in ("crunch", "<genexpr>")
+    assert "processes" in cpu["fix"]
+
+
+def test_whilst_watch_in_code() -> None:
+    async def main() -> None:
+        time.sleep(0.25)
+
+    with whilst.watch() as watched:
+        asyncio.run(main())
+    [block] = watched.findings()  # type: ignore[attr-defined]
+    assert block.kind == "blocking_call"
+    assert block.function == "main"
+    assert block.file == __file__
+
+
+def test_python_m_whilst_doctor(tmp_path: Path) -> None:
+    script = tmp_path / "p.py"
+    script.write_text(CLEAN)
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst.doctor", str(script)], capture_output=True, text=True
+    )
+    assert run.returncode == 0
+    assert "no problems found" in run.stderr
+
+
+@pytest.mark.parametrize("args", [["missing.py"], ["--threshold", "0", "x.py"]])
+def test_bad_input_exits_2(tmp_path: Path, args: list[str]) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", *args], capture_output=True, text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
