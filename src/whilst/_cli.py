@@ -646,15 +646,31 @@ loop's time went to the CPU. The program's own exit status is passed through."""
     help="Print the findings as one JSON object (after the program's own output).",
 )
 @click.option("--live", is_flag=True, help="Also report each problem on stderr when it happens.")
+@click.option(
+    "--origins",
+    is_flag=True,
+    help="Record where every coroutine is created (Python's origin tracking): exact "
+    "places for stored coroutines never awaited, about 5% slower.",
+)
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def doctor(script: str, args: tuple[str, ...], threshold: float, as_json: bool, live: bool) -> None:
+def doctor(
+    script: str, args: tuple[str, ...], threshold: float, as_json: bool, live: bool, origins: bool
+) -> None:
     """Run an asyncio program (SCRIPT [ARGS]...) and report what slows it down."""
-    sys.exit(run_doctor(script, args, threshold=threshold, as_json=as_json, live=live))
+    sys.exit(
+        run_doctor(script, args, threshold=threshold, as_json=as_json, live=live, origins=origins)
+    )
 
 
 def run_doctor(
-    script: str, args: Sequence[str], *, threshold: float, as_json: bool, live: bool
+    script: str,
+    args: Sequence[str],
+    *,
+    threshold: float,
+    as_json: bool,
+    live: bool,
+    origins: bool = False,
 ) -> int:
     """Run ``script`` as ``__main__`` under the doctor; the program's exit status."""
     import json
@@ -674,7 +690,7 @@ def run_doctor(
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *args]
     sys.path.insert(0, str(Path(script).resolve().parent))
-    watch = Doctor(threshold=threshold, live=tell if live else None)
+    watch = Doctor(threshold=threshold, live=tell if live else None, origins=origins)
     try:
         with watch:
             try:
