@@ -85,6 +85,7 @@ class Options:
     ordered: bool
     is_async: bool
     policy: Policy = field(default_factory=Policy)
+    measure: bool = False  # auto for a plain function: threads, measured (see _modes/_auto)
     progress: ProgressCallback | None = None
     report: Path | None = None  # the timeline page to write at the end
     trace: Path | None = None  # the Chrome trace to write at the end
@@ -119,15 +120,12 @@ def resolve(
         raise UsageTypeError(f"ordered must be True or False, got {ordered!r}")
     is_async = is_async_callable(fn)
     reason = f"mode={mode!r} was asked for"
+    measure = False
     if mode == "auto":
         if is_async:
             mode, reason = "async", "auto chose async: fn is a coroutine function (async def)"
-        else:
-            mode, reason = (
-                "threads",
-                "auto chose threads: fn is a plain function, and threads overlap its waiting "
-                "(for CPU-heavy work choose mode='processes')",
-            )
+        else:  # threads while the first tasks are measured; maybe processes after
+            mode, reason, measure = "threads", "auto measured too few tasks to choose", True
     if mode == "async" and not is_async:
         raise UsageError(
             f"mode='async' runs coroutine functions on the event loop, but {_name(fn)} is a "
@@ -147,6 +145,7 @@ def resolve(
         limit=limit if limit is not None else default_limit(mode),
         ordered=ordered,
         is_async=is_async,
+        measure=measure,
         policy=make_policy(**rest),
         progress=progress_callback(watching["progress"]),
         report=writable("report", watching["report"], ".html"),

@@ -22,8 +22,8 @@ def summarise(stats: Stats, scheduler: Scheduler) -> Summary:
     o = scheduler.options
     return stats.summary(
         wall=scheduler.ended - scheduler.started,
-        mode=o.mode,
-        mode_reason=o.mode_reason,
+        mode=scheduler.mode.name,
+        mode_reason=scheduler.mode_reason,
         limit=o.limit,
         peak=scheduler.peak,
         retries=scheduler.retried,

@@ -132,9 +132,12 @@ class Scheduler:
             kind: tuple(sink for sink in sinks if kind in getattr(sink, "wants", EventKind))
             for kind in EventKind
         }
-        self.mode: Mode = mode_class(options.mode)(
-            fn, limit=options.limit, is_async=options.is_async
-        )
+        if options.measure:
+            from ._modes._auto import AutoMode
+
+            self.mode: Mode = AutoMode(fn, limit=options.limit, is_async=options.is_async)
+        else:
+            self.mode = mode_class(options.mode)(fn, limit=options.limit, is_async=options.is_async)
         self.interrupted = False
         # Figures for progress and the summary: tasks ended (skipped included), of
         # them not ok; attempts retried; most tasks running at once (in a batching
@@ -265,19 +268,24 @@ class Scheduler:
         o = self.options
         summary = timeline.stats.summary(
             wall=self.ended - self.started,
-            mode=o.mode,
-            mode_reason=o.mode_reason,
+            mode=self.mode.name,
+            mode_reason=self.mode_reason,
             limit=o.limit,
             peak=self.peak,
             retries=self.retried,
         )
         name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
-        write_report(path, timeline, summary, title=f"whilst run: {name}, {o.mode} mode")
+        write_report(path, timeline, summary, title=f"whilst run: {name}, {self.mode.name} mode")
 
     def _write_trace(self, path: Path, timeline: Timeline) -> None:
         from ._trace import write_trace
 
         write_trace(path, timeline)
+
+    @property
+    def mode_reason(self) -> str:
+        """Why the run's tasks run where they do (auto decides as it goes)."""
+        return str(getattr(self.mode, "reason", self.options.mode_reason))
 
     def progress(self, finished: bool = False) -> Progress:
         """How far the run has come, now."""

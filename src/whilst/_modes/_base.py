@@ -25,6 +25,7 @@ class Outcomes(NamedTuple):
     ends: Sequence[float]
     values: list[Any]  # None where the item failed
     errors: dict[int, BaseException]  # by position in the batch
+    cpu: float = -1.0  # CPU seconds the worker thread spent on it (threads mode), else -1
 
 
 class Mode(abc.ABC):

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import queue
 import threading
+import time
 from typing import Any
 
 from ._base import Mode, Outcomes
@@ -68,13 +69,15 @@ class _SlotThread(threading.Thread):
         self.last_done: asyncio.Future[Any] | None = None  # the last job it finished
 
     def run(self) -> None:
-        get, post = self.inbox.get, self.done.post
+        get, post, thread_time = self.inbox.get, self.done.post, time.thread_time
         try:
             while (job := get()) is not None:
                 fut, items = job
+                cpu = thread_time()
                 start, ends, values, errors = run_batch(self.fn, items, _same, self._await)
+                cpu = thread_time() - cpu
                 self.last_done = fut  # before post: see ThreadsMode.settle
-                post(fut, Outcomes(start, ends, values, errors))
+                post(fut, Outcomes(start, ends, values, errors, cpu))
                 del job, fut, items
         finally:
             if self._runner is not None:

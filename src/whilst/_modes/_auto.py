@@ -1,0 +1,127 @@
+"""``auto`` for a plain function: measured, not guessed.
+
+The first tasks run in threads while each batch's CPU time is measured in its
+thread (``time.thread_time``). Threads share one interpreter lock, so CPU-bound
+tasks in several threads take turns on one core: the measure is the tasks' CPU
+seconds against the wall time of the probe, which is near 100% when they are
+CPU-bound (whatever the number of threads) and near 0% when they wait. Mostly
+CPU, more than one CPU, and a function that can be pickled: the rest of the run
+goes to processes. Otherwise it stays in threads. The reason is kept for the
+summary and the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .._options import cpu_count
+from ._base import Mode, Outcomes
+from ._threads import ThreadsMode
+
+#: Tasks measured before choosing, unless the probe has taken this long already.
+PROBE_TASKS = 8
+PROBE_SECONDS = 0.5
+#: The share of the probe's wall time the tasks spent on the CPU that means
+#: CPU-bound: waiting tasks measure a few percent, CPU-bound ones 60-100%.
+CPU_BOUND = 0.5
+
+
+class AutoMode(Mode):
+    """Threads first; processes for the rest once the first tasks prove CPU-bound."""
+
+    batching = True
+    auto_batch = True
+
+    def __init__(self, fn: Any, *, limit: int, is_async: bool) -> None:
+        super().__init__(fn, limit=limit, is_async=is_async)
+        self.threads = ThreadsMode(fn, limit=limit, is_async=is_async)
+        self.active: Mode = self.threads
+        self.reason = "auto is measuring the first tasks in threads"
+        self._cpu = 0.0
+        self._tasks = 0
+        self._began: float | None = None
+        self._choosing: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.active.name
+
+    @property
+    def stoppable(self) -> bool:  # type: ignore[override]
+        return self.active.stoppable
+
+    @property
+    def abandons(self) -> bool:  # type: ignore[override]
+        return self.active.abandons
+
+    @property
+    def timeout_note(self) -> str:  # type: ignore[override]
+        return self.active.timeout_note
+
+    async def open(self) -> None:
+        await self.threads.open()
+
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
+        if self._choosing is not None and not self._choosing.done():
+            await asyncio.shield(self._choosing)  # the processes are being started
+        if self.active is not self.threads:
+            return await self.active.run_batch(slot, items)
+        outcomes = await self.threads.run_batch(slot, items)
+        if self._choosing is None:
+            # The probe's wall time: from the first task's start (not the threads'
+            # start-up) to now; its CPU time: the tasks', in their threads.
+            if self._began is None or outcomes.start < self._began:
+                self._began = outcomes.start
+            self._cpu += max(outcomes.cpu, 0.0)
+            self._tasks += len(items)
+            wall = time.time() - self._began
+            if self._tasks >= PROBE_TASKS or wall >= PROBE_SECONDS:
+                self._choosing = asyncio.get_running_loop().create_task(self._choose(wall))
+        return outcomes
+
+    async def _choose(self, wall: float) -> None:
+        share = self._cpu / wall if wall > 0 else 0.0
+        measured = f"the first {self._tasks} tasks spent {share:.0%} of their time on the CPU"
+        if share < CPU_BOUND:
+            self.reason = f"auto kept threads: {measured} (waiting, which threads overlap)"
+            return
+        if cpu_count() < 2:
+            self.reason = f"auto kept threads: {measured}, but this machine has one CPU"
+            return
+        try:
+            import cloudpickle
+
+            cloudpickle.dumps(self.fn)
+        except Exception as exc:
+            self.reason = (
+                f"auto kept threads: {measured}, but the function cannot be pickled for "
+                f"processes ({type(exc).__name__}); define it at module level to let auto "
+                "move it to processes"
+            )
+            return
+        from ._processes import ProcessesMode
+
+        processes = ProcessesMode(self.fn, limit=cpu_count(), is_async=self.is_async)
+        await processes.open()
+        self.active = processes
+        self.reason = f"auto chose processes: {measured}"
+
+    def worker(self, slot: int) -> str:
+        return self.active.worker(slot)
+
+    async def prepare(self, slot: int) -> None:
+        await self.active.prepare(slot)
+
+    async def settle(self, slot: int) -> None:
+        await self.threads.settle(slot)
+
+    async def close(self, *, abort: bool = False) -> None:
+        if self._choosing is not None and not self._choosing.done():
+            self._choosing.cancel()
+        try:
+            await self.threads.close(abort=abort)
+        finally:
+            if self.active is not self.threads:
+                await self.active.close(abort=abort)

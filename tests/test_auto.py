@@ -1,0 +1,66 @@
+"""Measured ``auto`` (issue 7): the first tasks run in threads with their CPU time
+measured; CPU-bound work that can be pickled moves to processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import whilst
+from whilst import Status
+
+
+def crunch(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+def nap(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def timed(
+    fn: object, items: list[object], mode: str
+) -> tuple[float, whilst.Run, list[whilst.Result]]:
+    began = time.perf_counter()
+    run = whilst.imap(fn, items, mode=mode)  # type: ignore[arg-type]
+    results = list(run)
+    return time.perf_counter() - began, run, results
+
+
+def test_cpu_heavy_work_moves_to_processes_and_runs_faster_than_threads() -> None:
+    items = [400_000] * 64
+    threads_took, _, _ = timed(crunch, items, "threads")
+    auto_took, run, results = timed(crunch, items, "auto")
+    assert run.summary is not None
+    assert run.summary.mode == "processes"
+    assert run.summary.mode_reason.startswith("auto chose processes: the first")
+    assert "% of their time on the CPU" in run.summary.mode_reason
+    assert [r.value for r in results] == [crunch(400_000)] * 64
+    modes = [r.mode for r in results]
+    assert modes[0] == "threads"  # measured there first
+    assert modes[-1] == "processes"
+    assert auto_took < 0.9 * threads_took  # two cores, not one lock
+
+
+def test_waiting_work_stays_in_threads() -> None:
+    _, run, results = timed(nap, [0.02] * 20, "auto")
+    assert run.summary is not None
+    assert run.summary.mode == "threads"
+    assert run.summary.mode_reason.startswith("auto kept threads:")
+    assert "waiting" in run.summary.mode_reason
+    assert all(r.status is Status.OK and r.mode == "threads" for r in results)
+
+
+def test_cpu_heavy_work_that_cannot_be_pickled_stays_in_threads_and_says_why() -> None:
+    lock = threading.Lock()
+
+    def locked(n: int) -> int:  # a closure over a lock: processes cannot have it
+        with lock:
+            return sum(i * i for i in range(n))
+
+    _, run, results = timed(locked, [300_000] * 12, "auto")
+    assert run.summary is not None
+    assert run.summary.mode == "threads"
+    assert "cannot be pickled" in run.summary.mode_reason
+    assert len(results) == 12
