@@ -203,3 +203,45 @@ def test_bad_input_exits_2(tmp_path: Path, args: list[str]) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
+
+
+FIFO_READ = textwrap.dedent(
+    """\
+    import asyncio, os, sys, threading, time
+
+    fifo = sys.argv[1]
+
+    def feed():
+        time.sleep(0.3)
+        with open(fifo, "w") as f:
+            f.write("data")
+
+    async def load():
+        with open(fifo) as f:  # blocks until the writer comes
+            return f.read()
+
+    async def main():
+        threading.Thread(target=feed).start()
+        await asyncio.gather(load(), asyncio.sleep(0.01))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_blocking_file_read_is_named_and_live_tells_as_it_happens(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    script = tmp_path / "program.py"
+    script.write_text(FIFO_READ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", "--json", "--live", str(script), str(fifo)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    [block] = [f for f in json.loads(run.stdout)["findings"] if f["kind"] == "blocking_call"]
+    assert block["function"] == "load"
+    assert "open(fifo)" in block["call"]
+    assert "asyncio.to_thread" in block["fix"]
+    assert "whilst doctor: blocking_call" in run.stderr  # --live
