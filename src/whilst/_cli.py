@@ -530,10 +530,20 @@ failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
 @batch_options("as --mode chooses")
 @click.option(
     "--mode",
-    type=click.Choice(["auto", "sync", "async", "threads", "processes"]),
+    type=click.Choice(["auto", "sync", "async", "threads", "processes", "dask"]),
     default="auto",
     show_default=True,
     help="Where the calls run.",
+)
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    help="With --mode dask: the scheduler's address (default: a local cluster).",
+)
+@click.option(
+    "--cluster-insecure",
+    is_flag=True,
+    help="Allow a plain tcp:// cluster address that is not this machine.",
 )
 @click.option("--jsonl", is_flag=True, help="Each input line is a JSON value, not a string.")
 @click.option(
@@ -554,6 +564,10 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     from ._errors import UsageError
 
     mode, jsonl, paths = kwargs.pop("mode"), kwargs.pop("jsonl"), kwargs.pop("paths")
+    cluster, insecure = kwargs.pop("cluster"), kwargs.pop("cluster_insecure")
+    if cluster is not None and mode != "dask":
+        raise click.UsageError("--cluster is for --mode dask")
+    on_cluster = {} if mode != "dask" else {"cluster": cluster, "cluster_insecure": insecure}
     try:
         options = _shared(kwargs)
         fn = _function(target, paths)
@@ -571,8 +585,9 @@ def call(target: str, source: str, **kwargs: Any) -> None:
         click.echo(json.dumps(line, default=repr, ensure_ascii=False))
 
     status = run_batch(
-        fn, items, options, mode=mode, show=show, record=common_record, timeout=options.timeout
-    )
+        fn, items, options, mode=mode, show=show, record=common_record, timeout=options.timeout,
+        **on_cluster,
+    )  # fmt: skip
     sys.exit(status)
 
 

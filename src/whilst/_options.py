@@ -15,7 +15,7 @@ from ._policy import Policy, RetryOn, make_policy
 from ._progress import Progress, ProgressCallback, progress_callback
 
 #: Modes a user can name, in the order the docs list them.
-MODES = ("auto", "sync", "async", "threads", "processes")
+MODES = ("auto", "sync", "async", "threads", "processes", "dask")
 
 
 def cpu_count() -> int:
@@ -69,6 +69,8 @@ class PolicyOptions(TypedDict, total=False):
     progress: bool | str | Callable[[Progress], Any]
     report: str | os.PathLike[str] | None
     trace: str | os.PathLike[str] | None
+    cluster: Any
+    cluster_insecure: bool
 
 
 #: The keywords that only watch a run (design.md, invariant 6).
@@ -86,6 +88,8 @@ class Options:
     is_async: bool
     policy: Policy = field(default_factory=Policy)
     measure: bool = False  # auto for a plain function: threads, measured (see _modes/_auto)
+    cluster: Any = None  # mode="dask": a scheduler address or a distributed.Client
+    cluster_insecure: bool = False  # let a plain tcp:// address off this machine be used
     progress: ProgressCallback | None = None
     report: Path | None = None  # the timeline page to write at the end
     trace: Path | None = None  # the Chrome trace to write at the end
@@ -139,6 +143,13 @@ def resolve(
         )
     rest: dict[str, Any] = dict(policy or {})
     watching = {name: rest.pop(name, None) for name in WATCHING}
+    cluster, insecure = rest.pop("cluster", None), bool(rest.pop("cluster_insecure", False))
+    if cluster is not None and mode != "dask":
+        raise UsageError(f"cluster= is for mode='dask', not mode={mode!r}; add mode='dask'")
+    if mode == "dask" and isinstance(cluster, str):
+        from ._modes._dask import check_address
+
+        check_address(cluster, insecure)
     return Options(
         mode=mode,
         mode_reason=reason,
@@ -146,6 +157,8 @@ def resolve(
         ordered=ordered,
         is_async=is_async,
         measure=measure,
+        cluster=cluster,
+        cluster_insecure=insecure,
         policy=make_policy(**rest),
         progress=progress_callback(watching["progress"]),
         report=writable("report", watching["report"], ".html"),

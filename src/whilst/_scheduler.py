@@ -136,6 +136,16 @@ class Scheduler:
             from ._modes._auto import AutoMode
 
             self.mode: Mode = AutoMode(fn, limit=options.limit, is_async=options.is_async)
+        elif options.mode == "dask":
+            from ._modes._dask import DaskMode
+
+            self.mode = DaskMode(
+                fn,
+                limit=options.limit,
+                is_async=options.is_async,
+                cluster=options.cluster,
+                insecure=options.cluster_insecure,
+            )
         else:
             self.mode = mode_class(options.mode)(fn, limit=options.limit, is_async=options.is_async)
         self.interrupted = False

@@ -12,6 +12,7 @@ _REGISTRY = {
     "async": "whilst._modes._async:AsyncMode",
     "threads": "whilst._modes._threads:ThreadsMode",
     "processes": "whilst._modes._processes:ProcessesMode",
+    "dask": "whilst._modes._dask:DaskMode",
 }
 
 

@@ -1,0 +1,172 @@
+"""``dask``: tasks on a Dask cluster, the scheduler keeping everything else.
+
+Batches of items travel as one Dask task each (tiny tasks share the cluster's
+round trip, sized from measured time as in processes mode), submitted as slots
+free up: at most ``limit`` batches (two each for tiny tasks) are ever in the
+cluster, so a huge input never sits in Dask's scheduler. Limits, retries,
+timeouts, the journal, progress and the report are whilst's, as on a laptop.
+
+A worker lost mid-task: Dask runs its tasks again on another worker (up to its
+``allowed-failures``, 3 by default); past that the task ends ``crashed`` and
+whilst's ``retries`` apply. A timed-out attempt's future is cancelled; a task
+already running on a worker thread runs on there (Dask cannot stop a thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import pickle
+import sys
+import urllib.parse
+from typing import Any
+
+from .._errors import RemoteError, RemoteTraceback, UsageError, WorkerCrashed
+from .._options import cpu_count
+from . import _worker
+from ._base import Mode, Outcomes
+
+_functions: dict[bytes, Any] = {}  # on a worker: each run's function, loaded once
+
+
+def _run_on_worker(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
+    """Runs on a Dask worker: the batch, and where it ran. The function comes as
+    processes mode sends it (by name, or by value from ``__main__``), with the
+    caller's ``sys.path``, so a module of the caller's can be found."""
+    from distributed import get_worker
+
+    path, data = payload
+    fn = _functions.get(data)
+    if fn is None:
+        sys.path.extend(p for p in path if p not in sys.path)
+        fn = _functions[data] = pickle.loads(data)
+    start, ends, values, wired = _worker.run_batch(fn, items)
+    return start, ends, values, wired, get_worker().address
+
+
+def check_address(address: str, insecure: bool = False) -> None:
+    """A cluster address: TLS, or this machine, unless ``insecure``: tasks and
+    their values travel as pickles, which anyone on the path could rewrite."""
+    parts = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tls" or insecure:
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UsageError(
+            f"cluster {address} is not on this machine and not tls://: pickled tasks would "
+            "cross the network unprotected; use a tls:// address, or pass "
+            "cluster_insecure=True (--cluster-insecure) if the network is yours"
+        )
+
+
+class DaskMode(Mode):
+    """Each slot sends batches to the cluster; the cluster picks the worker."""
+
+    name = "dask"
+    batching = True
+    auto_batch = True
+    timeout_note = "its Dask future was cancelled (a task already running on a worker runs on)"
+
+    def __init__(
+        self,
+        fn: Any,
+        *,
+        limit: int,
+        is_async: bool,
+        cluster: Any = None,
+        insecure: bool = False,
+    ) -> None:
+        super().__init__(fn, limit=limit, is_async=is_async)
+        self.cluster = cluster
+        self.insecure = insecure
+        self._client: Any = None
+        self._own_cluster: Any = None
+        self._own_client = False
+        self._where: dict[int, str] = {}  # by slot: the worker it sends to
+        self._workers: list[str] = []
+
+    async def open(self) -> None:
+        from ._processes import _dumps_function
+
+        self._payload = (list(sys.path), _dumps_function(self.fn))
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise UsageError("mode='dask' needs Dask: pip install 'whilst[dask]'") from None
+        cluster = self.cluster
+        if isinstance(cluster, Client):
+            self._client = cluster  # the caller's, asynchronous or not: used as it is
+            return
+        if cluster is None:
+            self._own_cluster = await LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=min(self.limit, cpu_count()),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                asynchronous=True,
+            )
+            cluster = self._own_cluster
+        else:
+            check_address(str(cluster), self.insecure)
+        self._client = await Client(cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+        self._own_client = True
+        if self._own_cluster is not None:
+            await self._client.wait_for_workers(len(self._own_cluster.workers))
+        with contextlib.suppress(Exception):  # the workers now, for the slots' lanes
+            identity = await self._client.scheduler.identity()
+            self._workers = sorted(identity.get("workers", {}))
+
+    def _pin(self, slot: int) -> list[str] | None:
+        """The worker a slot sends to (slots spread over the workers, so each has a
+        lane of its own); None while the cluster has none yet."""
+        if slot not in self._where:
+            workers = self._workers or sorted(self._client.scheduler_info().get("workers", {}))
+            if not workers:
+                return None
+            self._where[slot] = workers[slot % len(workers)]
+        return [self._where[slot]]
+
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
+        client = self._client
+        pinned = self._pin(slot)  # a lost worker's tasks may go elsewhere
+        extra = {} if pinned is None else {"workers": pinned, "allow_other_workers": True}
+        future = client.submit(_run_on_worker, self._payload, items, pure=False, **extra)
+        try:
+            if getattr(client, "asynchronous", False):
+                start, ends, values, wired, where = await future
+            else:  # a synchronous Client of the caller's: wait without blocking the loop
+                import asyncio
+
+                start, ends, values, wired, where = await asyncio.to_thread(future.result)
+        except Exception as exc:
+            if type(exc).__name__ == "KilledWorker":  # Dask ran out of workers to try
+                raise WorkerCrashed(None) from exc
+            raise
+        finally:
+            if not future.done():
+                future.cancel()
+        self._where[slot] = where  # where it ran: another worker, if its own was lost
+        errors: dict[int, BaseException] = {}
+        for i, (error, what, tb) in wired.items():
+            if error is None:
+                error = RemoteError(what)
+            if tb:
+                error.__cause__ = RemoteTraceback(tb)
+            errors[i] = error
+        return Outcomes(start, ends, values, errors)
+
+    def worker(self, slot: int) -> str:
+        self._pin(slot)
+        return self._where.get(slot, "dask")
+
+    async def close(self, *, abort: bool = False) -> None:
+        try:
+            if self._own_client and self._client is not None:
+                await self._client.close()
+        finally:
+            if self._own_cluster is not None:
+                await self._own_cluster.close()

@@ -1,0 +1,165 @@
+"""``mode="dask"`` on real Dask clusters: a LocalCluster of worker processes, and a
+scheduler and two workers started as separate processes on 127.0.0.1 (issue 8)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import whilst
+from whilst import Status
+
+pytest.importorskip("distributed", reason="mode='dask' needs: pip install 'whilst[dask]'")
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def square(x: int) -> int:
+    if x == 13:
+        raise ValueError("unlucky")
+    return x * x
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.02)
+    return x * x
+
+
+def pid(_: object) -> int:
+    return os.getpid()
+
+
+def test_a_local_cluster_runs_every_item_in_order_with_a_lane_per_worker() -> None:
+    run = whilst.imap(square, range(200), mode="dask", limit=4)
+    results = list(run)
+    assert [r.index for r in results] == list(range(200))
+    assert results[13].status is Status.FAILED
+    assert "unlucky" in str(results[13].error)
+    assert all(r.value == r.index**2 for r in results if r.index != 13)
+    workers = {r.worker for r in results}
+    assert len(workers) == 2
+    assert all(w.startswith("tcp://127.0.0.1:") for w in workers)
+    assert run.summary is not None
+    assert run.summary.mode == "dask"
+
+
+def test_retries_and_the_journal_work_across_the_cluster(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(square, range(20), mode="dask", limit=2, retries=1, backoff=0, journal=db)
+    with sqlite3.connect(db) as ro:
+        rows = dict(ro.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
+        attempts = ro.execute("SELECT attempts FROM tasks WHERE idx = 13").fetchone()[0]
+    assert rows == {"ok": 19, "failed": 1}
+    assert attempts == 2
+    run = whilst.imap(square, range(20), mode="dask", limit=2, journal=db)
+    statuses = [r.status for r in run]
+    assert statuses.count(Status.SKIPPED) == 19
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """``dask scheduler`` and two ``dask worker`` processes, as on real machines."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "cluster.log", "wb")  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0", "--no-show"],
+            stdout=log, stderr=log,
+        )
+    ]  # fmt: skip
+    for _ in range(2):
+        procs.append(
+            subprocess.Popen(
+                [DASK, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                 "--host", "127.0.0.1", "--no-dashboard"],
+                stdout=log, stderr=log,
+            )
+        )  # fmt: skip
+    try:
+        yield address, procs
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        log.close()
+
+
+def test_a_scheduler_and_two_workers_started_as_processes(
+    cluster: tuple[str, list[subprocess.Popen[bytes]]],
+) -> None:
+    address, _ = cluster
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=30)
+    results = list(whilst.imap(slow_square, range(60), mode="dask", cluster=address, limit=4))
+    assert [r.value for r in results] == [x * x for x in range(60)]
+    assert len({r.worker for r in results}) == 2
+
+
+def test_a_worker_killed_mid_run_loses_no_result(
+    cluster: tuple[str, list[subprocess.Popen[bytes]]],
+) -> None:
+    address, _ = cluster
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=30)
+        worker_pids = list(client.run(os.getpid).values())
+    killed = False
+
+    def items() -> Iterator[int]:
+        nonlocal killed
+        for i in range(200):
+            if i == 60 and not killed:
+                os.kill(worker_pids[0], signal.SIGKILL)  # one worker dies mid-run
+                killed = True
+            yield i
+
+    results = list(whilst.imap(slow_square, items(), mode="dask", cluster=address, limit=4))
+    assert killed
+    assert [r.index for r in results] == list(range(200))
+    assert all(r.status is Status.OK and r.value == r.index**2 for r in results)
+
+
+def test_cluster_addresses_off_this_machine_need_tls_or_consent() -> None:
+    with pytest.raises(whilst.UsageError, match="tls://"):
+        whilst.map(square, [1], mode="dask", cluster="tcp://10.1.2.3:8786")
+    with pytest.raises(whilst.UsageError, match="mode='dask'"):
+        whilst.map(square, [1], mode="threads", cluster="tcp://127.0.0.1:8786")
+
+
+def test_the_command_line_takes_mode_dask(tmp_path: Path) -> None:
+    (tmp_path / "tools.py").write_text("def double(x):\n    return int(x) * 2\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "call", "-q", "-k", "--mode", "dask",
+         "--path", str(tmp_path), "tools:double"],
+        input="1\n2\n3\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert [re.search(r'"value": (\d+)', line).group(1) for line in run.stdout.splitlines()] == [  # type: ignore[union-attr]
+        "2", "4", "6",
+    ]  # fmt: skip
