@@ -1074,6 +1074,36 @@ def bench_doctor(report: Report, sizes: Sizes, args: argparse.Namespace) -> None
     )
 
 
+def bench_dask(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
+    """mode='dask' against ``client.map`` + ``gather`` on the same LocalCluster of two
+    worker processes: no-op tasks (whilst batches them; client.map sends one each)."""
+    from distributed import Client, LocalCluster
+
+    n = sizes.threads_n // 10
+    items = range(n)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        cases: dict[str, Callable[[], object]] = {
+            "whilst": lambda: whilst.map(noop, items, mode="dask", cluster=client, limit=2),
+            "client_map": lambda: client.gather(client.map(noop, items, pure=False)),
+        }
+        for case in cases.values():
+            assert list(case()) == list(items)  # type: ignore[call-overload]
+        samples = measure(cases, sizes.repeats, warm_up=False)
+    m = medians(samples)
+    report.figures["dask"] = {"tasks": n, "seconds": samples, "median": m}
+    report.add(
+        "dask",
+        "",
+        f"dask, {n:,} no-ops on a LocalCluster of 2 workers: throughput / client.map",
+        f"{n / m['whilst']:,.0f} tasks/s",
+        f"{n / m['client_map']:,.0f} tasks/s",
+        paired(samples, "client_map", "whilst"),
+    )
+
+
 def pool_rows(report: Report, samples: dict[str, list[float]], n: int, title: str) -> None:
     """The policy rows of one pool: plain and ``retries=2`` against the pool's map of
     the bare function and of it under a retry loop, and the policy path's cost."""
@@ -1110,6 +1140,7 @@ BENCHMARKS: dict[str, Callable[[Report, Sizes, argparse.Namespace], None]] = {
     "run": bench_run,
     "http": bench_http,
     "doctor": bench_doctor,
+    "dask": bench_dask,
 }
 
 
