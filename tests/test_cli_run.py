@@ -5,6 +5,7 @@ timeouts, halts and signals leave no process behind (issue 6; reliability.md
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -262,7 +263,7 @@ def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
             "-j",
             "3",
             "-q",
-            f"trap '' TERM; echo $$ >> {pids}; sleep 30 & sleep 30 & wait",
+            f"trap '' TERM; echo $$ >> {pids}; sleep 30 & sleep 30 & wait; echo {{}}",
             ":::",
             "1",
             "2",
@@ -325,3 +326,45 @@ def test_an_empty_input_exits_0_with_a_note() -> None:
     run = whilst_run("echo", stdin=b"")
     assert run.returncode == 0
     assert b"no input" in run.stderr
+
+
+def test_review_regressions(tmp_path: Path) -> None:
+    """--colsep is a regex; each :::: file is a source; a script with no #! runs;
+    a grandchild that leaves the job's group does not hold the run; --halt
+    now,success=1 exits 0; a bad --colsep or a directory is one sentence."""
+    (tmp_path / "tabs").write_text("a\tb\n")
+    assert whilst_run("-q", "--colsep", "\\t", "echo", "{2}", "{1}", "::::", "tabs",
+                      cwd=tmp_path).stdout == b"b a\n"  # fmt: skip
+    (tmp_path / "g1").write_text("x\ny\n")
+    (tmp_path / "g2").write_text("1\n2\n")
+    both = whilst_run("-q", "-k", "echo", "::::", "g1", "g2", cwd=tmp_path)
+    assert both.stdout == b"x 1\nx 2\ny 1\ny 2\n"
+    script = tmp_path / "nosb.sh"
+    script.write_text("echo hi from $1\n")
+    script.chmod(0o755)
+    assert whilst_run("-q", "./nosb.sh", ":::", "a", cwd=tmp_path).stdout == b"hi from a\n"
+    started = time.monotonic()
+    held = whilst_run("-q", "setsid sleep 3 & echo {}", ":::", "done")
+    assert held.stdout == b"done\n"
+    assert time.monotonic() - started < 2.5
+    halt = whilst_run("-q", "--halt", "now,success=1", "sleep {}", ":::", "0.1", "5", "5")
+    assert halt.returncode == 0
+    for args in (["--colsep", "", "echo", ":::", "a"], ["echo", "::::", str(tmp_path)]):
+        bad = whilst_run(*args)
+        assert bad.returncode == 2
+        assert b"Traceback" not in bad.stderr
+    subprocess.run(["pkill", "-f", "^sleep 3$"], check=False)
+
+
+def test_values_are_quoted_for_posix_shells_only() -> None:
+    from whilst._shell import posix_shell
+
+    env = dict(os.environ)
+    try:
+        for shell, expected in (("/usr/bin/fish", "/bin/sh"), ("/bin/bash", "/bin/bash"),
+                                ("/bin/tcsh", "/bin/sh")):  # fmt: skip
+            os.environ["SHELL"] = shell
+            assert posix_shell() == expected
+    finally:
+        os.environ.clear()
+        os.environ.update(env)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._result import Result
+from ._result import Result, Status
 from ._summary import Summary
 
 
@@ -62,7 +62,7 @@ class Tally:
         record: Callable[[Result], dict[str, Any]],
     ) -> None:
         self.options, self.show, self.record = options, show, record
-        self.failed = self.total = 0
+        self.failed = self.cancelled = self.total = 0
         self._results = open(options.results, "w", encoding="utf-8") if options.results else None  # noqa: SIM115
 
     def add(self, r: Result) -> None:
@@ -71,7 +71,9 @@ class Tally:
         if self._results is not None:
             self._results.write(json.dumps(self.record(r), default=repr) + "\n")
             self._results.flush()
-        if not r.ok:
+        if r.status is Status.CANCELLED:
+            self.cancelled += 1
+        elif not r.ok:
             self.failed += 1
 
     def close(self) -> None:
@@ -88,6 +90,12 @@ class Tally:
             summary.print()
         if self.failed:
             print(f"whilst: {self.failed} of {self.total} failed", file=sys.stderr)
+        # Jobs a halt rule cancelled are failures, unless the rule was to stop at a
+        # success (GNU parallel's --halt now,success=1 exits 0 too).
+        halted_on_success = "success" in (self.options.halt or "")
+        if self.cancelled and not halted_on_success:
+            print(f"whilst: {self.cancelled} of {self.total} cancelled", file=sys.stderr)
+            return 1
         return 1 if self.failed else 0
 
 

@@ -305,6 +305,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         Job,
         Runner,
         Template,
+        check_colsep,
         check_sources,
         jobs,
         ran_of,
@@ -320,6 +321,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         template = Template(tuple(command), shell=not no_shell)
         template.check()
         check_sources(sources)
+        check_colsep(colsep)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     stdin = sys.stdin.buffer
@@ -346,7 +348,10 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     )
 
     def show(r: Result) -> None:
-        runner.show(r.item, ran_of(r) if r.status is not Status.SKIPPED else None)
+        ran = ran_of(r) if r.status is not Status.SKIPPED else None
+        runner.show(r.item, ran)
+        if ran is None and not r.ok and r.status is not Status.CANCELLED:  # not the command's
+            click.echo(f"whilst: job {r.item.seq} ({r.item.text}): {r.error}", err=True)
 
     def record(r: Result) -> dict[str, Any]:
         return result_record(r.item, r)

@@ -39,6 +39,9 @@ ARGS, FILES = ":::", "::::"
 REPLACEMENT = re.compile(r"\{(\d*)(\.|/\.|//|/|#|%|)\}")
 #: Seconds a killed command's process group gets between SIGTERM and SIGKILL.
 TERM_WAIT = 0.2
+#: Seconds a command's pipes may stay open and quiet after it exited (something
+#: it started holds them) before its output counts as complete.
+EXIT_GRACE = 0.05
 #: What makes a command line need a shell: operators, expansions, quotes, globs.
 SHELL_TEXT = re.compile(r"""[|&;<>()$`\\"'*?\[\]#~!{}\n]|^\s*\w+=""")
 #: Commands that only a shell has, or that a shell runs differently.
@@ -92,6 +95,8 @@ def split_words(words: Sequence[str]) -> tuple[list[str], list[tuple[str, list[s
     for word in words:
         if word in (ARGS, FILES):
             sources.append((word, []))
+        elif sources and sources[-1][0] == FILES and sources[-1][1]:
+            sources.append((FILES, [word]))  # each file its own source, as GNU parallel
         elif sources:
             sources[-1][1].append(word)
         else:
@@ -110,9 +115,25 @@ def check_sources(sources: list[tuple[str, list[str]]]) -> None:
             )
         if kind == FILES:
             for name in values:
-                if name != "-" and not os.access(name, os.R_OK):
+                if name == "-":
+                    continue
+                if os.path.isdir(name):
+                    raise UsageError(f"input file {name} is a directory; give a file of lines")
+                if not os.access(name, os.R_OK):
                     why = "does not exist" if not os.path.exists(name) else "cannot be read"
                     raise UsageError(f"input file {name} {why}; give a file of input lines")
+
+
+def check_colsep(colsep: str | None) -> None:
+    """``--colsep`` is a regular expression, as GNU parallel's: one that matches text."""
+    if colsep is None:
+        return
+    try:
+        pattern = re.compile(colsep)
+    except re.error as exc:
+        raise UsageError(f"--colsep {colsep!r} is not a regular expression ({exc})") from None
+    if colsep == "" or pattern.fullmatch(""):
+        raise UsageError(f"--colsep {colsep!r} matches nothing at all; give a separator, say ,")
 
 
 def read_lines(stream: IO[bytes], null: bool) -> Iterator[str]:
@@ -158,11 +179,12 @@ def jobs(
     combos: Iterable[tuple[str, ...]] = (
         ((v,) for v in streams[0]) if len(streams) == 1 else itertools.product(*streams)
     )
+    split = None if colsep is None else re.compile(colsep).split  # a regex, as GNU parallel
     for combo in combos:
-        if colsep is None:
+        if split is None:
             yield combo
         else:
-            yield tuple(column for value in combo for column in value.split(colsep))
+            yield tuple(column for value in combo for column in split(value))
 
 
 def _modify(value: str, how: str) -> str:
@@ -310,7 +332,7 @@ class Runner:
     tag: bool = False
     out: IO[bytes] = field(default_factory=lambda: sys.stdout.buffer)
     err: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
-    shell: str = field(default_factory=lambda: os.environ.get("SHELL") or "/bin/sh")
+    shell: str = field(default_factory=lambda: posix_shell())
     journal_identity: str = ""  # what a journal of this run records as its function
 
     def __post_init__(self) -> None:
@@ -318,6 +340,7 @@ class Runner:
         for slot in range(1, self.slots + 1):
             self._free.put(slot)
         self._live: dict[int, subprocess.Popen[bytes]] = {}  # by pid: running commands
+        self._left: dict[int, subprocess.Popen[bytes]] = {}  # ended, their groups not empty
         self._lock = threading.Lock()  # one writer at a time on out and err
         self.stopping = False
 
@@ -339,34 +362,24 @@ class Runner:
         else:
             argv = [self.shell, "-c", command]
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # its own process group: killed as a whole
-            )
-        except OSError as exc:  # --no-shell and no such program
-            raise WhilstError(f"cannot run {argv[0]}: {exc.strerror}") from None
+            proc = self._spawn(argv)
+        except OSError as exc:
+            if isinstance(command, str) and self.template.direct:  # a script with no #!
+                proc = self._spawn([self.shell, "-c", command])
+            else:  # --no-shell and no such program
+                raise WhilstError(f"cannot run {argv[0]}: {exc.strerror}") from None
         with self._lock:
             self._live[proc.pid] = proc
             stopped = self.stopping
         if stopped:  # stop() ran while it started: it must not outlive the run
             self._kill(proc, wait=0)
         try:
-            if self.line_buffer:
-                stdout, stderr, timed_out = b"", b"", self._stream(proc, job)
-            else:
-                try:
-                    stdout, stderr = proc.communicate(timeout=self.timeout)
-                    timed_out = False
-                except subprocess.TimeoutExpired:
-                    self._kill(proc)
-                    stdout, stderr = proc.communicate()
-                    timed_out = True
+            stdout, stderr, timed_out = self._collect(proc, job)
         finally:
             with self._lock:
                 self._live.pop(proc.pid, None)
+                if _group_alive(proc.pid):  # it left processes behind in its group
+                    self._left[proc.pid] = proc
         code = proc.returncode
         ran = Ran(
             command,
@@ -383,37 +396,70 @@ class Runner:
             raise CommandFailed(ran)
         return ran
 
-    def _stream(self, proc: subprocess.Popen[bytes], job: Job) -> bool:
-        """--line-buffer: print whole lines as they come, each stream on its own;
-        True if the timeout killed the command."""
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed as a whole
+        )
+
+    def _collect(self, proc: subprocess.Popen[bytes], job: Job) -> tuple[bytes, bytes, bool]:
+        """Read a command's output until both pipes close, or until the command has
+        exited and its pipes stay quiet for a moment (something it left running,
+        outside its process group, holds them open), or until its timeout (its
+        group is killed, and what it wrote is kept). With --line-buffer, whole
+        lines are printed as they come. Returns stdout, stderr, timed out."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         prefix = (job.text.encode("utf-8", "surrogateescape") + b"\t") if self.tag else b""
+        stream = self.line_buffer
+        kept: dict[int, list[bytes]] = {}
+        partial: dict[int, bytes] = {}  # --line-buffer: the start of a line to come
+        timed_out, quiet_since = False, 0.0
         with selectors.DefaultSelector() as selector:
-            partial: dict[int, bytes] = {}  # by pipe: the start of a line to come
-            for stream, sink in ((proc.stdout, self.out), (proc.stderr, self.err)):
-                assert stream is not None
-                os.set_blocking(stream.fileno(), False)
-                selector.register(stream, selectors.EVENT_READ, sink)
-                partial[stream.fileno()] = b""
+            for pipe, sink in ((proc.stdout, self.out), (proc.stderr, self.err)):
+                assert pipe is not None
+                os.set_blocking(pipe.fileno(), False)
+                selector.register(pipe, selectors.EVENT_READ, sink)
+                kept[pipe.fileno()], partial[pipe.fileno()] = [], b""
             while selector.get_map():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    if timed_out:
+                        break  # killed, and given a moment to flush: done
                     self._kill(proc)
-                    proc.wait()
-                    return True
-                for key, _ in selector.select(left):
+                    timed_out, deadline = True, now + EXIT_GRACE  # keep what it wrote
+                wait = EXIT_GRACE if deadline is None else max(min(deadline - now, EXIT_GRACE), 0)
+                ready = selector.select(wait)
+                if not ready:
+                    if proc.poll() is not None:  # it ended; its pipes stay open, quiet
+                        quiet_since = quiet_since or now
+                        if now - quiet_since >= EXIT_GRACE:
+                            break
+                    continue
+                quiet_since = 0.0
+                for key, _ in ready:
                     fd, sink = key.fd, key.data
                     chunk = os.read(fd, 1 << 16)
                     if not chunk:
                         selector.unregister(key.fileobj)
-                        if partial[fd]:
+                        if stream and partial[fd]:
                             self._write(sink, prefix + partial[fd] + b"\n")
+                        continue
+                    if not stream:
+                        kept[fd].append(chunk)
                         continue
                     *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
                     if lines:
                         self._write(sink, b"".join(prefix + line + b"\n" for line in lines))
+        out_fd, err_fd = (p.fileno() for p in (proc.stdout, proc.stderr))  # type: ignore[union-attr]
+        stdout, stderr = b"".join(kept[out_fd]), b"".join(kept[err_fd])
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
         proc.wait()
-        return False
+        return stdout, stderr, timed_out
 
     def _write(self, sink: IO[bytes], data: bytes) -> None:
         with self._lock:
@@ -450,7 +496,7 @@ class Runner:
         kills itself."""
         with self._lock:
             self.stopping = True
-            live = list(self._live.values())
+            live = [*self._live.values(), *self._left.values()]  # nothing outlives the run
         for proc in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -460,6 +506,14 @@ class Runner:
                 proc.wait(max(end - time.monotonic(), 0))
         for proc in live:
             _kill_group(proc)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -473,6 +527,18 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             return  # no process left in the group
         proc.poll()  # reap the command itself
         time.sleep(pause)
+
+
+#: Shells whose quoting is POSIX's, the quoting every value gets (shlex.quote).
+POSIX_SHELLS = frozenset({"sh", "bash", "dash", "ksh", "mksh", "zsh", "ash", "busybox"})
+
+
+def posix_shell() -> str:
+    """``$SHELL`` when it quotes as POSIX does (GNU parallel too runs jobs in the
+    user's shell), else ``/bin/sh``: a value quoted for POSIX could escape its
+    quotes in fish or csh."""
+    shell = os.environ.get("SHELL", "")
+    return shell if os.path.basename(shell) in POSIX_SHELLS else "/bin/sh"
 
 
 def ran_of(result: Any) -> Ran | None:
