@@ -79,7 +79,9 @@ class Server:
                 assert self.other is not None
                 raise web.HTTPFound(self.other.url("/auth/x"))
             if kind == "auth":
-                self.auth.append(request.headers.get("Authorization"))
+                self.auth.append(
+                    request.headers.get("Authorization") or request.headers.get("X-Api-Key")
+                )
                 return web.Response(text=request.headers.get("Authorization", "none"))
             if kind == "wait":
                 await asyncio.sleep(0.2)
@@ -173,6 +175,8 @@ def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) 
             server.url(f"/ok/1?api_key={SECRET}&page=2").replace("http://", f"http://me:{SECRET}@"),
             server.url(f"/fail/1?token={SECRET}"),
             server.url("/redirect/1"),
+            server.url(f"/ok/2?%74oken={SECRET}#access_token={SECRET}"),
+            server.url(f"/ok/3?pass={SECRET}&credentials={SECRET}"),
         ]
         files = {name: tmp_path / name for name in ("run.db", "r.jsonl", "r.html", "r.json")}
         run = whilst(
@@ -189,6 +193,7 @@ def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) 
             if path.is_file() and path.parent.name != "out":
                 assert SECRET.encode() not in path.read_bytes(), path.name
         assert other.auth == [None]  # the redirect to another host got no Authorization
+        # nor X-Api-Key (given with -H, sent to the URL's own host only)
     finally:
         other.close()
 

@@ -25,10 +25,15 @@ from ._errors import Retry, UsageError, WhilstError
 
 #: Statuses worth another attempt: the server is busy or a gateway failed.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Query parameters whose values are secrets.
-SECRET_PARAMS = re.compile(r"(?i)(key|token|secret|password|passwd|pwd|auth|signature|sig|session)")
-#: Headers that are never shown: a header given with -H is sent, never written.
-SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key", "proxy-authorization"})
+#: Query (and fragment) parameters whose values are secrets, by name.
+SECRET_PARAMS = re.compile(
+    r"(?i)(key|token|secret|pass|pwd|auth|signature|sig|session|cred|bearer|code)"
+)
+#: Headers that are never shown, and never sent on to another host on a redirect:
+#: any header given with -H is sent to the URL's host only, never written.
+SECRET_HEADERS = re.compile(r"(?i)(authorization|cookie|key|token|secret|auth|session|pass)")
+#: Redirects followed, at most.
+MAX_REDIRECTS = 10
 
 
 def redact(url: str) -> str:
@@ -40,11 +45,22 @@ def redact(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{name}=***" if SECRET_PARAMS.search(name) else (f"{name}={value}" if sep else name)
-        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, _params(parts.query), _params(parts.fragment))
     )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _params(text: str) -> str:
+    """``name=value&...`` with the values of secret-looking names (read decoded:
+    ``%74oken`` is ``token``) as ``***``."""
+    if "=" not in text:
+        return text
+    shown = []
+    for pair in text.split("&"):
+        name, sep, _ = pair.partition("=")
+        secret = sep and SECRET_PARAMS.search(urllib.parse.unquote_plus(name))
+        shown.append(f"{name}=***" if secret else pair)
+    return "&".join(shown)
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,11 @@ class Fetched:
     saved: str | None = None
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc.rpartition("@")[2].lower()
+
+
 def retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (seconds or an HTTP date), at most 600."""
     if not value:
@@ -150,9 +171,7 @@ class Fetcher:
             )
         started = time.perf_counter()
         try:
-            async with self._session.request(
-                self.method, target.url, headers=self.headers, data=self.data
-            ) as response:
+            async with await self._follow(target) as response:
                 if response.status in RETRY_STATUSES:
                     after = retry_after(response.headers.get("Retry-After"))
                     raise Retry(after, f"HTTP {response.status} from {target!r}, to be retried")
@@ -163,6 +182,26 @@ class Fetcher:
             # aiohttp's messages carry the URL: name the cause, never the secrets
             raise FetchError(f"{type(exc).__name__} fetching {target!r}") from None
         return Fetched(response.status, size, time.perf_counter() - started, saved)
+
+    async def _follow(self, target: Target) -> Any:
+        """The response, redirects followed by hand: headers given with -H go to
+        the URL's own origin only, never on to another host or port."""
+        url, method, data, headers = target.url, self.method, self.data, self.headers
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._session.request(
+                method, url, headers=headers, data=data, allow_redirects=False
+            )
+            location = response.headers.get("Location")
+            if response.status not in (301, 302, 303, 307, 308) or not location:
+                return response
+            response.release()
+            url = urllib.parse.urljoin(url, location)
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, data = "GET", None
+            if _origin(url) != origin:
+                headers = {k: v for k, v in headers.items() if not SECRET_HEADERS.search(k)}
+        raise HTTPStatusError(response.status, target)  # too many redirects
 
     async def _body(self, response: Any, target: Target) -> tuple[int, str | None]:
         size = 0
