@@ -64,3 +64,29 @@ def test_cpu_heavy_work_that_cannot_be_pickled_stays_in_threads_and_says_why() -
     assert run.summary.mode == "threads"
     assert "cannot be pickled" in run.summary.mode_reason
     assert len(results) == 12
+
+
+class Holder:
+    """An item that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.lock = threading.Lock()
+
+
+def crunch_held(item: Holder) -> int:
+    return crunch(item.n)
+
+
+def test_items_that_cannot_be_pickled_keep_the_run_in_threads() -> None:
+    _, run, results = timed(crunch_held, [Holder(300_000) for _ in range(16)], "auto")
+    assert run.summary is not None
+    assert run.summary.mode == "threads"
+    assert "items or values cannot be pickled" in run.summary.mode_reason
+    assert all(r.ok for r in results)
+
+
+def test_a_run_too_short_to_measure_says_so() -> None:
+    _, run, _ = timed(crunch, [1000, 1000], "auto")
+    assert run.summary is not None
+    assert run.summary.mode_reason.startswith("auto kept threads: the run's 2 tasks")

@@ -621,7 +621,7 @@ class Scheduler:
     def _finished_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, worker: str
     ) -> None:
-        name = self.mode.name
+        name = self.mode.ran_in(outcomes)
         self.done += len(items)
         self.failed += len(outcomes.errors)
         self.output.add_batch(first, items, outcomes, name, worker)
@@ -806,7 +806,7 @@ class Scheduler:
     def _failed_batch(self, first: int, items: list[Any], outcomes: Outcomes, worker: str) -> None:
         """A fresh batch with failures: its successes are done, each failure becomes a
         task that may be retried."""
-        name = self.mode.name
+        name = self.mode.ran_in(outcomes)
         for r in batch_results(first, items, outcomes, name, worker):
             if r.status is OK:
                 self._finish(r)

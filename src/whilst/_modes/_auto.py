@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .._options import cpu_count
+from . import _worker
 from ._base import Mode, Outcomes
 from ._threads import ThreadsMode
 
@@ -43,6 +44,7 @@ class AutoMode(Mode):
         self._tasks = 0
         self._began: float | None = None
         self._choosing: asyncio.Task[None] | None = None
+        self._probed: list[tuple[list[Any], list[Any]]] = []  # the probe's items and values
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -54,7 +56,10 @@ class AutoMode(Mode):
 
     @property
     def abandons(self) -> bool:  # type: ignore[override]
-        return self.active.abandons
+        return True  # a thread of the probe may still run a timed-out attempt: wait for it
+
+    def ran_in(self, outcomes: Outcomes) -> str:
+        return "threads" if outcomes.cpu >= 0 else self.active.name  # threads measure CPU
 
     @property
     def timeout_note(self) -> str:  # type: ignore[override]
@@ -67,9 +72,14 @@ class AutoMode(Mode):
         if self._choosing is not None and not self._choosing.done():
             await asyncio.shield(self._choosing)  # the processes are being started
         if self.active is not self.threads:
+            try:
+                _worker.dumps(items)  # what processes mode would send
+            except Exception:
+                return await self.threads.run_batch(slot, items)  # these stay in threads
             return await self.active.run_batch(slot, items)
         outcomes = await self.threads.run_batch(slot, items)
         if self._choosing is None:
+            self._probed.append((items, outcomes.values))
             # The probe's wall time: from the first task's start (not the threads'
             # start-up) to now; its CPU time: the tasks', in their threads.
             if self._began is None or outcomes.start < self._began:
@@ -101,6 +111,17 @@ class AutoMode(Mode):
                 "move it to processes"
             )
             return
+        try:  # items and values must travel to and from processes too
+            for items, values in self._probed:
+                _worker.dumps((items, values))
+        except Exception as exc:
+            self.reason = (
+                f"auto kept threads: {measured}, but its items or values cannot be pickled "
+                f"for processes ({type(exc).__name__})"
+            )
+            return
+        finally:
+            self._probed.clear()
         from ._processes import ProcessesMode
 
         processes = ProcessesMode(self.fn, limit=cpu_count(), is_async=self.is_async)
@@ -120,6 +141,13 @@ class AutoMode(Mode):
     async def close(self, *, abort: bool = False) -> None:
         if self._choosing is not None and not self._choosing.done():
             self._choosing.cancel()
+        if self._choosing is None and self._tasks:  # over before the probe was
+            wall = time.time() - (self._began or time.time())
+            share = self._cpu / wall if wall > 0 else 0.0
+            self.reason = (
+                f"auto kept threads: the run's {self._tasks} tasks (too few to move) spent "
+                f"{share:.0%} of their time on the CPU"
+            )
         try:
             await self.threads.close(abort=abort)
         finally:

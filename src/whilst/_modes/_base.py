@@ -68,6 +68,10 @@ class Mode(abc.ABC):
     async def settle(self, slot: int) -> None:  # noqa: B027 - most modes stop what they cancel
         """Wait until ``slot`` can run again after a timed-out attempt was abandoned."""
 
+    def ran_in(self, outcomes: Outcomes) -> str:
+        """The mode a batch ran in (``auto`` may have moved since it started)."""
+        return self.name
+
     @abc.abstractmethod
     def worker(self, slot: int) -> str:
         """Where ``slot`` runs, as results and timelines show it."""
