@@ -695,6 +695,7 @@ def run_doctor(
     """Run ``script`` as ``__main__`` under the doctor; the program's exit status."""
     import json
     import runpy
+    import signal
     import traceback
 
     from ._doctor import Doctor, Finding, print_report, report
@@ -711,6 +712,12 @@ def run_doctor(
     sys.argv = [script, *args]
     sys.path.insert(0, str(Path(script).resolve().parent))
     watch = Doctor(threshold=threshold, live=tell if live else None, origins=origins)
+
+    def terminated(signum: int, frame: object) -> None:  # report, then exit as SIGTERM would
+        raise SystemExit(EXIT_TERMINATED)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
     try:
         with watch:
             try:

@@ -64,6 +64,12 @@ FIXES = {
 }
 
 
+UVLOOP_NOTE = (
+    "uvloop was in use, and its loops cannot be watched: run the program with the standard "
+    "asyncio loop to see what blocks it"
+)
+
+
 @dataclass
 class Finding:
     """One distinct problem: where (file, line, function), what, how often, and the fix."""
@@ -92,6 +98,8 @@ class _Watched:
     started: float = field(default_factory=time.monotonic)
     beat_sent: float | None = None  # when the pending heartbeat was posted
     beat_back: float = 0.0  # when the last one ran
+    last_idle: float = 0.0  # when the loop thread was last seen waiting for work
+    beat_back_before: float = 0.0  # when the heartbeat before the last one ran
     block: collections.Counter[tuple[str, int, str, str]] = field(
         default_factory=collections.Counter
     )
@@ -170,6 +178,10 @@ class Doctor:
         patched.run_forever = run_forever
         patched.default_exception_handler = default_exception_handler
         asyncio.create_task = asyncio.tasks.create_task = create_task
+        try:  # watch() entered inside a running loop: watch that one too
+            self._inside: _Watched | None = self._watch(asyncio.get_running_loop())
+        except RuntimeError:
+            self._inside = None
         self._thread = threading.Thread(target=self._watchdog, name="whilst-doctor", daemon=True)
         self._thread.start()
 
@@ -184,6 +196,7 @@ class Doctor:
         sys.set_coroutine_origin_tracking_depth(self._depth)
         for watched in list(self._loops.values()):
             self._unwatch(watched)
+        self.uvloop_unwatched = "uvloop" in sys.modules and not self._loop_wall
         self.ended = time.monotonic()
 
     # -- what it finds -------------------------------------------------------
@@ -242,7 +255,13 @@ class Doctor:
         name = getattr(coro, "__qualname__", "coroutine")
         self._add("never_awaited", where, 0.0, call=_source(where[0], where[1]),
                   detail=f"coroutine {name!r} was never awaited")  # fmt: skip
-        self._warn(coro)
+        # Python's own warning, still pointing at the user's line (as the original
+        # hook does, called from the same place).
+        message = f"coroutine {name!r} was never awaited"
+        if origin:
+            frames = "".join(f'  File "{f}", line {n}, in {fn}\n' for f, n, fn in reversed(origin))
+            message += f"\nCoroutine created at (most recent call last)\n{frames}".rstrip("\n")
+        warnings.warn(message, RuntimeWarning, stacklevel=2, source=coro)
 
     def _exception(self, context: dict[str, Any]) -> None:
         task = context.get("future")
@@ -290,7 +309,9 @@ class Doctor:
                 if frame is None:
                     continue
                 waiting = _waiting(frame)
-                if not waiting:
+                if waiting:
+                    watched.last_idle = now
+                else:
                     self._samples += 1
                     where = _yours(_stack(frame), below_loop=False)
                     if where is not None:  # (None: the loop's own work between tasks)
@@ -318,20 +339,26 @@ class Doctor:
 
     def _end_block(self, watched: _Watched, now: float, sent: float | None = None) -> None:
         sent = watched.beat_sent if sent is None else sent
+        watched.beat_back_before = watched.beat_back
         watched.beat_sent, watched.beat_back = None, now
         block, watched.block = watched.block, collections.Counter()
         if not block or sent is None:
             return
-        lag = now - sent
-        (file, line, function, kind), _ = block.most_common(1)[0]
+        # The block began after the loop was last seen idle (or last ran a heartbeat)
+        # and before the pending heartbeat was posted.
+        began = min(sent, max(watched.last_idle, watched.beat_back_before, sent - self.threshold))
+        lag = now - began
         cpu = _thread_cpu(watched.native) - watched.block_cpu
-        samples = sum(block.values()) * self.interval
-        if kind == "other" and cpu >= 0.7 * samples:
-            kind = "cpu"
-        what = "a CPU loop: " if kind == "cpu" else ""
-        detail = f"{what}the event loop did not run for {lag:.3f} s"
-        self._add("blocking_call", (file, line, function), lag, call=_source(file, line),
-                  fix_key=kind, detail=detail)  # fmt: skip
+        total = sum(block.values())
+        # Several blocking calls in a row, no await between: each gets its share.
+        for (file, line, function, kind), n in block.most_common():
+            seconds = lag * n / total
+            if kind == "other" and cpu >= 0.7 * total * self.interval:
+                kind = "cpu"
+            what = "a CPU loop: " if kind == "cpu" else ""
+            detail = f"{what}the event loop did not run for {lag:.3f} s"
+            self._add("blocking_call", (file, line, function), seconds,
+                      call=_source(file, line), fix_key=kind, detail=detail)  # fmt: skip
 
 
 def _waiting(frame: Any) -> bool:
@@ -412,9 +439,13 @@ def _thread_cpu(native: int) -> float:
 
 def report(doctor: Doctor, program: str, exit_status: int | None) -> dict[str, Any]:
     """The findings as one JSON-able object."""
+    notes = []
+    if getattr(doctor, "uvloop_unwatched", False):
+        notes.append(UVLOOP_NOTE)
     return {
         "program": program,
         "exit_status": exit_status,
+        "notes": notes,
         "seconds": round(doctor.ended - doctor.started, 3),
         "loop_cpu_share": round(doctor.cpu_share, 3),
         "findings": [f.to_json() for f in doctor.findings()],
@@ -452,3 +483,5 @@ def print_report(doctor: Doctor, program: str, file: Any = None) -> None:
     console.print(
         f"[dim]the event loop threads spent {doctor.cpu_share:.0%} of their time on the CPU[/]"
     )
+    if getattr(doctor, "uvloop_unwatched", False):
+        console.print(f"[yellow]{escape(UVLOOP_NOTE)}[/]")
