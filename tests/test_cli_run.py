@@ -368,3 +368,24 @@ def test_values_are_quoted_for_posix_shells_only() -> None:
     finally:
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_a_job_starts_as_its_line_comes_on_a_stream() -> None:
+    """`tail -f | whilst run`: lines from a pipe run as they come, not in batches."""
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "-j", "1", "echo {}; date +%s.%N"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(b"one\n")
+    proc.stdin.flush()
+    sent = time.time()
+    assert proc.stdout.readline() == b"one\n"
+    ran_at = float(proc.stdout.readline())
+    assert ran_at - sent < 2  # it did not wait for more lines
+    proc.stdin.write(b"two\n")
+    proc.stdin.close()
+    assert proc.stdout.readline() == b"two\n"
+    proc.wait(30)
+    assert proc.returncode == 0

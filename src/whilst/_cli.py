@@ -300,9 +300,15 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     combination. Each job's output is printed whole when it ends, never mixed
     with another job's.
     """
+    import itertools
+    import os
+    import re
+    import stat
+
     from ._errors import UsageError
     from ._shell import (
         Job,
+        LineFeed,
         Runner,
         Template,
         check_colsep,
@@ -325,9 +331,17 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     stdin = sys.stdin.buffer
-    todo = (
+    todo: Any = (
         Job(seq, args) for seq, args in enumerate(jobs(sources, stdin, null=null, colsep=colsep), 1)
     )
+    if not sources and not dry_run and not stat.S_ISREG(os.fstat(stdin.fileno()).st_mode):
+        # A pipe or a terminal: each job starts as its line comes, and a slow
+        # stream never holds up the event loop.
+        seq = itertools.count(1)
+        split = re.compile(colsep).split if colsep else None
+        todo = LineFeed(
+            stdin, null, lambda line: Job(next(seq), tuple(split(line)) if split else (line,))
+        )
     if dry_run:
         out = sys.stdout.buffer
         for job in todo:

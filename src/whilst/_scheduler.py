@@ -176,6 +176,7 @@ class Scheduler:
         self._exhausted = False
         self._unread: collections.deque[tuple[int, list[Any]]] = collections.deque()  # see _take
         self._read_all = False  # the input has ended (runs may wait in _unread)
+        self._source_done = False  # the last read found the input's end
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
         self.unread: str | None = None  # why a halted run left an async input unread
         self._pulled = 0  # the index of the next item
@@ -436,7 +437,7 @@ class Scheduler:
                     runs[-1][1].append(item)
                 else:
                     runs.append((index, [item]))
-            if len(items) < n:
+            if self._source_done:
                 self._read_all = True
                 break
         if not runs:
@@ -449,12 +450,16 @@ class Scheduler:
 
     async def _read_items(self, n: int, stop: bool = True) -> tuple[int, list[Any]]:
         """Up to ``n`` items of the input and the index of the first; fewer at its
-        end, and then (if ``stop``) nothing more is read."""
+        end, and then (if ``stop``) nothing more is read. An async input with a
+        ``ready(k)`` method (a stream, say) gives what has come once it gave one:
+        a batch does not wait for items still to come."""
         first = self._pulled
         if self._sync_source:
             items = list(itertools.islice(self._items, n))
+            self._source_done = len(items) < n
         else:
             items = []
+            ready = getattr(self._aitems, "ready", None)
             async with self._lock:  # one batch's items are consecutive
                 first = self._pulled
                 while len(items) < n and not self._exhausted:
@@ -467,8 +472,12 @@ class Scheduler:
                         self.input_error = exc
                         self._input_ended = True
                         break
+                    if ready is not None:
+                        items.extend(ready(n - len(items)))
+                        break
+            self._source_done = self._input_ended or (len(items) < n and ready is None)
         self._pulled = first + len(items)
-        if len(items) < n and stop:
+        if self._source_done and stop:
             self._stop_pulling()
         return first, items
 

@@ -12,6 +12,7 @@ loop's subprocess support (see ``bench/``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -150,6 +151,64 @@ def read_lines(stream: IO[bytes], null: bool) -> Iterator[str]:
         return
     for line in stream:
         yield line.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
+
+
+class LineFeed:
+    """The lines of a stream (stdin) as an async iterator, read by a thread of its
+    own: a job starts as soon as its line comes (``tail -f | whilst run``), and
+    the event loop never blocks on the stream. ``ready(k)`` gives the lines that
+    have come already, so a batch of jobs takes those and does not wait for more.
+    """
+
+    def __init__(self, stream: IO[bytes], null: bool, make: Callable[[str], Any]) -> None:
+        self._lines = read_lines(stream, null)
+        self._make = make  # a line into the item to run
+        self._queue: asyncio.Queue[Any] | None = None
+        self._error: BaseException | None = None
+
+    def __aiter__(self) -> LineFeed:
+        return self
+
+    def _start(self) -> asyncio.Queue[Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        make = self._make
+
+        def read() -> None:
+            try:
+                for line in self._lines:
+                    loop.call_soon_threadsafe(queue.put_nowait, make(line))
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                with contextlib.suppress(RuntimeError):  # the run already ended
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=read, name="whilst-stdin", daemon=True).start()
+        return queue
+
+    async def __anext__(self) -> Any:
+        if self._queue is None:
+            self._queue = self._start()
+        args = await self._queue.get()
+        if args is None:
+            self._queue.put_nowait(None)  # stays ended
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        return args
+
+    def ready(self, k: int) -> list[Any]:
+        """Up to ``k`` lines that have come already (none waited for)."""
+        out: list[Any] = []
+        queue = self._queue
+        while queue is not None and len(out) < k and not queue.empty():
+            args = queue.get_nowait()
+            if args is None:
+                queue.put_nowait(None)
+                break
+            out.append(args)
+        return out
 
 
 def jobs(
