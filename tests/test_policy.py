@@ -1075,3 +1075,19 @@ def test_a_deadline_leaves_an_async_input_unread() -> None:
     assert time.monotonic() - t0 < 3
     assert [r.index for r in results] == list(range(len(results)))
     assert results[0].status is Status.OK
+
+
+def test_the_end_of_a_run_does_not_wait_for_a_thread_that_timed_out() -> None:
+    """A thread cannot be killed: its slot waits for it while tasks remain, but
+    once nothing is left to start the run ends (the thread finishes alone)."""
+
+    def task(x: int) -> int:
+        time.sleep(20 if x == 0 else 0.01)
+        return x
+
+    for items in (list(range(10)), iter(range(10))):
+        started = time.monotonic()
+        with pytest.raises(whilst.TasksFailed) as caught:
+            whilst.map(task, items, mode="threads", limit=2, timeout=0.3)
+        assert time.monotonic() - started < 5
+        assert [r.status for r in caught.value.failed] == [Status.TIMED_OUT]

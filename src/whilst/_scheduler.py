@@ -207,6 +207,7 @@ class Scheduler:
             output.on_room = self._wake_all  # a slot may nap while the window is full
         self._scopes: dict[int, Timeout | None] = {}  # each slot's running attempt
         self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
+        self._retry_settling: set[int] = set()  # ... before retrying it
         self._stopping: str | None = None  # why nothing new starts
         self._stop_now = False  # running attempts are being cancelled too
         self._failures = self._successes = self._finished = 0
@@ -753,7 +754,8 @@ class Scheduler:
                 retry = self._retrying(task, status, error)
                 if not retry:
                     self._ended(task, status, value, error, end, worker)
-                await self._settle(slot)
+                if retry or not self._nothing_left():  # (the run's end does not wait)
+                    await self._settle(slot, retry)
                 self._release(task)
                 if retry:
                     self._ended(task, status, value, error, end, worker)
@@ -890,17 +892,27 @@ class Scheduler:
             f"the attempt ran past its timeout of {timeout:g} s; {self.mode.timeout_note}"
         )
 
-    async def _settle(self, slot: int) -> None:
+    async def _settle(self, slot: int, retry: bool = False) -> None:
         """After a timed-out attempt: wait until the slot's worker is free again (a
-        thread cannot be killed; it keeps its slot until it returns)."""
+        thread cannot be killed; it keeps its slot until it returns). Unless the
+        attempt is to be retried, the wait ends too when nothing is left to start."""
         scope = self._settling[slot] = asyncio.timeout(None)
+        if retry:
+            self._retry_settling.add(slot)
         try:
             async with scope:
                 await self.mode.settle(slot)
         except TimeoutError:
-            pass  # the run is stopping: leave the abandoned attempt behind
+            pass  # the run is stopping, or has nothing left: leave the attempt behind
         finally:
             del self._settling[slot]
+            self._retry_settling.discard(slot)
+
+    def _nothing_left(self) -> bool:
+        """Whether no task is left to start: the input read to its end (known for an
+        input with a length), and nothing waiting for a retry or for its key."""
+        read_all = self._exhausted or (self._total is not None and self._pulled >= self._total)
+        return read_all and not (self._retries or self._held or self._unread)
 
     def _ended(
         self,
@@ -1095,7 +1107,11 @@ class Scheduler:
                 await output.room()  # only running tasks ahead, and they need no room
             elif aside:
                 await self._nap()
-            else:  # nothing left to start: napping slots may end too
+            else:  # nothing left to start: napping slots may end too, and slots
+                # waiting for an abandoned thread need not (unless for its retry)
+                for slot, scope in self._settling.items():
+                    if slot not in self._retry_settling and not scope.expired():
+                        scope.reschedule(-math.inf)
                 break
         self._wake_all()
         return None
