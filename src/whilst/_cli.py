@@ -436,6 +436,7 @@ def http(source: str, **kwargs: Any) -> None:
     Prints one line per URL: status, bytes, seconds, URL.
     """
     import asyncio
+    import hashlib
     import signal
 
     from ._errors import UsageError
@@ -459,6 +460,12 @@ def http(source: str, **kwargs: Any) -> None:
         data=None if data is None else data.encode(),
         out=out,
         connections=jobs,
+        # A journal of another request (method, headers, body) is refused, as a
+        # changed command is: header values and the body count only as a hash.
+        journal_identity="whilst http "
+        + hashlib.blake2b(
+            repr((method, sorted(headers.items()), data)).encode(), digest_size=8
+        ).hexdigest(),
     )
 
     write = sys.stdout.write
@@ -569,7 +576,7 @@ failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
     "--path",
     "paths",
     multiple=True,
-    type=click.Path(file_okay=False),
+    type=click.Path(exists=True, file_okay=False),
     help="Add this directory to sys.path first (repeatable).",
 )
 @click.argument("target", metavar="MODULE:FUNCTION")
@@ -626,6 +633,10 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name and module_name != exc.name and not module_name.startswith(f"{exc.name}."):
+            raise UsageError(
+                f"module {module_name!r} needs {exc.name!r}, which is not installed"
+            ) from None
         raise UsageError(
             f"module {exc.name!r} was not found; run from its directory or add --path DIR"
         ) from None

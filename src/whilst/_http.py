@@ -158,6 +158,7 @@ class Fetcher:
     data: bytes | None = None
     out: Path | None = None
     connections: int = 100
+    journal_identity: str = "whilst http"  # what a journal of this run records
     _session: Any = None
 
     async def __call__(self, target: Target) -> Fetched:
