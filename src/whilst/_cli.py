@@ -556,7 +556,7 @@ failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
 @batch_options("as --mode chooses")
 @click.option(
     "--mode",
-    type=click.Choice(["auto", "sync", "async", "threads", "processes", "dask"]),
+    type=click.Choice(["auto", "sync", "async", "threads", "processes", "dask", "ray"]),
     default="auto",
     show_default=True,
     help="Where the calls run.",
@@ -591,9 +591,11 @@ def call(target: str, source: str, **kwargs: Any) -> None:
 
     mode, jsonl, paths = kwargs.pop("mode"), kwargs.pop("jsonl"), kwargs.pop("paths")
     cluster, insecure = kwargs.pop("cluster"), kwargs.pop("cluster_insecure")
-    if cluster is not None and mode != "dask":
-        raise click.UsageError("--cluster is for --mode dask")
-    on_cluster = {} if mode != "dask" else {"cluster": cluster, "cluster_insecure": insecure}
+    if cluster is not None and mode not in ("dask", "ray"):
+        raise click.UsageError("--cluster is for --mode dask or ray")
+    on_cluster = (
+        {"cluster": cluster, "cluster_insecure": insecure} if mode in ("dask", "ray") else {}
+    )
     try:
         options = _shared(kwargs)
         fn = _function(target, paths)

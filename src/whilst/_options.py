@@ -15,7 +15,7 @@ from ._policy import Policy, RetryOn, make_policy
 from ._progress import Progress, ProgressCallback, progress_callback
 
 #: Modes a user can name, in the order the docs list them.
-MODES = ("auto", "sync", "async", "threads", "processes", "dask")
+MODES = ("auto", "sync", "async", "threads", "processes", "dask", "ray")
 
 
 def cpu_count() -> int:
@@ -144,8 +144,10 @@ def resolve(
     rest: dict[str, Any] = dict(policy or {})
     watching = {name: rest.pop(name, None) for name in WATCHING}
     cluster, insecure = rest.pop("cluster", None), bool(rest.pop("cluster_insecure", False))
-    if cluster is not None and mode != "dask":
-        raise UsageError(f"cluster= is for mode='dask', not mode={mode!r}; add mode='dask'")
+    if cluster is not None and mode not in ("dask", "ray"):
+        raise UsageError(
+            f"cluster= is for mode='dask' or 'ray', not mode={mode!r}; add mode='dask'"
+        )
     if mode == "dask" and isinstance(cluster, str):
         from ._modes._dask import check_address
 

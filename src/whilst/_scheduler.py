@@ -136,10 +136,11 @@ class Scheduler:
             from ._modes._auto import AutoMode
 
             self.mode: Mode = AutoMode(fn, limit=options.limit, is_async=options.is_async)
-        elif options.mode == "dask":
+        elif options.mode in ("dask", "ray"):
             from ._modes._dask import DaskMode
+            from ._modes._ray import RayMode
 
-            self.mode = DaskMode(
+            self.mode = (DaskMode if options.mode == "dask" else RayMode)(
                 fn,
                 limit=options.limit,
                 is_async=options.is_async,

@@ -13,6 +13,7 @@ _REGISTRY = {
     "threads": "whilst._modes._threads:ThreadsMode",
     "processes": "whilst._modes._processes:ProcessesMode",
     "dask": "whilst._modes._dask:DaskMode",
+    "ray": "whilst._modes._ray:RayMode",
 }
 
 

@@ -1,0 +1,114 @@
+"""``ray``: tasks on a Ray cluster, the scheduler keeping everything else.
+
+As in Dask mode: batches sized from measured time, one Ray task each, submitted
+as slots free up (at most ``limit`` batches in the cluster), limits, retries,
+timeouts, the journal, progress and the report whilst's own. A timed-out
+attempt is cancelled with ``ray.cancel(force=True)``, which kills the worker
+process running it. A worker lost mid-task: Ray runs the task again (up to 3
+times, ``max_retries``); past that the task ends ``crashed`` and whilst's
+``retries`` apply. With no ``cluster``, Ray is started on this machine for the
+run (or the running ``ray.init`` of the caller is used, and left running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import sys
+from typing import Any
+
+from .._errors import RemoteError, RemoteTraceback, UsageError, WorkerCrashed
+from .._options import cpu_count
+from . import _worker
+from ._base import Mode, Outcomes
+from ._dask import check_address
+
+_functions: dict[bytes, Any] = {}  # in a Ray worker: each run's function, loaded once
+
+
+def _run_in_ray(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
+    """Runs in a Ray worker: the batch, and where it ran."""
+    path, data = payload
+    fn = _functions.get(data)
+    if fn is None:
+        sys.path.extend(p for p in path if p not in sys.path)
+        fn = _functions[data] = pickle.loads(data)
+    start, ends, values, wired = _worker.run_batch(fn, items)
+    return start, ends, values, wired, f"ray-pid-{os.getpid()}"
+
+
+class RayMode(Mode):
+    """Each slot sends batches to Ray; Ray picks the worker."""
+
+    name = "ray"
+    batching = True
+    auto_batch = True
+    timeout_note = "its Ray task was cancelled and the worker process running it killed"
+
+    def __init__(
+        self,
+        fn: Any,
+        *,
+        limit: int,
+        is_async: bool,
+        cluster: Any = None,
+        insecure: bool = False,
+    ) -> None:
+        super().__init__(fn, limit=limit, is_async=is_async)
+        self.cluster, self.insecure = cluster, insecure
+        self._own = False
+        self._where: dict[int, str] = {}
+
+    async def open(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("mode='ray' needs Ray: pip install 'whilst[ray]'") from None
+        from ._processes import _dumps_function
+
+        self._payload = (list(sys.path), _dumps_function(self.fn))
+        if not ray.is_initialized():
+            if self.cluster is not None:
+                check_address(str(self.cluster).removeprefix("ray://"), self.insecure)
+            ray.init(
+                address=self.cluster,
+                num_cpus=None if self.cluster else min(self.limit, cpu_count()),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            self._own = True
+        self._remote = ray.remote(_run_in_ray).options(max_retries=3, num_cpus=1)
+
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
+        import ray
+
+        ref = self._remote.remote(self._payload, items)
+        try:
+            start, ends, values, wired, where = await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref, force=True)  # kills the worker process running it
+            raise
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+            raise WorkerCrashed(None) from exc
+        except ray.exceptions.RayTaskError as exc:  # whilst's own code failed there
+            raise RemoteError(str(exc)) from None
+        self._where[slot] = where
+        errors: dict[int, BaseException] = {}
+        for i, (error, what, tb) in wired.items():
+            if error is None:
+                error = RemoteError(what)
+            if tb:
+                error.__cause__ = RemoteTraceback(tb)
+            errors[i] = error
+        return Outcomes(start, ends, values, errors)
+
+    def worker(self, slot: int) -> str:
+        return self._where.get(slot, f"ray-{slot}")
+
+    async def close(self, *, abort: bool = False) -> None:
+        if self._own:
+            import ray
+
+            ray.shutdown()
