@@ -245,3 +245,37 @@ def test_a_blocking_file_read_is_named_and_live_tells_as_it_happens(tmp_path: Pa
     assert "open(fifo)" in block["call"]
     assert "asyncio.to_thread" in block["fix"]
     assert "whilst doctor: blocking_call" in run.stderr  # --live
+
+
+UVLOOP = textwrap.dedent(
+    """\
+    import asyncio, time, uvloop
+
+    async def task():
+        time.sleep(0.3)
+
+    async def boom():
+        raise ValueError("lost")
+
+    async def main():
+        await asyncio.gather(task(), task())
+        asyncio.create_task(boom())
+        await asyncio.sleep(0.1)
+
+    uvloop.run(main())
+    import gc; gc.collect()
+    """
+)
+
+
+def test_a_program_on_uvloop_is_watched_too(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    status, report, _ = doctor(tmp_path, UVLOOP)
+    assert status == 0
+    found = by_kind(report)
+    [block] = found["blocking_call"]
+    assert (block["line"], block["function"]) == (4, "task")
+    assert block["seconds"] >= 0.5
+    [lost] = found["lost_exception"]
+    assert lost["line"] == 11
+    assert report["notes"] == []

@@ -65,8 +65,8 @@ FIXES = {
 
 
 UVLOOP_NOTE = (
-    "uvloop was in use, and its loops cannot be watched: run the program with the standard "
-    "asyncio loop to see what blocks it"
+    "uvloop was in use, and its loops could not be watched (uvloop was imported before the "
+    "doctor started): start the doctor first, or run with the standard asyncio loop"
 )
 
 
@@ -100,6 +100,7 @@ class _Watched:
     beat_back: float = 0.0  # when the last one ran
     last_idle: float = 0.0  # when the loop thread was last seen waiting for work
     beat_back_before: float = 0.0  # when the heartbeat before the last one ran
+    base_frame: Any = None  # a loop run in C (uvloop): the Python frame it waits in
     block: collections.Counter[tuple[str, int, str, str]] = field(
         default_factory=collections.Counter
     )
@@ -170,6 +171,27 @@ class Doctor:
             finally:
                 doctor._unwatch(watched)
 
+        self._set_running = asyncio.events._set_running_loop
+        other_loops: dict[int, _Watched] = {}  # by thread: a loop not of asyncio's own
+
+        def set_running_loop(loop: Any) -> None:  # uvloop's loops say so here
+            doctor._set_running(loop)
+            if isinstance(loop, asyncio.BaseEventLoop):
+                return  # watched by run_forever
+            thread = threading.get_ident()
+            if loop is not None and thread not in other_loops:
+                watched = other_loops[thread] = doctor._watch(loop)
+                watched.base_frame = sys._getframe(1)  # where it waits, from Python's view
+                if loop.get_exception_handler() is None:  # hear its lost task exceptions
+
+                    def handler(loop: Any, context: dict[str, Any]) -> None:
+                        doctor._exception(context)
+                        loop.default_exception_handler(context)
+
+                    loop.set_exception_handler(handler)
+            elif loop is None and thread in other_loops:
+                doctor._unwatch(other_loops.pop(thread))
+
         def default_exception_handler(loop: asyncio.BaseEventLoop, context: dict[str, Any]) -> None:
             doctor._exception(context)
             doctor._handler(loop, context)
@@ -178,6 +200,7 @@ class Doctor:
         patched.run_forever = run_forever
         patched.default_exception_handler = default_exception_handler
         asyncio.create_task = asyncio.tasks.create_task = create_task
+        asyncio.events._set_running_loop = asyncio._set_running_loop = set_running_loop
         try:  # watch() entered inside a running loop: watch that one too
             self._inside: _Watched | None = self._watch(asyncio.get_running_loop())
         except RuntimeError:
@@ -192,6 +215,7 @@ class Doctor:
         patched.run_forever = self._run_forever
         patched.default_exception_handler = self._handler
         asyncio.create_task = asyncio.tasks.create_task = self._create_task
+        asyncio.events._set_running_loop = asyncio._set_running_loop = self._set_running
         warnings._warn_unawaited_coroutine = self._warn  # type: ignore[attr-defined]
         sys.set_coroutine_origin_tracking_depth(self._depth)
         for watched in list(self._loops.values()):
@@ -308,7 +332,7 @@ class Doctor:
                 frame = frames.get(watched.thread)
                 if frame is None:
                     continue
-                waiting = _waiting(frame)
+                waiting = _waiting(frame) or frame is watched.base_frame
                 if waiting:
                     watched.last_idle = now
                 else:
