@@ -11,7 +11,7 @@ from ._errors import TaskCancelled, TasksFailed, WhilstError
 from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
-from ._run import AsyncRun, Run, raise_run_error, streaming, summarise
+from ._run import AsyncRun, Run, raise_run_error, streaming
 from ._runner import make_runner
 from ._scheduler import Scheduler
 from ._summary import Stats
@@ -176,7 +176,7 @@ def aimap(
 def _print_summary(collect: Collect, scheduler: Scheduler) -> None:
     stats = Stats()
     stats.add(collect.in_order())
-    summarise(stats, scheduler).print()
+    scheduler.summary(stats).print()
 
 
 def _values(collect: Collect, unread: str | None) -> list[Any]:

@@ -17,19 +17,6 @@ from ._scheduler import Scheduler
 from ._summary import Stats, Summary
 
 
-def summarise(stats: Stats, scheduler: Scheduler) -> Summary:
-    """The summary of a finished run, from the figures of its results."""
-    o = scheduler.options
-    return stats.summary(
-        wall=scheduler.ended - scheduler.started,
-        mode=scheduler.mode.name,
-        mode_reason=scheduler.mode_reason,
-        limit=o.limit,
-        peak=scheduler.peak,
-        retries=scheduler.retried,
-    )
-
-
 def streaming(fn: Any, items: Any, options: Options) -> tuple[Scheduler, Stream]:
     """A scheduler whose results stream out, at most ``window_for(limit)`` held at once."""
     stream = Stream(ordered=options.ordered, window=window_for(options.limit))
@@ -95,7 +82,7 @@ class Run(Iterator[Result]):
         assert main is not None
         error = None if main.cancelled() else main.exception()
         self._shutdown()
-        self.summary = summarise(self._stats, self._scheduler)
+        self.summary = self._scheduler.summary(self._stats)
         runner.raise_if_interrupted()
         raise_run_error(self._scheduler, error)
         return []
@@ -160,7 +147,7 @@ class AsyncRun(AsyncIterator[Result]):
             return
         main = self._main
         await asyncio.wait([main])
-        self.summary = summarise(self._stats, self._scheduler)
+        self.summary = self._scheduler.summary(self._stats)
         if main.cancelled():
             raise asyncio.CancelledError
         raise_run_error(self._scheduler, main.exception())

@@ -47,6 +47,7 @@ from ._policy import POISON_DEATHS, KeyLimit, RateLimit
 from ._progress import EVERY as PROGRESS_EVERY
 from ._progress import Progress
 from ._result import Result, Status, batch_results, failure_status
+from ._summary import Stats, Summary
 from ._timeline import Timeline
 
 if TYPE_CHECKING:
@@ -278,17 +279,20 @@ class Scheduler:
     def _write_report(self, path: Path, timeline: Timeline) -> None:
         from ._html import write_report
 
-        o = self.options
-        summary = timeline.stats.summary(
+        name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        title = f"whilst run: {name}, {self.mode.name} mode"
+        write_report(path, timeline, self.summary(timeline.stats), title=title)
+
+    def summary(self, stats: Stats) -> Summary:
+        """The summary of the finished run, from the figures of its results."""
+        return stats.summary(
             wall=self.ended - self.started,
             mode=self.mode.name,
             mode_reason=self.mode_reason,
-            limit=o.limit,
+            limit=self.options.limit,
             peak=self.peak,
             retries=self.retried,
         )
-        name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
-        write_report(path, timeline, summary, title=f"whilst run: {name}, {self.mode.name} mode")
 
     def _write_trace(self, path: Path, timeline: Timeline) -> None:
         from ._trace import write_trace

@@ -28,6 +28,21 @@ class Outcomes(NamedTuple):
     cpu: float = -1.0  # CPU seconds the worker thread spent on it (threads mode), else -1
 
 
+def unwire(wired: dict[int, tuple[BaseException | None, str, str]]) -> dict[int, BaseException]:
+    """Errors as they came back from another process (see ``_worker._wire``): the
+    exception itself, or a RemoteError with its text, its traceback as the cause."""
+    from .._errors import RemoteError, RemoteTraceback
+
+    errors: dict[int, BaseException] = {}
+    for i, (error, what, tb) in wired.items():
+        if error is None:
+            error = RemoteError(what)
+        if tb:
+            error.__cause__ = RemoteTraceback(tb)
+        errors[i] = error
+    return errors
+
+
 class Mode(abc.ABC):
     """Runs attempts for one run.
 

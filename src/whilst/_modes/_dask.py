@@ -16,31 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import pickle
 import sys
 import urllib.parse
 from typing import Any
 
-from .._errors import RemoteError, RemoteTraceback, UsageError, WorkerCrashed
+from .._errors import UsageError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcomes
-
-_functions: dict[bytes, Any] = {}  # on a worker: each run's function, loaded once
+from ._base import Mode, Outcomes, unwire
 
 
 def _run_on_worker(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
-    """Runs on a Dask worker: the batch, and where it ran. The function comes as
-    processes mode sends it (by name, or by value from ``__main__``), with the
-    caller's ``sys.path``, so a module of the caller's can be found."""
+    """Runs on a Dask worker: the batch, and where it ran."""
     from distributed import get_worker
 
-    path, data = payload
-    fn = _functions.get(data)
-    if fn is None:
-        sys.path.extend(p for p in path if p not in sys.path)
-        fn = _functions[data] = pickle.loads(data)
-    start, ends, values, wired = _worker.run_batch(fn, items)
+    start, ends, values, wired = _worker.run_batch(_worker.load_function(payload), items)
     return start, ends, values, wired, get_worker().address
 
 
@@ -150,14 +140,7 @@ class DaskMode(Mode):
             if not future.done():
                 future.cancel()
         self._where[slot] = where  # where it ran: another worker, if its own was lost
-        errors: dict[int, BaseException] = {}
-        for i, (error, what, tb) in wired.items():
-            if error is None:
-                error = RemoteError(what)
-            if tb:
-                error.__cause__ = RemoteTraceback(tb)
-            errors[i] = error
-        return Outcomes(start, ends, values, errors)
+        return Outcomes(start, ends, values, unwire(wired))
 
     def worker(self, slot: int) -> str:
         self._pin(slot)

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._errors import RemoteError, RemoteTraceback, UsageTypeError, WorkerCrashed
+from .._errors import UsageTypeError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcomes
+from ._base import Mode, Outcomes, unwire
 
 # Load the worker by path under a name of its own: importing the whilst package
 # in every worker would triple its start-up time.
@@ -273,14 +273,7 @@ class ProcessesMode(Mode):
             if worker.pending.pop(tag, None) is not None:
                 self._kill(worker)  # the only way to stop what it runs
             raise
-        errors = {}
-        for i, (exc, what, tb) in wired.items():
-            if exc is None:
-                exc = RemoteError(what)
-            if tb:
-                exc.__cause__ = RemoteTraceback(tb)
-            errors[i] = exc
-        return Outcomes(start, ends, values, errors)
+        return Outcomes(start, ends, values, unwire(wired))
 
     async def _run_picklable(self, slot: int, items: list[Any]) -> Outcomes:
         """Some item cannot be pickled: fail just those (taking no time), run the rest."""

@@ -14,27 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import sys
 from typing import Any
 
-from .._errors import RemoteError, RemoteTraceback, UsageError, WorkerCrashed
+from .._errors import RemoteError, UsageError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcomes
+from ._base import Mode, Outcomes, unwire
 from ._dask import check_address
-
-_functions: dict[bytes, Any] = {}  # in a Ray worker: each run's function, loaded once
 
 
 def _run_in_ray(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
     """Runs in a Ray worker: the batch, and where it ran."""
-    path, data = payload
-    fn = _functions.get(data)
-    if fn is None:
-        sys.path.extend(p for p in path if p not in sys.path)
-        fn = _functions[data] = pickle.loads(data)
-    start, ends, values, wired = _worker.run_batch(fn, items)
+    start, ends, values, wired = _worker.run_batch(_worker.load_function(payload), items)
     return start, ends, values, wired, f"ray-pid-{os.getpid()}"
 
 
@@ -95,14 +87,7 @@ class RayMode(Mode):
         except ray.exceptions.RayTaskError as exc:  # whilst's own code failed there
             raise RemoteError(str(exc)) from None
         self._where[slot] = where
-        errors: dict[int, BaseException] = {}
-        for i, (error, what, tb) in wired.items():
-            if error is None:
-                error = RemoteError(what)
-            if tb:
-                error.__cause__ = RemoteTraceback(tb)
-            errors[i] = error
-        return Outcomes(start, ends, values, errors)
+        return Outcomes(start, ends, values, unwire(wired))
 
     def worker(self, slot: int) -> str:
         return self._where.get(slot, f"ray-{slot}")

@@ -82,6 +82,21 @@ def _wire(exc: BaseException) -> tuple[BaseException | None, str, str]:
     return (kept, f"{type(exc).__name__}: {exc}", tb)
 
 
+_loaded: dict[bytes, Any] = {}  # a cluster worker's functions, loaded once each
+
+
+def load_function(payload: tuple[list[str], bytes]) -> Any:
+    """On a Dask or Ray worker: the run's function as processes mode sends it (by
+    name, or by value from ``__main__``), with the caller's ``sys.path`` added so
+    that a module of the caller's can be found."""
+    path, data = payload
+    fn = _loaded.get(data)
+    if fn is None:
+        sys.path.extend(p for p in path if p not in sys.path)
+        fn = _loaded[data] = pickle.loads(data)
+    return fn
+
+
 def _await(coro: Any) -> Any:
     import asyncio
 
