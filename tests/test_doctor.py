@@ -179,7 +179,7 @@ def test_whilst_watch_in_code() -> None:
 
     with whilst.watch() as watched:
         asyncio.run(main())
-    [block] = watched.findings()  # type: ignore[attr-defined]
+    [block] = watched.findings()
     assert block.kind == "blocking_call"
     assert block.function == "main"
     assert block.file == __file__

@@ -4,6 +4,8 @@ event loop, in threads or in processes — with limits, and see where the time w
 *Whilst one task waits, another runs.*
 """
 
+import typing as _typing
+
 from ._api import aimap, amap, imap, map
 from ._errors import (
     Retry,
@@ -19,6 +21,9 @@ from ._progress import Progress
 from ._result import Result, Status
 from ._run import AsyncRun, Run
 from ._summary import Summary
+
+if _typing.TYPE_CHECKING:
+    from ._doctor import Doctor
 
 __version__ = "0.1.0"
 
@@ -47,7 +52,7 @@ __all__ = [
 ]
 
 
-def watch(threshold: float = 0.1) -> object:
+def watch(threshold: float = 0.1) -> "Doctor":
     """Watch the asyncio loops that run inside a ``with`` block, as ``whilst doctor``
     does for a whole program: ``with whilst.watch() as doctor: asyncio.run(main())``,
     then ``doctor.findings()`` (blocking calls, never-awaited coroutines, lost task
