@@ -106,7 +106,7 @@ def map(
     raise_run_error(scheduler, error)
     if summary:
         _print_summary(collect, scheduler)
-    return _values(collect, scheduler.unread)
+    return _values(collect, scheduler.left_unread)
 
 
 async def amap(
@@ -134,7 +134,7 @@ async def amap(
     raise_run_error(scheduler, None)
     if summary:
         _print_summary(collect, scheduler)
-    return _values(collect, scheduler.unread)
+    return _values(collect, scheduler.left_unread)
 
 
 def imap(

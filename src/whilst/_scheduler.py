@@ -177,10 +177,9 @@ class Scheduler:
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
         self._unread: collections.deque[tuple[int, list[Any]]] = collections.deque()  # see _take
-        self._read_all = False  # the input has ended (runs may wait in _unread)
         self._source_done = False  # the last read found the input's end
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
-        self.unread: str | None = None  # why a halted run left an async input unread
+        self.left_unread: str | None = None  # why a halted run left an async input unread
         self._pulled = 0  # the index of the next item
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
@@ -444,13 +443,12 @@ class Scheduler:
                 else:
                     runs.append((index, [item]))
             if self._source_done:
-                self._read_all = True
                 break
         if not runs:
             self._stop_pulling()
             return self._pulled, []
         run = runs.popleft()
-        if self._read_all and not runs:
+        if self._source_done and not runs:
             self._stop_pulling()
         return run
 
@@ -723,12 +721,14 @@ class Scheduler:
                     pass  # its worker died getting ready
                 elif scope is None:
                     worker = mode.worker(slot)
-                    running = self._started(task, worker)
+                    self._started(task, worker)
+                    running = True
                     value = await attempt(task.item)
                 else:
                     async with scope:
                         worker = mode.worker(slot)
-                        running = self._started(task, worker)
+                        self._started(task, worker)
+                        running = True
                         began = loop.time()
                         if timeout is not None and not self._stop_now:
                             scope.reschedule(began + timeout)
@@ -853,8 +853,8 @@ class Scheduler:
                 self._ended(task, status, None, error, end, worker)
         return outcomes.ends[-1] - outcomes.start
 
-    def _started(self, task: _Task, worker: str) -> bool:
-        """An attempt of ``task`` starts now (it counts as running: True)."""
+    def _started(self, task: _Task, worker: str) -> None:
+        """An attempt of ``task`` starts now (it counts as running)."""
         self._busy(1)
         if self._journal is not None and task.attempts == 1:
             self._journal.start(task.index)
@@ -864,7 +864,6 @@ class Scheduler:
                 task.start = start
             if self.sinks:
                 self._emit(STARTED, task.index, task.item, start, worker)
-        return True
 
     def _attempt_caller(self, slot: int) -> Call:
         """An async function running one attempt of one item in ``slot``."""
@@ -991,7 +990,9 @@ class Scheduler:
         self.done += 1
         if not result.ok:
             self.failed += 1
-        self._deliver((result,))
+        self.output.add(result)  # (with a journal: once its record is committed)
+        if self.sinks:
+            self._emit(FINISHED, result.index, result.item, result.end, result.worker, result)
         halt = self.policy.halt
         if halt is None or result.status is CANCELLED or result.status is SKIPPED:
             return
@@ -1003,12 +1004,6 @@ class Scheduler:
         n = self._successes if halt.what == "success" else self._failures
         if halt.met(n, self._total, self._finished):
             self._halt(f"the halt rule {halt!s} was met", now=halt.when == "now")
-
-    def _deliver(self, results: Iterable[Result]) -> None:
-        for result in results:
-            self.output.add(result)
-            if self.sinks:
-                self._emit(FINISHED, result.index, result.item, result.end, result.worker, result)
 
     def _abandon(self, task: _Task) -> None:
         """A task that will not run (again) because the run stopped: ``cancelled``,
@@ -1056,7 +1051,7 @@ class Scheduler:
             return  # (a run whose journal failed ends at once, with that error)
         if self._aitems is not None:
             if not self._input_ended:
-                self.unread = self._stopping
+                self.left_unread = self._stopping
             return
         rest = self._rest
         for n, item in enumerate(rest):
