@@ -271,17 +271,17 @@ class JournalWriter:
             return item_key(item)
         return str(self.task_id(item))
 
-    def stored(self, key: str) -> Result:
-        """The record of a task a resume skips, as its result."""
+    def stored(self, key: str, index: int, item: Any) -> Result:
+        """The record of a task a resume skips, as the result of ``item`` at ``index``."""
         record = self.done[key]  # kept: an identical item later in the input shares it
-        idx, status, attempts, start, end, mode, worker, etype, text, value, fmt = record
+        _, status, attempts, start, end, mode, worker, etype, text, value, fmt = record
         if status != "ok":  # resume="unfinished": a failure stays a failure
             error = RemoteError(f"{etype}: {text}")
             return Result(
-                idx, None, Status(status), None, error, attempts, start, end, mode, worker
+                index, item, Status(status), None, error, attempts, start, end, mode, worker
             )
         value = _decode(value, fmt, self.owned)
-        return Result(idx, None, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
+        return Result(index, item, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
 
     def record(
         self,
@@ -425,9 +425,7 @@ class Journaled:
             now = time.time()
             return Result(index, item, Status.FAILED, None, exc, 0, now, now, "", "")
         if key in writer.done:
-            result = writer.stored(key)
-            result.index, result.item = index, item
-            return result
+            return writer.stored(key, index, item)
         self._admitted[index] = (key, item)
         if not started:
             self._waiting.add(index)
@@ -444,9 +442,7 @@ class Journaled:
         with contextlib.suppress(Exception):
             key = self.writer.key(item)
             if key in self.writer.done:
-                result = self.writer.stored(key)
-                result.index, result.item = index, item
-                return result
+                return self.writer.stored(key, index, item)
         return None
 
     # -- the output ----------------------------------------------------------

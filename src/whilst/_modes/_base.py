@@ -98,3 +98,34 @@ class Mode(abc.ABC):
 
     async def close(self, *, abort: bool = False) -> None:  # noqa: B027 - see open()
         """Release workers; with ``abort``, stop them at once instead of letting them idle."""
+
+
+class ClusterMode(Mode):
+    """A mode on a cluster (Dask, Ray): batches sent as the cluster's tasks, to a
+    cluster given by address or client (``cluster``; ``insecure`` lets a plain
+    address off this machine be used), each slot's worker as it last ran."""
+
+    batching = True
+    auto_batch = True
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        limit: int,
+        is_async: bool,
+        cluster: Any = None,
+        insecure: bool = False,
+    ) -> None:
+        super().__init__(fn, limit=limit, is_async=is_async)
+        self.cluster, self.insecure = cluster, insecure
+        self._where: dict[int, str] = {}  # by slot: the worker it sends to, or ran on
+
+    def payload(self) -> tuple[list[str], bytes]:
+        """The function as processes mode sends it, with this ``sys.path`` (see
+        ``_worker.load_function``, which the cluster's workers call)."""
+        import sys
+
+        from ._processes import _dumps_function
+
+        return list(sys.path), _dumps_function(self.fn)

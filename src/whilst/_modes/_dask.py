@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import sys
 import urllib.parse
 from typing import Any
 
 from .._errors import UsageError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcomes, unwire
+from ._base import ClusterMode, Outcomes, unwire
 
 
 def _run_on_worker(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
@@ -53,36 +52,18 @@ def check_address(address: str, insecure: bool = False) -> None:
         )
 
 
-class DaskMode(Mode):
-    """Each slot sends batches to the cluster; the cluster picks the worker."""
+class DaskMode(ClusterMode):
+    """Each slot sends batches to a worker of its own (another, if that one is lost)."""
 
     name = "dask"
-    batching = True
-    auto_batch = True
     timeout_note = "its Dask future was cancelled (a task already running on a worker runs on)"
-
-    def __init__(
-        self,
-        fn: Any,
-        *,
-        limit: int,
-        is_async: bool,
-        cluster: Any = None,
-        insecure: bool = False,
-    ) -> None:
-        super().__init__(fn, limit=limit, is_async=is_async)
-        self.cluster = cluster
-        self.insecure = insecure
-        self._client: Any = None
-        self._own_cluster: Any = None
-        self._own_client = False
-        self._where: dict[int, str] = {}  # by slot: the worker it sends to
-        self._workers: list[str] = []
+    _client: Any = None
+    _own_cluster: Any = None
+    _own_client = False
+    _workers: list[str] = []  # noqa: RUF012 - replaced, never changed in place
 
     async def open(self) -> None:
-        from ._processes import _dumps_function
-
-        self._payload = (list(sys.path), _dumps_function(self.fn))
+        self._payload = self.payload()
         try:
             from distributed import Client, LocalCluster
         except ImportError:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from typing import Any
 
 from .._errors import RemoteError, UsageError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcomes, unwire
+from ._base import ClusterMode, Outcomes, unwire
 from ._dask import check_address
 
 
@@ -30,36 +29,19 @@ def _run_in_ray(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any
     return start, ends, values, wired, f"ray-pid-{os.getpid()}"
 
 
-class RayMode(Mode):
+class RayMode(ClusterMode):
     """Each slot sends batches to Ray; Ray picks the worker."""
 
     name = "ray"
-    batching = True
-    auto_batch = True
     timeout_note = "its Ray task was cancelled and the worker process running it killed"
-
-    def __init__(
-        self,
-        fn: Any,
-        *,
-        limit: int,
-        is_async: bool,
-        cluster: Any = None,
-        insecure: bool = False,
-    ) -> None:
-        super().__init__(fn, limit=limit, is_async=is_async)
-        self.cluster, self.insecure = cluster, insecure
-        self._own = False
-        self._where: dict[int, str] = {}
+    _own = False  # Ray was started for this run
 
     async def open(self) -> None:
         try:
             import ray
         except ImportError:
             raise UsageError("mode='ray' needs Ray: pip install 'whilst[ray]'") from None
-        from ._processes import _dumps_function
-
-        self._payload = (list(sys.path), _dumps_function(self.fn))
+        self._payload = self.payload()
         if not ray.is_initialized():
             if self.cluster is not None:
                 check_address(str(self.cluster).removeprefix("ray://"), self.insecure)
