@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class BatchOptions:
         the journal)."""
         policy: dict[str, Any] = {
             "retries": self.retries,
+            "timeout": self.timeout,
             "rate": self.rate,
             "halt": self.halt,
             "report": self.report,
@@ -101,7 +102,7 @@ class Tally:
 
 def run_batch(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     options: BatchOptions,
     *,
     mode: str,

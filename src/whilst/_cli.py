@@ -300,14 +300,11 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     combination. Each job's output is printed whole when it ends, never mixed
     with another job's.
     """
-    import itertools
     import os
-    import re
     import stat
 
     from ._errors import UsageError
     from ._shell import (
-        Job,
         LineFeed,
         Runner,
         Template,
@@ -331,19 +328,13 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     stdin = sys.stdin.buffer
-    todo: Any = (
-        Job(seq, args) for seq, args in enumerate(jobs(sources, stdin, null=null, colsep=colsep), 1)
-    )
-    if not sources and not dry_run and not stat.S_ISREG(os.fstat(stdin.fileno()).st_mode):
-        # A pipe or a terminal: each job starts as its line comes, and a slow
-        # stream never holds up the event loop.
-        seq = itertools.count(1)
-        split = re.compile(colsep).split if colsep else None
-        todo = LineFeed(
-            stdin, null, lambda line: Job(next(seq), tuple(split(line)) if split else (line,))
-        )
+    # From a pipe or a terminal, each job starts as its line comes, and a slow
+    # stream never holds up the event loop.
+    stream = not dry_run and not stat.S_ISREG(os.fstat(stdin.fileno()).st_mode)
+    todo = jobs(sources, stdin, null=null, colsep=colsep, stream=stream)
     if dry_run:
         out = sys.stdout.buffer
+        assert not isinstance(todo, LineFeed)  # (no stream for a dry run)
         for job in todo:
             line = template.command(job.args, job.seq, 1)
             text = line if isinstance(line, str) else shlex.join(line)
@@ -507,7 +498,7 @@ def http(source: str, **kwargs: Any) -> None:
         try:
             return await arun_batch(
                 fetcher, targets, options, mode="async", show=show, record=record,
-                task_id=lambda t: t.key, retry_on=retryable, timeout=options.timeout,
+                task_id=lambda t: t.key, retry_on=retryable,
                 **per_host_limit,
             )  # fmt: skip
         finally:
@@ -613,7 +604,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
         click.echo(json.dumps(line, default=repr, ensure_ascii=False))
 
     status = run_batch(
-        fn, items, options, mode=mode, show=show, record=common_record, timeout=options.timeout,
+        fn, items, options, mode=mode, show=show, record=common_record,
         **on_cluster,
     )  # fmt: skip
     sys.exit(status)

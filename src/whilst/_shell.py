@@ -217,11 +217,22 @@ def jobs(
     *,
     null: bool = False,
     colsep: str | None = None,
-) -> Iterator[tuple[str, ...]]:
-    """Each job's args: one value from each source (the cartesian product, the
-    last source varying fastest, as GNU parallel), or each line of stdin when
-    there are no sources; with ``colsep``, each value split into columns. A
-    single source is read lazily."""
+    stream: bool = False,
+) -> Iterable[Job] | LineFeed:
+    """The jobs: one value from each source (the cartesian product, the last
+    source varying fastest, as GNU parallel), or each line of stdin when there
+    are no sources; with ``colsep`` (a regex, as GNU parallel's), each value
+    split into columns. A single source is read lazily; with ``stream`` (stdin a
+    pipe or a terminal), stdin's lines come as a :class:`LineFeed`, each job as
+    its line arrives."""
+    split = None if colsep is None else re.compile(colsep).split
+
+    def args(combo: tuple[str, ...]) -> tuple[str, ...]:
+        return combo if split is None else tuple(c for value in combo for c in split(value))
+
+    seq = itertools.count(1)
+    if stream and not sources:
+        return LineFeed(stdin, null, lambda line: Job(next(seq), args((line,))))
 
     def values(kind: str, given: list[str]) -> Iterator[str]:
         if kind == ARGS:
@@ -238,12 +249,7 @@ def jobs(
     combos: Iterable[tuple[str, ...]] = (
         ((v,) for v in streams[0]) if len(streams) == 1 else itertools.product(*streams)
     )
-    split = None if colsep is None else re.compile(colsep).split  # a regex, as GNU parallel
-    for combo in combos:
-        if split is None:
-            yield combo
-        else:
-            yield tuple(column for value in combo for column in split(value))
+    return (Job(next(seq), args(combo)) for combo in combos)
 
 
 def _modify(value: str, how: str) -> str:
