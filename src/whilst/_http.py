@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import time
 import urllib.parse
@@ -29,8 +30,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SECRET_PARAMS = re.compile(
     r"(?i)(key|token|secret|pass|pwd|auth|signature|sig|session|cred|bearer|code)"
 )
-#: Headers that are never shown, and never sent on to another host on a redirect:
-#: any header given with -H is sent to the URL's host only, never written.
+#: Headers never sent on to another origin on a redirect. No header given with -H
+#: is ever written anywhere.
 SECRET_HEADERS = re.compile(r"(?i)(authorization|cookie|key|token|secret|auth|session|pass)")
 #: Redirects followed, at most.
 MAX_REDIRECTS = 10
@@ -185,8 +186,9 @@ class Fetcher:
         return Fetched(response.status, size, time.perf_counter() - started, saved)
 
     async def _follow(self, target: Target) -> Any:
-        """The response, redirects followed by hand: headers given with -H go to
-        the URL's own origin only, never on to another host or port."""
+        """The response, redirects followed by hand: a secret-looking header given
+        with -H (Authorization, Cookie, X-Api-Key...) goes to the URL's own origin
+        only, never on to another host or port."""
         url, method, data, headers = target.url, self.method, self.data, self.headers
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
@@ -249,7 +251,5 @@ def check_out(out: Path | None) -> None:
         raise UsageError(f"--out {out} cannot be created: {exc.strerror}") from None
     if not out.is_dir():
         raise UsageError(f"--out {out} is not a directory")
-    import os
-
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out} cannot be written (permission denied)")
