@@ -23,6 +23,7 @@ import whilst
 from browser import Page
 from whilst import Status
 from whilst._html import write_report
+from whilst._summary import Stats
 from whilst._timeline import Timeline
 
 NASTY_ITEM = "<script>window.pwned = 1</script>"
@@ -171,6 +172,33 @@ def test_the_summary_counts_what_happened() -> None:
     assert 1 < s.speedup <= 8
     assert s.mode == "async"
     assert "coroutine" in s.mode_reason
+
+
+@pytest.mark.parametrize("spread", [1e-6, 1e-3, 1.0, 300.0])
+def test_percentiles_are_within_2_percent_and_skip_what_did_not_run(spread: float) -> None:
+    durations = [spread * (1 + (k * 7919 % 1000) / 50) for k in range(1000)]  # 1x .. 21x
+    statuses = [Status.FAILED if k % 10 == 0 else Status.OK for k in range(1000)]
+    results = [
+        whilst.Result(k, k, status, None, None, 1, 1e9, 1e9 + took)
+        for k, (status, took) in enumerate(zip(statuses, durations, strict=True))
+    ]
+    results += [
+        whilst.Result(1000 + k, k, Status.SKIPPED, None, None, 0, 0.0, 99.0) for k in range(5)
+    ]
+    results.append(whilst.Result(1005, 0, Status.OK, None, None, 1, 5.0, 5.0))  # took no time
+    bulk, one_by_one = Stats(), Stats()
+    bulk.add(results)
+    for r in results:
+        one_by_one.add_one(r)
+    ran = sorted(r.end - r.start for r in results if r.status is not Status.SKIPPED)
+    for stats in (bulk, one_by_one):
+        assert (stats.ok, dict(stats.counts)) == (901, {Status.FAILED: 100, Status.SKIPPED: 5})
+        assert stats.task_time == pytest.approx(sum(ran))
+        assert stats.longest == ran[-1]
+        for share in (0.5, 0.95):
+            assert stats.percentile(share) == pytest.approx(ran[int(share * len(ran))], rel=0.02)
+        assert stats.percentile(0.0001) == 0.0  # the task that took no time
+    assert bulk.buckets == one_by_one.buckets
 
 
 def test_map_summary_true_prints_the_summary(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import collections
-import math
-from collections.abc import Iterable
+import struct
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ._result import Result, Status
 
-#: Durations are counted in buckets this many to a doubling (about 2% wide), so
-#: the percentiles of a run of any length cost a few hundred counters.
-_PER_DOUBLING = 32
-_ZERO = -(1 << 20)  # the bucket of tasks that took no measurable time
+#: Durations are counted in buckets 2**_MANTISSA_BITS to a doubling, so the
+#: percentiles of a run of any length cost a few hundred counters.
+_MANTISSA_BITS = 5
+_SHIFT = 52 - _MANTISSA_BITS  # drops the rest of a double's 52 mantissa bits
+_DOUBLE, _BITS = struct.Struct("<d"), struct.Struct("<q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,13 @@ class Summary:
 
 class Stats:
     """Figures of results as they pass, in bounded memory: counts by status, task
-    time, and durations in log-spaced buckets (for the percentiles)."""
+    time, and durations in log-spaced buckets (for the percentiles).
+
+    A bucket is the top bits of a duration's IEEE 754 double (sign, exponent
+    and the first :data:`_MANTISSA_BITS` bits of the mantissa): 32 buckets to a
+    doubling, each under 3.2% wide, found for a whole batch by C code (a byte
+    view and a shift), not by a ``log2`` per result.
+    """
 
     __slots__ = ("buckets", "counts", "longest", "ok", "task_time")
 
@@ -129,24 +137,21 @@ class Stats:
         self.longest = 0.0
         self.buckets: collections.Counter[int] = collections.Counter()
 
-    def add(self, results: Iterable[Result]) -> None:
-        # Count by identity: hashing an enum member runs Python code (Enum.__hash__).
-        ok, skipped, counts, buckets = Status.OK, Status.SKIPPED, self.counts, self.buckets
-        task_time, longest, log2, n, not_ok = self.task_time, self.longest, math.log2, 0, 0
-        for r in results:
-            n += 1
-            if r.status is not ok:
-                not_ok += 1
-                counts[r.status] += 1
-                if r.status is skipped:  # it ran in an earlier run
-                    continue
-            took = r.end - r.start
-            task_time += took
-            if took > longest:
-                longest = took
-            buckets[math.floor(log2(took) * _PER_DOUBLING) if took > 0 else _ZERO] += 1
-        self.ok += n - not_ok
-        self.task_time, self.longest = task_time, longest
+    def add(self, results: Sequence[Result]) -> None:
+        ok, skipped = Status.OK, Status.SKIPPED
+        statuses = [r.status for r in results]
+        n_ok = statuses.count(ok)  # by identity first: no Enum.__hash__ per result
+        self.ok += n_ok
+        ran = results
+        if n_ok < len(statuses):
+            self.counts.update(s for s in statuses if s is not ok)
+            if skipped in self.counts:  # skipped ones ran in an earlier run
+                ran = [r for r in results if r.status is not skipped]
+        took = array("d", [r.end - r.start for r in ran])
+        if took:
+            self.task_time += sum(took)
+            self.longest = max(self.longest, max(took))
+            self.buckets.update(map(_SHIFT.__rrshift__, array("q", took.tobytes())))
 
     def add_one(self, r: Result) -> None:
         """:meth:`add` for one result, cheaper."""
@@ -161,11 +166,11 @@ class Stats:
         self.task_time += took
         if took > self.longest:
             self.longest = took
-        self.buckets[math.floor(math.log2(took) * _PER_DOUBLING) if took > 0 else _ZERO] += 1
+        self.buckets[_BITS.unpack(_DOUBLE.pack(took))[0] >> _SHIFT] += 1
 
     def percentile(self, share: float) -> float:
-        """The duration below which ``share`` of the tasks that ran ended (a bucket's
-        middle, within 2%)."""
+        """The duration below which ``share`` of the tasks that ran ended (the
+        middle of a bucket: within 1.6%)."""
         total = sum(self.buckets.values())
         if not total:
             return 0.0
@@ -173,9 +178,10 @@ class Stats:
         for bucket in sorted(self.buckets):
             seen += self.buckets[bucket]
             if seen >= rank:
-                if bucket == _ZERO:
+                if bucket <= 0:  # no measurable time (or a clock that went back)
                     return 0.0
-                return min(2 ** ((bucket + 0.5) / _PER_DOUBLING), self.longest)
+                middle = (_lowest(bucket) + _lowest(bucket + 1)) / 2
+                return min(middle, self.longest)
         return self.longest
 
     def summary(
@@ -195,6 +201,12 @@ class Stats:
             p95=self.percentile(0.95),
             max=self.longest,
         )
+
+
+def _lowest(bucket: int) -> float:
+    """The shortest duration in a bucket."""
+    duration: float = _DOUBLE.unpack(_BITS.pack(bucket << _SHIFT))[0]
+    return duration
 
 
 def _seconds(s: float) -> str:
