@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -85,6 +86,8 @@ class Server:
                 return web.Response(text=request.headers.get("Authorization", "none"))
             if kind == "wait":
                 await asyncio.sleep(0.2)
+            if kind == "long":
+                await asyncio.sleep(1.5)
             return web.Response(text=f"page {name}\n")
         finally:
             self.running[host] -= 1
@@ -129,6 +132,34 @@ def test_retries_honour_retry_after_and_each_url_ends_as_it_should(
     assert reset["ok"]  # after 3 dropped connections (aiohttp may resend one by itself)
     assert reset["attempts"] >= 2
     assert "1 of 5 failed" in run.stderr
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_lets_running_requests_finish_and_starts_no_more(
+    server: Server, tmp_path: Path, signum: signal.Signals, status: int
+) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(server.url(f"/long/{k}") for k in range(6)))
+    proc = subprocess.Popen(
+        [*WHILST, "http", "-j", "2", "-q", str(urls)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while sum(map(len, server.hits.values())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["200", "200"], (out, err)
+    assert sum(map(len, server.hits.values())) == 2  # nothing new started
+    assert "Traceback" not in err
 
 
 def test_a_slow_body_times_out(server: Server, tmp_path: Path) -> None:

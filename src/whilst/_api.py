@@ -12,7 +12,7 @@ from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
 from ._run import AsyncRun, Run, raise_run_error, streaming
-from ._runner import make_runner
+from ._runner import LoopStop, make_runner
 from ._scheduler import Scheduler
 from ._summary import Stats
 
@@ -122,16 +122,18 @@ async def amap(
 
     Options are as for :func:`map`. The scheduler runs on the caller's loop, so
     ``async`` mode tasks share it.
-    Cancelling the caller cancels the run.
+    A stop (Ctrl-C, SIGTERM, or the caller's task being cancelled) starts
+    nothing new and gives running tasks ``grace`` seconds; a second one
+    cancels them at once.
     """
     options = resolve(fn, mode=mode, limit=limit, policy=policy)
     collect = Collect()
     scheduler = Scheduler(fn, items, options, collect)
-    try:
-        await scheduler.run()
-    except BaseExceptionGroup as group:
-        raise_run_error(scheduler, group)
-    raise_run_error(scheduler, None)
+    main = asyncio.get_running_loop().create_task(scheduler.run())
+    with LoopStop(scheduler, main) as stop:
+        await stop.until(lambda: asyncio.wait([main]))
+    stop.raise_if_stopped()
+    raise_run_error(scheduler, main.exception())
     if summary:
         _print_summary(collect, scheduler)
     return _values(collect, scheduler.left_unread)

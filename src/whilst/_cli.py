@@ -428,7 +428,6 @@ def http(source: str, **kwargs: Any) -> None:
     """
     import asyncio
     import hashlib
-    import signal
 
     from ._errors import UsageError
     from ._http import Fetcher, check_out, check_url, parse_headers, retryable
@@ -481,37 +480,17 @@ def http(source: str, **kwargs: Any) -> None:
             "file": getattr(f, "saved", None),
         }
 
-    terminated = False
-
     async def main() -> int:
-        nonlocal terminated
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_term() -> None:
-            nonlocal terminated
-            terminated = True
-            task.cancel()
-
-        loop.add_signal_handler(signal.SIGTERM, on_term)
-        try:
+        try:  # Ctrl-C and SIGTERM: the run stops as every run does (see aimap)
             return await arun_batch(
                 fetcher, targets, options, mode="async", show=show, record=record,
                 task_id=lambda t: t.key, retry_on=retryable,
                 **per_host_limit,
             )  # fmt: skip
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
             await fetcher.close()
 
-    try:
-        status = asyncio.run(main())
-    except asyncio.CancelledError:
-        if terminated:
-            click.echo("terminated", err=True)
-            sys.exit(EXIT_TERMINATED)
-        raise
+    status = asyncio.run(main())
     sys.exit(status)
 
 

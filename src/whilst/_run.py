@@ -12,7 +12,7 @@ from typing import Any
 from ._options import Options
 from ._output import Stream, window_for
 from ._result import Result
-from ._runner import Runner, make_runner
+from ._runner import LoopStop, Runner, make_runner
 from ._scheduler import Scheduler
 from ._summary import Stats, Summary
 
@@ -119,7 +119,7 @@ class AsyncRun(AsyncIterator[Result]):
     def __init__(self, scheduler: Scheduler, stream: Stream) -> None:
         self._scheduler = scheduler
         self._stream = stream
-        self._main: Any = None
+        self._stop: LoopStop | None = None
         self._ready: collections.deque[Result] = collections.deque()
         self._stats = Stats()
         self.summary: Summary | None = None
@@ -134,10 +134,13 @@ class AsyncRun(AsyncIterator[Result]):
         return ready.popleft()
 
     async def _fill(self) -> None:
-        if self._main is None:
-            self._main = asyncio.get_running_loop().create_task(self._scheduler.run())
+        if self._stop is None:
+            main = asyncio.get_running_loop().create_task(self._scheduler.run())
+            self._stop = LoopStop(self._scheduler, main)
+        stop = self._stop
         try:
-            batch = await self._stream.take()
+            with stop:  # whilst's signal handlers: only while it waits for results
+                batch = await stop.until(self._stream.take)
         except BaseException:
             await self.aclose()
             raise
@@ -145,17 +148,15 @@ class AsyncRun(AsyncIterator[Result]):
             self._stats.add(batch)
             self._ready.extend(batch)
             return
-        main = self._main
-        await asyncio.wait([main])
+        await asyncio.wait([stop.main])
         self.summary = self._scheduler.summary(self._stats)
-        if main.cancelled():
-            raise asyncio.CancelledError
-        raise_run_error(self._scheduler, main.exception())
+        stop.raise_if_stopped()
+        raise_run_error(self._scheduler, stop.main.exception())
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
         """Stop the run: cancel running tasks and stop workers."""
-        main = self._main
+        main = None if self._stop is None else self._stop.main
         if main is not None and not main.done():
             main.cancel()
             await asyncio.wait([main])

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ T = TypeVar("T")
 #: How long a cancelled run may take to stop its workers before the caller gets
 #: control back anyway (the Ctrl-C promise is "within 2 seconds").
 STOP_WAIT = 1.5
+
+#: The handlers whilst replaces while it runs (never one a program installed).
+_DEFAULT_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:
@@ -160,9 +163,8 @@ class InlineRunner(Runner):
         """Install ours over the default SIGINT and SIGTERM handlers; the old ones."""
         if threading.current_thread() is not threading.main_thread():
             return {}
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
         handled: dict[int, Any] = {}
-        for signum, default in defaults.items():
+        for signum, default in _DEFAULT_HANDLERS.items():
             if signal.getsignal(signum) is default:
                 handled[signum] = default
                 signal.signal(signum, self._on_signal)
@@ -275,6 +277,74 @@ class ThreadRunner(Runner):
             self._thread.join(STOP_WAIT)
             if not self._thread.is_alive():
                 loop.close()
+
+
+class LoopStop:
+    """How ``amap`` and ``aimap`` stop on the caller's own loop, as the sync forms
+    do. A stop is SIGINT or SIGTERM (handled by whilst while it waits for the
+    run, in the main thread, over the default handlers only) or the caller's
+    task being cancelled (``asyncio.run`` turns Ctrl-C into that). The first
+    stop starts nothing new and gives running attempts their grace; a second
+    one, or the grace's end, cancels the run."""
+
+    def __init__(self, scheduler: Scheduler, main: asyncio.Task[Any]) -> None:
+        self.scheduler, self.main = scheduler, main
+        self.signum = 0  # the first signal that stopped the run
+        self.caller_cancelled = False
+        self._handled: list[int] = []
+
+    def __enter__(self) -> LoopStop:
+        if threading.current_thread() is threading.main_thread():
+            loop = self.main.get_loop()
+            for signum, default in _DEFAULT_HANDLERS.items():
+                if signal.getsignal(signum) is default:
+                    try:
+                        loop.add_signal_handler(signum, self._on_signal, signum)
+                    except NotImplementedError:  # a loop without signal support
+                        return self
+                    self._handled.append(signum)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = self.main.get_loop()
+        for signum in self._handled:  # puts the default handler back
+            loop.remove_signal_handler(signum)
+        self._handled = []
+
+    def _on_signal(self, signum: int) -> None:
+        self.signum = self.signum or signum
+        self.stop()
+
+    async def until(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Await ``step()``, as often as the caller's task is cancelled while the
+        run has its grace; the second cancellation cancels the run, waits for
+        its end and goes on to the caller."""
+        while True:
+            try:
+                return await step()
+            except asyncio.CancelledError:
+                self.caller_cancelled = True
+                if not self.stop():
+                    await asyncio.wait([self.main])
+                    raise
+
+    def stop(self) -> bool:
+        scheduler = self.scheduler
+        if scheduler.interrupted or scheduler.policy.grace <= 0:
+            self.main.cancel()
+            return False
+        scheduler.interrupt()
+        self.main.get_loop().call_later(scheduler.policy.grace, self.main.cancel)
+        return True
+
+    def raise_if_stopped(self) -> None:
+        """After the run: tell the caller it was stopped, as :class:`Runner` does."""
+        if self.signum == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.caller_cancelled or self.main.cancelled():
+            raise asyncio.CancelledError
 
 
 def make_runner() -> Runner:
