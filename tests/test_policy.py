@@ -135,6 +135,13 @@ def crash_on_three(x: int) -> int:
     return x
 
 
+async def acrash_on_three(x: int) -> int:
+    await asyncio.sleep(0.2 if x == 3 else 1.0)  # dies while the others on its worker wait
+    if x == 3:
+        os._exit(1)
+    return x
+
+
 def sigkill_on_three(x: int) -> int:
     time.sleep(0.05)
     if x == 3:
@@ -852,6 +859,19 @@ def test_a_crash_is_retried_while_retries_remain_and_bystanders_pay_nothing() ->
     assert statuses(results) == [Status.CRASHED if i == 3 else Status.OK for i in range(8)]
     assert results[3].attempts == 2
     assert [type(e) for e in results[3].errors] == [whilst.WorkerCrashed] * 2
+    assert all(r.attempts == 1 for r in results if r.index != 3)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_coroutines_sharing_a_worker_with_a_crash_get_their_results(retries: int) -> None:
+    # 8 coroutines on 2 workers (one per CPU): 3 others wait on task 3's worker when it
+    # dies. They run again, each on a worker of its own, without using a retry.
+    results = list(
+        whilst.imap(acrash_on_three, range(8), mode="processes", limit=8, retries=retries)
+    )
+    assert statuses(results) == [Status.CRASHED if i == 3 else Status.OK for i in range(8)]
+    assert results[3].attempts == 1 + retries
+    assert [r.value for r in results if r.ok] == [0, 1, 2, 4, 5, 6, 7]
     assert all(r.attempts == 1 for r in results if r.index != 3)
 
 

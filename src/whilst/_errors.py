@@ -48,6 +48,9 @@ class WorkerCrashed(WhilstError):
     #: True when whilst killed the worker itself (another task on it ran past its
     #: timeout) and this task was only caught with it: it runs again, free.
     caught: bool = False
+    #: False when the worker died while running other tasks too: any of them
+    #: may have killed it (the mode runs this one again on a worker of its own).
+    alone: bool = True
 
     def __init__(self, exitcode: int | None) -> None:
         self.exitcode = exitcode

@@ -45,6 +45,7 @@ _BOOT = (
 )
 _WORKER_FILE = str(Path(_worker.__file__).resolve())
 _tags = itertools.count()
+_ALONE = -1  # the number of the worker that reruns what a crash caught, one at a time
 _fn_ids = itertools.count()
 
 
@@ -148,6 +149,7 @@ class ProcessesMode(Mode):
         self.auto_batch = not self.is_async
         self._nworkers = self.limit if not self.is_async else min(self.limit, cpu_count())
         self._workers: dict[int, _Worker] = {}  # by worker number
+        self._alone_lock = asyncio.Lock()
         self._fn_id = next(_fn_ids)
 
     async def open(self) -> None:
@@ -244,10 +246,11 @@ class ProcessesMode(Mode):
         self._fail_pending(worker, worker.proc.returncode, caught=True)
 
     def _fail_pending(self, worker: _Worker, code: int | None, *, caught: bool) -> None:
+        alone = len(worker.pending) == 1
         for fut in worker.pending.values():
             if not fut.done():
                 exc = WorkerCrashed(code)
-                exc.caught = caught
+                exc.caught, exc.alone = caught, alone
                 fut.set_exception(exc)
         worker.pending.clear()
 
@@ -258,12 +261,24 @@ class ProcessesMode(Mode):
             worker.ready_fn = self._fn_id
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
-        worker = self._attach(slot % self._nworkers)
+        try:
+            return await self._run_on(self._attach(slot % self._nworkers), items)
+        except WorkerCrashed as exc:
+            if exc.alone or exc.caught:
+                raise
+        # The worker died running other work too (coroutines of other slots, or
+        # this slot's next batch), so any of it may have killed it: run this
+        # again on a worker that runs nothing else, one such rerun at a time.
+        # Only what kills a worker alone ends crashed; the others get results.
+        async with self._alone_lock:
+            return await self._run_on(self._attach(_ALONE), items)
+
+    async def _run_on(self, worker: _Worker, items: list[Any]) -> Outcomes:
         tag = next(_tags)
         try:
             message = _worker.dumps((_worker.RUN, tag, items))
         except Exception:
-            return await self._run_picklable(slot, items)
+            return await self._run_picklable(worker, items)
         fut = self._loop.create_future()
         worker.pending[tag] = fut
         self._send(worker, message)
@@ -275,7 +290,7 @@ class ProcessesMode(Mode):
             raise
         return Outcomes(start, ends, values, unwire(wired))
 
-    async def _run_picklable(self, slot: int, items: list[Any]) -> Outcomes:
+    async def _run_picklable(self, worker: _Worker, items: list[Any]) -> Outcomes:
         """Some item cannot be pickled: fail just those (taking no time), run the rest."""
         errors: dict[int, BaseException] = {}
         for i, item in enumerate(items):
@@ -287,7 +302,7 @@ class ProcessesMode(Mode):
                     f"{type(item).__name__} cannot be pickled ({exc}); pass plain data instead"
                 )
         good = [i for i in range(len(items)) if i not in errors]
-        ran = await self.run_batch(slot, [items[i] for i in good]) if good else None
+        ran = await self._run_on(worker, [items[i] for i in good]) if good else None
         end = start = ran.start if ran is not None else time.time()
         ends, values = [0.0] * len(items), [None] * len(items)
         done = dict(zip(good, range(len(good)), strict=True))
