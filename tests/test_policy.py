@@ -314,6 +314,19 @@ def test_retry_is_retried_even_when_retry_on_excludes_it(mode: str, tmp_path: Pa
     assert r.duration >= 0.05
 
 
+def test_retry_takes_seconds_or_a_retry_after_header_value() -> None:
+    from email.utils import formatdate
+
+    assert Retry(2).after == 2
+    assert Retry("2.5").after == 2.5  # a Retry-After header's value, as it came
+    assert 8 <= Retry(formatdate(time.time() + 10, usegmt=True)).after <= 10  # type: ignore[operator]
+    assert Retry(formatdate(time.time() - 60, usegmt=True)).after == 0  # a date gone by
+    assert Retry().after is None
+    for bad in ("soon", -1, float("nan"), float("inf"), True, [2]):
+        with pytest.raises(whilst.UsageTypeError, match="Retry-After header"):
+            Retry(bad)  # type: ignore[arg-type]
+
+
 def test_retry_after_waits_exactly_that_long_on_the_virtual_clock() -> None:
     starts: list[float] = []
 

@@ -18,6 +18,8 @@ task's :class:`~whilst.Result` ``error``.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Self
 
@@ -84,16 +86,42 @@ class Retry(WhilstError):
     Example::
 
         if response.status == 429:
-            raise whilst.Retry(after=float(response.headers["Retry-After"]))
+            raise whilst.Retry(after=response.headers["Retry-After"])
     """
 
-    def __init__(self, after: float | None = None, message: str = "") -> None:
-        self.after = after
-        when = "" if after is None else f" after {after:g} s"
+    def __init__(self, after: float | str | None = None, message: str = "") -> None:
+        seconds = after_seconds(after) if isinstance(after, str) else after
+        if after is not None and (
+            seconds is None
+            or isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise UsageTypeError(
+                f"Retry(after={after!r}): give seconds (a number >= 0) or the value of a "
+                "Retry-After header (seconds or an HTTP date)"
+            )
+        self.after = seconds
+        when = "" if seconds is None else f" after {seconds:g} s"
         super().__init__(message or f"the task asked to be retried{when}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.after, str(self)))
+
+
+def after_seconds(value: str) -> float | None:
+    """Seconds from now given by a Retry-After header's value (seconds, or an HTTP
+    date: 0 once it has passed); None when it is neither."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 class RemoteError(WhilstError):

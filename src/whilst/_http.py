@@ -18,11 +18,10 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from ._errors import Retry, UsageError, WhilstError
+from ._errors import Retry, UsageError, WhilstError, after_seconds
 
 #: Statuses worth another attempt: the server is busy or a gateway failed.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -127,17 +126,10 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date), at most 600."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), 600.0)
+    """Seconds from a Retry-After header (seconds or an HTTP date), at most 600;
+    None (the usual backoff) when there is none or it makes no sense."""
+    seconds = after_seconds(value) if value else None
+    return None if seconds is None else min(seconds, 600.0)
 
 
 def safe_name(target: Target) -> str:
