@@ -884,8 +884,8 @@ class Scheduler:
         """Why an attempt's scope expired: the run stopped it, or its timeout passed."""
         if not self._stop_now:
             return TIMED_OUT, self._timed_out()
-        if self.mode.abandons:
-            why = f"{self._stopping}: the task was abandoned; {self.mode.timeout_note}"
+        if self.mode.abandons:  # the note says what became of it
+            why = f"{self._stopping}: {self.mode.timeout_note}"
         else:
             why = f"{self._stopping}: the task was cancelled"
         return CANCELLED, TaskCancelled(why)

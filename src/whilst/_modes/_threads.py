@@ -99,8 +99,8 @@ class ThreadsMode(Mode):
     auto_batch = True
     abandons = True
     timeout_note = (
-        "its thread is still running: a thread cannot be killed, so the attempt was "
-        "abandoned and its slot stays taken until it returns "
+        "thread still running (threads cannot be killed): the attempt was abandoned, "
+        "and its thread takes no other task until it returns "
         "(use mode='processes' for code that must be stopped)"
     )
 
