@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import functools
 import itertools
+import json
 import logging
 import os
 import signal
@@ -626,6 +627,30 @@ def test_rate_10_never_starts_more_than_10_attempts_in_any_second() -> None:
     assert most_in_window(starts, 1.0, closed=True) <= 10 + 1  # rate * w + burst
     # and the rate is used, not undershot: 104 starts 0.1 s apart
     assert max(starts) == pytest.approx(10.3, abs=0.05)
+
+
+def test_rate_10_on_the_real_clock_with_retries(tmp_path: Path) -> None:
+    # Reliability 23 for real: threads, 30 tasks of 20 ms, 3 of them retried once.
+    tries: Counter[int] = Counter()
+
+    def task(x: int) -> int:
+        tries[x] += 1
+        time.sleep(0.02)
+        if x % 10 == 0 and tries[x] == 1:
+            raise ConnectionError(x)
+        return x
+
+    trace = tmp_path / "trace.json"
+    values = whilst.map(task, range(30), mode="threads", limit=8, rate=10, retries=1, trace=trace)
+    assert values == list(range(30))
+    events = json.loads(trace.read_text())["traceEvents"]
+    starts = [e["ts"] / 1e6 for e in events if e["ph"] == "X"]  # every attempt whilst started
+    assert len(starts) == 33
+    # Spaced 0.1 s apart on the loop's clock; each start may come a little late
+    # (the loop was busy, uvloop's timers tick in ms), the next one on time.
+    assert most_in_window(starts, 1.0 - 0.01, closed=False) <= 10
+    assert most_in_window(starts, 1.0, closed=True) <= 10 + 1  # rate * w + burst
+    assert max(starts) - min(starts) == pytest.approx(3.2, abs=0.3)  # the rate is used
 
 
 def test_rate_with_burst_3_holds_rate_times_window_plus_burst() -> None:
