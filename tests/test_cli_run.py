@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,6 +219,25 @@ def test_retries_count_extra_attempts(tmp_path: Path) -> None:
     run = whilst_run("--retries", "2", "-q", f"echo x >> {counter}; exit 1", ":::", "a")
     assert run.returncode == 1
     assert counter.read_text().count("x") == 3  # 1 + 2 retries
+
+
+@pytest.mark.parametrize(("failing", "halted"), [(9, False), (10, True)])
+def test_halt_fail_percent_counts_against_all_the_arguments(
+    tmp_path: Path, failing: int, halted: bool
+) -> None:
+    # reliability 21: fail=10% of 100 jobs triggers on the 10th failure, not the 9th
+    # (the ::: arguments are all known, so the share is of all 100 jobs).
+    results = tmp_path / "r.jsonl"
+    run = whilst_run(
+        "-j", "1", "--halt", "now,fail=10%", "--results", str(results), "-q",
+        f"test {{}} -gt {failing}", ":::", *map(str, range(1, 101)),
+    )  # fmt: skip
+    assert run.returncode == 1
+    statuses = Counter(json.loads(line)["status"] for line in results.read_text().splitlines())
+    if halted:
+        assert statuses == {"failed": 10, "cancelled": 90}
+    else:
+        assert statuses == {"failed": 9, "ok": 91}
 
 
 def test_halt_now_kills_the_running_jobs(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import math
 import os
 import queue
 import re
@@ -249,7 +250,24 @@ def jobs(
     combos: Iterable[tuple[str, ...]] = (
         ((v,) for v in streams[0]) if len(streams) == 1 else itertools.product(*streams)
     )
-    return (Job(next(seq), args(combo)) for combo in combos)
+    made = (Job(next(seq), args(combo)) for combo in combos)
+    if sources and all(kind == ARGS for kind, _ in sources):  # all on the command line
+        return _Counted(made, math.prod(len(given) for _, given in sources))
+    return made
+
+
+class _Counted(Iterable["Job"]):
+    """Jobs whose number is known before they are made (``:::`` arguments only),
+    so a progress bar has its total and ``--halt fail=P%`` counts against it."""
+
+    def __init__(self, jobs: Iterator[Job], n: int) -> None:
+        self._jobs, self._n = jobs, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Job]:
+        return self._jobs
 
 
 def _modify(value: str, how: str) -> str:
