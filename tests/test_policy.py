@@ -1124,14 +1124,24 @@ def test_a_deadline_leaves_an_async_input_unread() -> None:
     async def task(x: int) -> int:
         return x
 
-    async def main() -> list[Result]:
-        return [r async for r in whilst.aimap(task, slow_source(), deadline=0.3)]
+    async def main() -> tuple[list[Result], whilst.Summary | None]:
+        run = whilst.aimap(task, slow_source(), deadline=0.3)
+        return [r async for r in run], run.summary
 
     t0 = time.monotonic()
-    results = asyncio.run(main())
+    results, summary = asyncio.run(main())
     assert time.monotonic() - t0 < 3
     assert [r.index for r in results] == list(range(len(results)))
     assert results[0].status is Status.OK
+    assert summary is not None  # the results are short, and the summary says why
+    assert summary.left_unread is not None
+    assert "deadline" in summary.left_unread
+    assert "not read to its end" in dict(summary.rows())["input"]
+    run = whilst.imap(task, range(3))
+    assert [r.ok for r in run] == [True] * 3
+    assert run.summary is not None
+    assert run.summary.left_unread is None
+    assert "input" not in dict(run.summary.rows())
 
 
 def test_the_end_of_a_run_does_not_wait_for_a_thread_that_timed_out() -> None:

@@ -291,6 +291,7 @@ class Scheduler:
             limit=self.options.limit,
             peak=self.peak,
             retries=self.retried,
+            left_unread=self.left_unread,
         )
 
     def _write_trace(self, path: Path, timeline: Timeline) -> None:

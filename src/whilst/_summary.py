@@ -34,6 +34,10 @@ class Summary:
         p50, p95, max: task durations in seconds: the median and the 95th
             percentile (within 2%), and the longest.
         total: how many tasks ended (every item ends in exactly one result).
+        left_unread: why the rest of an async input was not read (a halt rule
+            or the deadline stopped the run, and such an input may never end),
+            or None when the input was read to its end: the results cover only
+            the items read.
     """
 
     counts: dict[str, int]
@@ -47,6 +51,7 @@ class Summary:
     p50: float = 0.0
     p95: float = 0.0
     max: float = 0.0
+    left_unread: str | None = None
     total: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +104,7 @@ class Summary:
             ),
             ("retries", str(self.retries)),
             ("mode", f"{self.mode}: {self.mode_reason}"),
+            *([("input", f"not read to its end ({self.left_unread})")] if self.left_unread else []),
         ]
 
     def __str__(self) -> str:
@@ -185,7 +191,15 @@ class Stats:
         return self.longest
 
     def summary(
-        self, *, wall: float, mode: str, mode_reason: str, limit: int, peak: int, retries: int
+        self,
+        *,
+        wall: float,
+        mode: str,
+        mode_reason: str,
+        limit: int,
+        peak: int,
+        retries: int,
+        left_unread: str | None = None,
     ) -> Summary:
         counts = {Status.OK: self.ok, **self.counts}
         return Summary(
@@ -200,6 +214,7 @@ class Stats:
             p50=self.percentile(0.5),
             p95=self.percentile(0.95),
             max=self.longest,
+            left_unread=left_unread,
         )
 
 
