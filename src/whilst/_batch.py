@@ -20,6 +20,8 @@ class BatchOptions:
 
     jobs: int | None = None
     timeout: float | None = None
+    deadline: float | None = None
+    grace: float = 5.0
     retries: int = 0
     rate: str | None = None
     halt: str | None = None
@@ -39,6 +41,8 @@ class BatchOptions:
         policy: dict[str, Any] = {
             "retries": self.retries,
             "timeout": self.timeout,
+            "deadline": self.deadline,
+            "grace": self.grace,
             "rate": self.rate,
             "halt": self.halt,
             "report": self.report,

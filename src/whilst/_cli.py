@@ -186,6 +186,20 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
                 help="Extra attempts for a job that failed (--retries 2: at most 3 in "
                 "all; GNU parallel's --retries 2 means 2 in all).",
             ),
+            click.option(
+                "--deadline",
+                type=click.FloatRange(min=0, min_open=True),
+                help="Seconds for the whole run; then running jobs are stopped and the "
+                "rest end cancelled.",
+            ),
+            click.option(
+                "--grace",
+                type=click.FloatRange(min=0),
+                default=5.0,
+                show_default=True,
+                help="Seconds running jobs get to finish after the first Ctrl-C or "
+                "SIGTERM (a second one stops them at once).",
+            ),
             click.option("--rate", help="Most starts per second: 5, 0.5 or 300/min."),
             click.option(
                 "--halt",
