@@ -79,7 +79,8 @@ class Page:
         for line in self._proc.stderr:
             found = re.search(r"DevTools listening on ws://([^/]+)/", line)
             if found:  # keep reading its log, so that a full pipe never blocks it
-                threading.Thread(target=self._proc.stderr.read, daemon=True).start()
+                self._drain = threading.Thread(target=self._proc.stderr.read, daemon=True)
+                self._drain.start()
                 return found.group(1)
         raise RuntimeError("chromium exited before it listened")
 
@@ -89,6 +90,9 @@ class Page:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
+        await asyncio.to_thread(self._drain.join, 10)  # the log ends with chromium
+        assert self._proc.stderr is not None
+        self._proc.stderr.close()
         self._profile.cleanup()
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:

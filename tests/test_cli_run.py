@@ -408,4 +408,5 @@ def test_a_job_starts_as_its_line_comes_on_a_stream() -> None:
     proc.stdin.close()
     assert proc.stdout.readline() == b"two\n"
     proc.wait(30)
+    proc.stdout.close()
     assert proc.returncode == 0

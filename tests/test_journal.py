@@ -669,7 +669,7 @@ def test_a_journal_that_breaks_mid_run_ends_the_run_with_its_error_and_nothing_m
     finally:
         timer.cancel()
         locker.kill()
-        locker.wait()
+        locker.communicate()  # and close its pipes
 
 
 def test_sync_mode_commits_as_it_goes(tmp_path: Path) -> None:

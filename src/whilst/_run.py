@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from collections.abc import AsyncIterator, Generator, Iterator
 from types import TracebackType
 from typing import Any
 
 from ._options import Options
-from ._output import Stream, window_for
+from ._output import Chunk, Stream, window_for
 from ._result import Result
 from ._runner import LoopStop, Runner, make_runner
 from ._scheduler import Scheduler
@@ -60,24 +59,24 @@ class Run(Iterator[Result]):
         return next(self._results)
 
     def _iterate(self) -> Generator[Result, None, None]:
-        while batch := self._take():
-            self._stats.add(batch)
-            yield from batch
+        while chunk := self._take():
+            self._stats.add_chunk(chunk)
+            yield from chunk.results()  # each Result made as it is handed out
 
-    def _take(self) -> list[Result]:
+    def _take(self) -> Chunk | None:
         if self._closed:
-            return []
+            return None
         runner = self._runner
         if runner is None:
             runner = self._runner = make_runner()
             runner.start(self._scheduler)
         try:
-            batch = runner.call(self._stream.take())
+            chunk = runner.call(self._stream.take())
         except BaseException:
             self._shutdown()
             raise
-        if batch:
-            return batch
+        if chunk:
+            return chunk
         main = runner.main
         assert main is not None
         error = None if main.cancelled() else main.exception()
@@ -85,7 +84,7 @@ class Run(Iterator[Result]):
         self.summary = self._scheduler.summary(self._stats)
         runner.raise_if_interrupted()
         raise_run_error(self._scheduler, error)
-        return []
+        return None
 
     def close(self) -> None:
         """Stop the run: cancel running tasks, stop workers. Safe to call twice."""
@@ -120,7 +119,7 @@ class AsyncRun(AsyncIterator[Result]):
         self._scheduler = scheduler
         self._stream = stream
         self._stop: LoopStop | None = None
-        self._ready: collections.deque[Result] = collections.deque()
+        self._ready: Iterator[Result] = iter(())  # of the chunk taken last
         self._stats = Stats()
         self.summary: Summary | None = None
 
@@ -128,10 +127,9 @@ class AsyncRun(AsyncIterator[Result]):
         return self
 
     async def __anext__(self) -> Result:
-        ready = self._ready
-        if not ready:
+        while (result := next(self._ready, None)) is None:
             await self._fill()
-        return ready.popleft()
+        return result
 
     async def _fill(self) -> None:
         if self._stop is None:
@@ -140,13 +138,13 @@ class AsyncRun(AsyncIterator[Result]):
         stop = self._stop
         try:
             with stop:  # whilst's signal handlers: only while it waits for results
-                batch = await stop.until(self._stream.take)
+                chunk = await stop.until(self._stream.take)
         except BaseException:
             await self.aclose()
             raise
-        if batch:
-            self._stats.add(batch)
-            self._ready.extend(batch)
+        if chunk:
+            self._stats.add_chunk(chunk)
+            self._ready = chunk.results()
             return
         await asyncio.wait([stop.main])
         self.summary = self._scheduler.summary(self._stats)

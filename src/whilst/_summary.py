@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import collections
+import operator
 import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._result import Result, Status
+
+if TYPE_CHECKING:
+    from ._output import Chunk
 
 #: Durations are counted in buckets 2**_MANTISSA_BITS to a doubling, so the
 #: percentiles of a run of any length cost a few hundred counters.
@@ -153,7 +158,20 @@ class Stats:
             self.counts.update(s for s in statuses if s is not ok)
             if skipped in self.counts:  # skipped ones ran in an earlier run
                 ran = [r for r in results if r.status is not skipped]
-        took = array("d", [r.end - r.start for r in ran])
+        self._durations(array("d", [r.end - r.start for r in ran]))
+
+    def add_chunk(self, chunk: Chunk) -> None:
+        """:meth:`add` for the results of a chunk, read from its columns."""
+        if chunk.built:  # results made already (the policy path): one by one
+            self.add(list(chunk.results()))
+            return
+        not_ok = [status for status, _ in chunk.failures.values()]
+        self.ok += len(chunk) - len(not_ok)
+        if not_ok:
+            self.counts.update(not_ok)
+        self._durations(array("d", map(operator.sub, chunk.ends, chunk.starts)))
+
+    def _durations(self, took: array[float]) -> None:
         if took:
             self.task_time += sum(took)
             self.longest = max(self.longest, max(took))
