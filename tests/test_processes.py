@@ -123,3 +123,19 @@ def test_a_crash_inside_a_batch_of_tiny_tasks_fails_only_its_task() -> None:
     assert [r.index for r in crashed] == [777]
     assert crashed[0].status is Status.CRASHED
     assert [r.value for r in results if r.ok] == [x for x in range(5_000) if x != 777]
+
+
+def slow_at_1000(x: int) -> int:
+    time.sleep(0.5 if x == 1000 else 0.001)
+    return x
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_an_ordered_imap_never_waits_on_a_batch_its_own_slot_holds(mode: str) -> None:
+    # One slow task holds the next index back; the other slot fills the window with
+    # early results while its own finished batch, the one the reader waits for,
+    # was still in flight: it must hand that batch over rather than wait for room.
+    started = time.monotonic()
+    results = list(whilst.imap(slow_at_1000, range(5000), mode=mode, limit=2))
+    assert [r.value for r in results] == list(range(5000))
+    assert time.monotonic() - started < 60

@@ -571,6 +571,8 @@ class Scheduler:
             while True:
                 while len(flying) < (2 if size > 1 else 1) and not self._exhausted:
                     if output.full:
+                        if flying:  # the batch out may be the one the reader waits for
+                            break
                         await output.room()
                     first, items = await self._take(size)
                     if not items:
