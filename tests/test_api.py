@@ -248,3 +248,32 @@ def test_an_imap_started_outside_a_loop_can_be_read_and_dropped_inside_one() -> 
         return [second, *whilst.map(double, range(3))]
 
     assert asyncio.run(main()) == [2, 0, 2, 4]
+
+
+@pytest.mark.parametrize("form", ["amap", "aimap"])
+def test_a_timeout_around_an_async_form_cancels_the_run_at_once(form: str) -> None:
+    # A cancellation of the awaiting task is no stop signal: no grace, the run
+    # is cancelled and the cancellation (here, the timeout) goes on to the caller.
+    cleaned: list[int] = []
+
+    async def slow(x: float) -> float:
+        try:
+            await asyncio.sleep(x)
+        finally:
+            cleaned.append(1)
+        return x
+
+    async def main() -> None:
+        async with asyncio.timeout(0.2):
+            if form == "amap":
+                await whilst.amap(slow, [5, 5], grace=10)
+            else:
+                async with whilst.aimap(slow, [5, 5], grace=10) as run:
+                    async for _ in run:
+                        pass
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(main())
+    assert time.monotonic() - started < 2
+    assert cleaned == [1, 1]  # the running tasks were cancelled, their finally ran

@@ -218,3 +218,76 @@ def test_one_ctrl_c_stops_a_run_inside_asyncio_run(mode: str) -> None:
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [c for c in children if _alive(c)] == []
+
+
+TWO_RUNS = textwrap.dedent(
+    """
+    import asyncio, sys, whilst
+
+    async def task(x):
+        await asyncio.sleep(x)
+        print("finished", x, flush=True)
+        return x
+
+    async def main():
+        async def short():
+            await whilst.amap(task, [0.1], grace=5)
+            print("short run over", flush=True)  # the other run still waits: SIGTERM is ours
+
+        await asyncio.gather(short(), whilst.amap(task, [1.5, 1.5, 1.5], limit=2, grace=5))
+
+    try:
+        asyncio.run(main())
+    except SystemExit as exc:
+        print("terminated", exc.code, flush=True)
+        raise
+    """
+)
+
+CONSUMER = textwrap.dedent(
+    """
+    import asyncio, time, whilst
+
+    async def quick(x):
+        await asyncio.sleep(0.01)
+        return x
+
+    async def main():
+        try:
+            async with whilst.aimap(quick, range(10_000), grace=5) as run:
+                async for r in run:
+                    time.sleep(0.01)  # the consumer's own work: signals land here
+                    if r.index == 20:
+                        print("reading", flush=True)
+        finally:
+            print("finally ran", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_signal_reaches_every_run_and_the_handler_outlives_the_first_to_end() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TWO_RUNS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "finished 0.1\n"
+    assert proc.stdout.readline() == "short run over\n"
+    out, err, elapsed = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err
+    assert out.splitlines() == ["finished 1.5", "finished 1.5", "terminated 143"]  # the grace
+    assert elapsed < 3
+
+
+def test_a_signal_while_an_aimap_consumer_works_stops_the_run_gracefully() -> None:
+    # In an `async with` block whilst keeps its handlers while your code runs too.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSUMER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "reading\n"
+    out, err, elapsed = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err
+    assert "finally ran" in out
+    assert elapsed < 3

@@ -122,9 +122,9 @@ async def amap(
 
     Options are as for :func:`map`. The scheduler runs on the caller's loop, so
     ``async`` mode tasks share it.
-    A stop (Ctrl-C, SIGTERM, or the caller's task being cancelled) starts
-    nothing new and gives running tasks ``grace`` seconds; a second one
-    cancels them at once.
+    Ctrl-C or SIGTERM starts nothing new and gives running tasks ``grace``
+    seconds, a second one cancels them at once; cancelling the caller's task
+    cancels the run at once.
     """
     options = resolve(fn, mode=mode, limit=limit, policy=policy)
     collect = Collect()

@@ -131,13 +131,16 @@ class AsyncRun(AsyncIterator[Result]):
             await self._fill()
         return result
 
-    async def _fill(self) -> None:
+    def _start(self) -> LoopStop:
         if self._stop is None:
             main = asyncio.get_running_loop().create_task(self._scheduler.run())
             self._stop = LoopStop(self._scheduler, main)
-        stop = self._stop
+        return self._stop
+
+    async def _fill(self) -> None:
+        stop = self._start()
         try:
-            with stop:  # whilst's signal handlers: only while it waits for results
+            with stop:  # whilst's signal handlers: while it waits (or all through a with block)
                 chunk = await stop.until(self._stream.take)
         except BaseException:
             await self.aclose()
@@ -160,7 +163,12 @@ class AsyncRun(AsyncIterator[Result]):
             await asyncio.wait([main])
 
     async def __aenter__(self) -> AsyncRun:
+        self._start().__enter__()  # a signal stops the run even while your code runs
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            if self._stop is not None:
+                self._stop.__exit__()

@@ -24,7 +24,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -281,70 +281,100 @@ class ThreadRunner(Runner):
 
 class LoopStop:
     """How ``amap`` and ``aimap`` stop on the caller's own loop, as the sync forms
-    do. A stop is SIGINT or SIGTERM (handled by whilst while it waits for the
-    run, in the main thread, over the default handlers only) or the caller's
-    task being cancelled (``asyncio.run`` turns Ctrl-C into that). The first
-    stop starts nothing new and gives running attempts their grace; a second
-    one, or the grace's end, cancels the run."""
+    do: the first SIGINT or SIGTERM starts nothing new and gives running attempts
+    their grace; a second one, or the grace's end, cancels the run.
+
+    While a run waits for results in the main thread, whilst handles both
+    signals there, over the default handlers and over the one ``asyncio.run``
+    puts on SIGINT (which would cancel the main task at once), and puts them
+    back when no run waits any more; several runs at once all hear a signal.
+    Cancelling the task that awaits a run (a timeout, a TaskGroup) is no signal:
+    the run is cancelled at once.
+    """
+
+    _active: ClassVar[list[LoopStop]] = []  # runs waiting now, in the main thread
+    _saved: ClassVar[dict[int, Any]] = {}  # the handlers ours stand in for
+    _loop: ClassVar[asyncio.AbstractEventLoop | None] = None
 
     def __init__(self, scheduler: Scheduler, main: asyncio.Task[Any]) -> None:
         self.scheduler, self.main = scheduler, main
         self.signum = 0  # the first signal that stopped the run
-        self.caller_cancelled = False
-        self._handled: list[int] = []
+        self._grace: asyncio.TimerHandle | None = None
+        self._depth = 0
 
     def __enter__(self) -> LoopStop:
-        if threading.current_thread() is threading.main_thread():
-            loop = self.main.get_loop()
+        self._depth += 1  # (aimap in a with block: entered for the block and each wait)
+        active = LoopStop._active
+        if threading.current_thread() is not threading.main_thread() or self in active:
+            return self
+        if not active:
+            loop = LoopStop._loop = self.main.get_loop()
             for signum, default in _DEFAULT_HANDLERS.items():
-                if signal.getsignal(signum) is default:
+                current = signal.getsignal(signum)
+                if current is default or _asyncio_sigint(current):
                     try:
-                        loop.add_signal_handler(signum, self._on_signal, signum)
+                        loop.add_signal_handler(signum, LoopStop._on_signal, signum)
                     except NotImplementedError:  # a loop without signal support
-                        return self
-                    self._handled.append(signum)
+                        break
+                    LoopStop._saved[signum] = current
+        active.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        loop = self.main.get_loop()
-        for signum in self._handled:  # puts the default handler back
-            loop.remove_signal_handler(signum)
-        self._handled = []
+        self._depth -= 1
+        active = LoopStop._active
+        if self._depth or self not in active:
+            return
+        active.remove(self)
+        if not active and LoopStop._loop is not None:
+            for signum, old in LoopStop._saved.items():
+                LoopStop._loop.remove_signal_handler(signum)
+                signal.signal(signum, old)
+            LoopStop._saved.clear()
+            LoopStop._loop = None
 
-    def _on_signal(self, signum: int) -> None:
-        self.signum = self.signum or signum
-        self.stop()
+    @staticmethod
+    def _on_signal(signum: int) -> None:
+        for stop in list(LoopStop._active):
+            stop.signum = stop.signum or signum
+            stop.stop()
 
-    async def until(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Await ``step()``, as often as the caller's task is cancelled while the
-        run has its grace; the second cancellation cancels the run, waits for
-        its end and goes on to the caller."""
-        while True:
-            try:
-                return await step()
-            except asyncio.CancelledError:
-                self.caller_cancelled = True
-                if not self.stop():
-                    await asyncio.wait([self.main])
-                    raise
-
-    def stop(self) -> bool:
+    def stop(self) -> None:
         scheduler = self.scheduler
         if scheduler.interrupted or scheduler.policy.grace <= 0:
             self.main.cancel()
-            return False
+            return
         scheduler.interrupt()
-        self.main.get_loop().call_later(scheduler.policy.grace, self.main.cancel)
-        return True
+        self._grace = self.main.get_loop().call_later(scheduler.policy.grace, self.main.cancel)
+
+    async def until(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Await ``step()``; if the caller's task is cancelled meanwhile, cancel the
+        run, wait for its end, and let the cancellation go on to the caller."""
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            self.main.cancel()
+            await asyncio.wait([self.main])
+            raise
 
     def raise_if_stopped(self) -> None:
         """After the run: tell the caller it was stopped, as :class:`Runner` does."""
+        if self._grace is not None:
+            self._grace.cancel()
         if self.signum == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM)
         if self.signum == signal.SIGINT:
             raise KeyboardInterrupt
-        if self.caller_cancelled or self.main.cancelled():
+        if self.main.cancelled():
             raise asyncio.CancelledError
+
+
+def _asyncio_sigint(handler: Any) -> bool:
+    """Whether ``handler`` is the one ``asyncio.run`` installs on SIGINT."""
+    method = getattr(handler, "func", None)  # functools.partial(runner._on_sigint, ...)
+    return getattr(method, "__qualname__", "") == "Runner._on_sigint" and (
+        getattr(method, "__module__", "") == "asyncio.runners"
+    )
 
 
 def make_runner() -> Runner:
