@@ -92,6 +92,7 @@ class _Worker:
         self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
         self.outbox = bytearray()  # bytes for the worker the pipe has not taken yet
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
+        self.empty: set[int] = set()  # pending tags of empty runs (has it loaded the function?)
         self.fn_id = -1  # the function it was sent
         self.ready_fn = -1  # the function it has loaded (it answered a run after it)
         self.label = f"pid-{self.proc.pid}"
@@ -222,6 +223,7 @@ class ProcessesMode(Mode):
                 tag, outcomes = pickle.loads(view[start : start + size])
             del inbox[: start + size]
             fut = worker.pending.pop(tag, None)
+            worker.empty.discard(tag)
             if fut is not None and not fut.done():
                 fut.set_result(outcomes)
 
@@ -246,13 +248,14 @@ class ProcessesMode(Mode):
         self._fail_pending(worker, worker.proc.returncode, caught=True)
 
     def _fail_pending(self, worker: _Worker, code: int | None, *, caught: bool) -> None:
-        alone = len(worker.pending) == 1
+        alone = len(worker.pending.keys() - worker.empty) <= 1  # (not counting load checks)
         for fut in worker.pending.values():
             if not fut.done():
                 exc = WorkerCrashed(code)
                 exc.caught, exc.alone = caught, alone
                 fut.set_exception(exc)
         worker.pending.clear()
+        worker.empty.clear()
 
     async def prepare(self, slot: int) -> None:
         worker = self._attach(slot % self._nworkers)
@@ -264,12 +267,13 @@ class ProcessesMode(Mode):
         try:
             return await self._run_on(self._attach(slot % self._nworkers), items)
         except WorkerCrashed as exc:
-            if exc.alone or exc.caught:
+            if exc.alone or exc.caught or len(items) > 1:  # (the scheduler splits batches)
                 raise
         # The worker died running other work too (coroutines of other slots, or
         # this slot's next batch), so any of it may have killed it: run this
         # again on a worker that runs nothing else, one such rerun at a time.
         # Only what kills a worker alone ends crashed; the others get results.
+        # (The wait for that worker counts toward the attempt's timeout.)
         async with self._alone_lock:
             return await self._run_on(self._attach(_ALONE), items)
 
@@ -281,6 +285,8 @@ class ProcessesMode(Mode):
             return await self._run_picklable(worker, items)
         fut = self._loop.create_future()
         worker.pending[tag] = fut
+        if not items:
+            worker.empty.add(tag)
         self._send(worker, message)
         try:
             start, ends, values, wired = await fut
