@@ -254,6 +254,7 @@ class Stream:
         self.ordered = ordered
         self.window = window
         self.held = 0
+        self.full = False  # held >= window; an attribute, read once a task by each slot
         self.done = False
         self._chunk = Chunk()
         self._early: dict[int, tuple[int, Callable[..., None], tuple[Any, ...]]] = {}
@@ -262,10 +263,6 @@ class Stream:
         self._waiting: list[asyncio.Future[None]] = []  # slots waiting for room
         self._unblocked = False  # the run is ending with an error: nothing waits for room
         self.on_room: Callable[[], None] | None = None  # told when the reader makes room
-
-    @property
-    def full(self) -> bool:
-        return self.held >= self.window
 
     def recorder(self, mode: str, worker: str) -> Record:
         chunk, early, ordered, ok, source = (
@@ -287,7 +284,9 @@ class Stream:
             start: float,
             end: float,
         ) -> None:
-            self.held += 1
+            held = self.held = self.held + 1
+            if held >= self.window:
+                self.full = True
             if ordered:
                 if index != self._next:
                     early[index] = (
@@ -324,6 +323,7 @@ class Stream:
 
     def _put(self, first: int, n: int, put: Callable[..., None], args: tuple[Any, ...]) -> None:
         self.held += n
+        self.full = self.held >= self.window
         if self.ordered:
             if first != self._next:
                 self._early[first] = (n, put, args)
@@ -351,6 +351,7 @@ class Stream:
     def fit_batch(self, size: int, slots: int) -> None:
         """Batches of ``size`` results arrive at once: make room for two per slot."""
         self.window = max(self.window, 2 * size * slots)
+        self.full = self.held >= self.window
 
     def finish(self) -> None:
         """The scheduler is done: no more results will come."""
@@ -387,6 +388,7 @@ class Stream:
             await self._reader
         chunk = self._chunk.take()
         self.held -= len(chunk)
+        self.full = self.held >= self.window
         if self._waiting and not self.full:
             waiting, self._waiting = self._waiting, []
             for fut in waiting:
