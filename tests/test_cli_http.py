@@ -161,6 +161,7 @@ def test_a_signal_lets_running_requests_finish_and_starts_no_more(
     assert [line.split("\t")[0] for line in out.splitlines()] == ["200", "200"], (out, err)
     assert sum(map(len, server.hits.values())) == 2  # nothing new started
     assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted" if status == 130 else "terminated")
 
 
 def test_a_slow_body_times_out(server: Server, tmp_path: Path) -> None:

@@ -32,6 +32,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if exc.code == EXIT_TERMINATED:
+            click.echo("terminated", err=True)
+        raise
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
