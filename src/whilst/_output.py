@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,76 +13,28 @@ from ._result import Result, Status, batch_results, failure_status
 Record = Callable[[int, Any, Status, Any, "BaseException | None", float, float], None]
 
 
-class _Columns:
-    """The tasks one slot finished, kept in columns: appending to a few lists costs
-    a third of building and keeping a Result object per task (which the garbage
-    collector must also walk, over and over, as a big ``map`` grows)."""
-
-    __slots__ = ("ends", "failures", "indexes", "items", "mode", "starts", "values", "worker")
-
-    def __init__(self, mode: str, worker: str) -> None:
-        self.mode, self.worker = mode, worker
-        self.indexes: list[int] = []
-        self.items: list[Any] = []
-        self.values: list[Any] = []
-        self.starts = array("d")
-        self.ends = array("d")
-        self.failures: dict[int, tuple[Status, BaseException | None]] = {}  # by position
-
-    def recorder(self) -> Record:
-        indexes, items, values = self.indexes.append, self.items.append, self.values.append
-        starts, ends, failures = self.starts.append, self.ends.append, self.failures
-        ok = Status.OK
-
-        def record(
-            index: int,
-            item: Any,
-            status: Status,
-            value: Any,
-            error: BaseException | None,
-            start: float,
-            end: float,
-        ) -> None:
-            if status is not ok:
-                failures[len(self.indexes)] = (status, error)
-            indexes(index)
-            items(item)
-            values(value)
-            starts(start)
-            ends(end)
-
-        return record
-
-    def results(self) -> Iterator[Result]:
-        failures, mode, worker = self.failures, self.mode, self.worker
-        for k, (index, item, value, start, end) in enumerate(
-            zip(self.indexes, self.items, self.values, self.starts, self.ends, strict=True)
-        ):
-            status, error = failures.get(k, (Status.OK, None))
-            yield Result(index, item, status, value, error, 1, start, end, mode, worker)
-
-
 class Collect:
     """Keeps every result, for ``map``: memory grows with the input, by its nature.
 
-    Results stay in the columns they were recorded in (per slot, or per batch as
-    a mode returned it); a Result per task is built only if one is asked for (a
-    task failed), so a ``map`` whose tasks all succeed pays for its values and
-    little more.
+    Results stay in the columns they were recorded in (a :class:`Chunk` per slot,
+    or per batch as a mode returned it); a Result per task is built only if one
+    is asked for (a task failed), so a ``map`` whose tasks all succeed pays for
+    its values and little more (a Result kept per task would also be walked by
+    the garbage collector, over and over, as a big ``map`` grows).
     """
 
     bounded = full = False  # never holds the scheduler back
     on_room: Callable[[], None] | None = None
 
     def __init__(self) -> None:
-        self._columns: list[_Columns] = []
+        self._columns: list[Chunk] = []  # one per slot
         self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
         self._results: list[Result] = []  # from the policy path, built already
 
     def recorder(self, mode: str, worker: str) -> Record:
-        columns = _Columns(mode, worker)
+        columns = Chunk()
         self._columns.append(columns)
-        return columns.recorder()
+        return columns.recorder((mode, worker))
 
     def add_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
@@ -169,25 +120,31 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.indexes)
 
-    def put(
-        self,
-        index: int,
-        item: Any,
-        status: Status,
-        value: Any,
-        error: BaseException | None,
-        start: float,
-        end: float,
-        source: tuple[str, str],
-    ) -> None:
-        if status is not Status.OK:
-            self.failures[len(self.indexes)] = (status, error)
-        self.indexes.append(index)
-        self.items.append(item)
-        self.values.append(value)
-        self.starts.append(start)
-        self.ends.append(end)
-        self.sources.append(source)
+    def recorder(self, source: tuple[str, str]) -> Record:
+        """Appends the tasks one worker (``source``: mode, worker) finished."""
+        indexes, items, values = self.indexes.append, self.items.append, self.values.append
+        starts, ends, sources = self.starts.append, self.ends.append, self.sources.append
+        failures, ok = self.failures, Status.OK
+
+        def record(
+            index: int,
+            item: Any,
+            status: Status,
+            value: Any,
+            error: BaseException | None,
+            start: float,
+            end: float,
+        ) -> None:
+            if status is not ok:
+                failures[len(self.indexes)] = (status, error)
+            indexes(index)
+            items(item)
+            values(value)
+            starts(start)
+            ends(end)
+            sources(source)
+
+        return record
 
     def put_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, source: tuple[str, str]
@@ -208,7 +165,7 @@ class Chunk:
 
     def put_result(self, result: Result) -> None:
         self.built[len(self.indexes)] = result
-        self.put(result.index, None, Status.OK, None, None, 0.0, 0.0, ("", ""))
+        self.recorder(("", ""))(result.index, None, Status.OK, None, None, 0.0, 0.0)
 
     def take(self) -> Chunk:
         """What this holds, as a chunk of its own; this one is left empty (in place:
@@ -218,8 +175,9 @@ class Chunk:
             column = getattr(self, name)
             setattr(chunk, name, column[:])
             del column[:]
-        chunk.failures, self.failures = self.failures, {}
-        chunk.built, self.built = self.built, {}
+        chunk.failures, chunk.built = self.failures.copy(), self.built.copy()
+        self.failures.clear()
+        self.built.clear()
         return chunk
 
     def results(self) -> Iterator[Result]:
@@ -265,15 +223,8 @@ class Stream:
         self.on_room: Callable[[], None] | None = None  # told when the reader makes room
 
     def recorder(self, mode: str, worker: str) -> Record:
-        chunk, early, ordered, ok, source = (
-            self._chunk,
-            self._early,
-            self.ordered,
-            Status.OK,
-            (mode, worker),
-        )
-        indexes, items, values = chunk.indexes.append, chunk.items.append, chunk.values.append
-        starts, ends, sources = chunk.starts.append, chunk.ends.append, chunk.sources.append
+        early, ordered = self._early, self.ordered
+        put = self._chunk.recorder((mode, worker))
 
         def record(
             index: int,
@@ -288,22 +239,11 @@ class Stream:
             if held >= self.window:
                 self.full = True
             if ordered:
-                if index != self._next:
-                    early[index] = (
-                        1,
-                        chunk.put,
-                        (index, item, status, value, error, start, end, source),
-                    )
+                if index != self._next:  # waits aside for its turn
+                    early[index] = (1, put, (index, item, status, value, error, start, end))
                     return
                 self._next = index + 1
-            if status is not ok:
-                chunk.failures[len(chunk.indexes)] = (status, error)
-            indexes(index)
-            items(item)
-            values(value)
-            starts(start)
-            ends(end)
-            sources(source)
+            put(index, item, status, value, error, start, end)
             if early:
                 self._flush_early()
             if self._reader is not None:
