@@ -97,11 +97,12 @@ def window_for(limit: int) -> int:
 
 
 class Chunk:
-    """Results handed to the reader at once, in columns. A Result object is built
-    only as the reader takes each one, so it dies young: results waiting in a
-    stream are no objects for the garbage collector (a Result kept per waiting
-    task set off a collection every 700 tasks, each walking every task in
-    flight: a fifth of an ``imap``'s time)."""
+    """Finished tasks in columns: a slot's for ``map``, or what a stream hands its
+    reader at once. A Result object is built only when one is asked for (for
+    ``imap``, as the reader takes each), so it dies young: results waiting here
+    are no objects for the garbage collector (a Result kept per waiting task set
+    off a collection every 700 tasks, each walking every task in flight: a fifth
+    of an ``imap``'s time)."""
 
     __slots__ = (
         "built", "ends", "failures", "indexes", "items", "sources", "starts", "values"
