@@ -165,8 +165,15 @@ class Chunk:
         self.sources.extend([source] * n)
 
     def put_result(self, result: Result) -> None:
+        """A result made already (the policy path): kept whole; the columns hold
+        its place."""
         self.built[len(self.indexes)] = result
-        self.recorder(("", ""))(result.index, None, Status.OK, None, None, 0.0, 0.0)
+        self.indexes.append(result.index)
+        self.items.append(None)
+        self.values.append(None)
+        self.starts.append(0.0)
+        self.ends.append(0.0)
+        self.sources.append(("", ""))
 
     def take(self) -> Chunk:
         """What this holds, as a chunk of its own; this one is left empty (in place:
