@@ -19,6 +19,9 @@ run's loop runs.
 
 from __future__ import annotations
 
+# signal's C half: a sync run sets and restores its handlers at every wait for
+# results, and signal.signal turns each handler into an enum and back (30 µs a wait).
+import _signal  # type: ignore[import-not-found]
 import asyncio
 import contextlib
 import signal
@@ -165,9 +168,9 @@ class InlineRunner(Runner):
             return {}
         handled: dict[int, Any] = {}
         for signum, default in _DEFAULT_HANDLERS.items():
-            if signal.getsignal(signum) is default:
-                handled[signum] = default
-                signal.signal(signum, self._on_signal)
+            if (current := _signal.getsignal(signum)) == default:
+                handled[signum] = current  # as _signal has it: SIG_DFL is a plain int
+                _signal.signal(signum, self._on_signal)
         self._armed = bool(handled)
         return handled
 
@@ -177,7 +180,7 @@ class InlineRunner(Runner):
         with self._armed_lock:
             self._armed = False
         for signum, old in handled.items():
-            signal.signal(signum, old)
+            _signal.signal(signum, old)
 
     def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._run(coro)
