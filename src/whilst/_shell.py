@@ -477,9 +477,10 @@ class Runner:
         try:
             stdout, stderr, timed_out, code = self._collect(proc, job)
         finally:
+            left = _group_alive(proc.pid)  # it left processes behind in its group
             with self._lock:
                 self._live.pop(proc.pid, None)
-                if _group_alive(proc.pid):  # it left processes behind in its group
+                if left:
                     self._left[proc.pid] = proc
         ran = Ran(
             command,
