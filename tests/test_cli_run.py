@@ -410,3 +410,46 @@ def test_a_job_starts_as_its_line_comes_on_a_stream() -> None:
     proc.wait(30)
     proc.stdout.close()
     assert proc.returncode == 0
+
+
+def test_no_shell_says_why_a_program_cannot_run_and_finds_a_moved_one(tmp_path: Path) -> None:
+    """--no-shell reports the real reason (not executable is not "not found"), and a
+    program moved to another PATH directory during the run is found there."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "nonexec").write_text("#!/bin/sh\necho no\n")
+    prog = first / "prog"
+    prog.write_text("#!/bin/sh\necho ran $1\n")
+    prog.chmod(0o755)
+    mover = first / "mover"
+    mover.write_text(f"#!/bin/sh\nmv {prog} {second / 'prog'}\n")
+    mover.chmod(0o755)
+    env = {**os.environ, "PATH": f"{first}:{second}:{os.environ['PATH']}"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*WHILST, "run", *args], capture_output=True, env=env, timeout=60)
+
+    denied = run("-q", "--no-shell", "nonexec", ":::", "x")
+    assert denied.returncode == 1
+    assert b"cannot run nonexec: Permission denied" in denied.stderr
+    moved = run("-q", "-j", "1", "-k", "--no-shell", "{}", "x", ":::", "prog", "mover", "prog")
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout == b"ran x\nran x\n"
+
+
+def test_a_timeout_holds_after_the_command_closes_its_pipes(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    run = whilst_run(
+        "--timeout", "0.5", "--results", str(results), "exec >&- 2>&-; sleep 3; :", ":::", "x"
+    )
+    assert time.monotonic() - started < 2.5
+    assert run.returncode == 1
+    assert json.loads(results.read_text())["status"] == "timed_out"
+
+
+def test_line_buffer_keeps_a_last_partial_line_while_something_holds_the_pipe() -> None:
+    run = whilst_run("--line-buffer", "--tag", "echo hi; setsid sleep 3 & printf part", ":::", "x")
+    assert run.stdout.decode().splitlines() == ["x\thi", "x\tpart"]
+    subprocess.run(["pkill", "-f", "^sleep 3$"], check=False)

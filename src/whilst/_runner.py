@@ -168,7 +168,8 @@ class InlineRunner(Runner):
             return {}
         handled: dict[int, Any] = {}
         for signum, default in _DEFAULT_HANDLERS.items():
-            if (current := _signal.getsignal(signum)) == default:
+            current = _signal.getsignal(signum)
+            if current is default or (type(current) is int and current == default):
                 handled[signum] = current  # as _signal has it: SIG_DFL is a plain int
                 _signal.signal(signum, self._on_signal)
         self._armed = bool(handled)

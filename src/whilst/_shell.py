@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import itertools
 import math
@@ -46,7 +45,7 @@ TERM_WAIT = 0.2
 #: it started holds them) before its output counts as complete.
 EXIT_GRACE = 0.05
 #: What makes a command line need a shell: operators, expansions, quotes, globs.
-SHELL_TEXT = re.compile(r"""[|&;<>()$`\\"'*?\[\]#~!{}\n]|^\s*\w+=""")
+SHELL_TEXT = re.compile(r"""[|&;<>()$`\\"'*?\[\]#~!{}\n\r]|^\s*\w+=""")
 #: Commands that only a shell has, or that a shell runs differently.
 SHELL_ONLY = frozenset(
     [
@@ -503,14 +502,28 @@ class Runner:
         read (plain file descriptors: no file objects, and the program's path is
         looked up once a run: 10% more commands a second, measured)."""
         program = argv[0]
-        if "/" in program:
-            path: str | None = program
-        elif (path := self._programs.get(program, "")) == "":
-            path = self._programs[program] = shutil.which(program)
-        if path is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        path = program if "/" in program else self._programs.get(program, "")
+        if path == "":
+            path = self._programs[program] = shutil.which(program) or ""
+        try:
+            return self._start(argv, path or None)
+        except FileNotFoundError:
+            if not path or path == program:
+                raise
+            # Moved since it was looked up: subprocess's own search of PATH finds it,
+            # or says why it cannot run (not found, not executable...).
+            self._programs.pop(program, None)
+            return self._start(argv, None)
+
+    @staticmethod
+    def _start(argv: list[str], path: str | None) -> Child:
         out, out_w = os.pipe()
-        err, err_w = os.pipe()
+        try:
+            err, err_w = os.pipe()
+        except BaseException:
+            os.close(out)
+            os.close(out_w)
+            raise
         try:
             proc = Child(
                 argv,
@@ -577,10 +590,20 @@ class Runner:
                     *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
                     if lines:
                         self._write(sinks[fd], b"".join(prefix + line + b"\n" for line in lines))
+            for fd, sink in sinks.items():  # still open: held by something it left running
+                if stream and partial[fd]:
+                    self._write(sink, prefix + partial[fd] + b"\n")
         finally:
             os.close(proc.out)
             os.close(proc.err)
-        code = proc.wait()
+        if deadline is None or timed_out:
+            code = proc.wait()
+        else:  # it closed its pipes but may still run: its timeout holds all the same
+            try:
+                code = proc.wait(max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+                timed_out, code = True, proc.wait()
         return b"".join(kept[proc.out]), b"".join(kept[proc.err]), timed_out, code
 
     def _write(self, sink: IO[bytes], data: bytes) -> None:
