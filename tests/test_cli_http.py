@@ -242,10 +242,16 @@ def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) 
         (["call", "json:no_such_function"], "1", "has no"),
         (["call", "json"], "1", "MODULE:FUNCTION"),
         (["call", "--jsonl", "json:dumps"], "{oops", "not JSON"),
+        (["call", "--path", "{tmp}", "broken:f"], "1", "failed to import: SyntaxError"),
+        (["call", "--path", "{tmp}", "raising:f"], "1", "failed to import: RuntimeError: boom"),
     ],
 )
-def test_bad_input_is_one_sentence_and_exit_2(args: list[str], stdin: str, words: str) -> None:
-    run = whilst(*args, stdin=stdin)
+def test_bad_input_is_one_sentence_and_exit_2(
+    tmp_path: Path, args: list[str], stdin: str, words: str
+) -> None:
+    (tmp_path / "broken.py").write_text("def f(x):\n    return x +\n")
+    (tmp_path / "raising.py").write_text("raise RuntimeError('boom')\n")
+    run = whilst(*(a.replace("{tmp}", str(tmp_path)) for a in args), stdin=stdin)
     assert run.returncode == 2, run.stderr
     assert words in run.stderr
     assert "Traceback" not in run.stderr
@@ -282,6 +288,18 @@ def test_call_runs_a_function_over_lines(tmp_path: Path, mode: str) -> None:
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [(line["item"], line["value"]) for line in lines] == [("1", 1), ("2", 4), ("3", 9)]
+
+
+def test_call_results_lines_carry_each_item_and_value(tmp_path: Path) -> None:
+    (tmp_path / "tools.py").write_text(TOOLS)
+    results = tmp_path / "r.jsonl"
+    run = whilst(
+        "call", "-q", "-k", "--results", str(results), "--path", str(tmp_path), "tools:square",
+        stdin="2\n3\n",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((line["item"], line["value"]) for line in lines) == [("2", 4), ("3", 9)]
 
 
 def test_call_with_jsonl_reports_failures_and_exits_1(tmp_path: Path) -> None:

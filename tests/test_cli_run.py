@@ -72,6 +72,8 @@ ORACLE = [
     ["echo {} | tr a-z A-Z", ":::", "ab", "cd"],
     ["echo", "::::", "names", "::::", "pairs"],
     ["printf", "[%s]", ":::", "; touch pwned", "$(echo hi)", "a'b\"c", "-rf", "--"],
+    ["echo", ":::", "--help", "--version", "-n"],  # the shell's echo, not /bin/echo
+    ["true", ":::", "--help"],  # the shell's true prints nothing
 ]
 
 
@@ -333,6 +335,7 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
         (["--halt", "sometimes", "echo", ":::", "a"], "halt"),
         (["--results", "/no/such/dir/r.jsonl", "echo", ":::", "a"], "does not exist"),
         (["--report", "/no/such/dir/r.html", "echo", ":::", "a"], "does not exist"),
+        (["-k", "--line-buffer", "echo", ":::", "a"], "not both"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
@@ -453,3 +456,20 @@ def test_line_buffer_keeps_a_last_partial_line_while_something_holds_the_pipe() 
     run = whilst_run("--line-buffer", "--tag", "echo hi; setsid sleep 3 & printf part", ":::", "x")
     assert run.stdout.decode().splitlines() == ["x\thi", "x\tpart"]
     subprocess.run(["pkill", "-f", "^sleep 3$"], check=False)
+
+
+def test_halt_on_success_exits_0_after_earlier_failures() -> None:
+    """GNU parallel: --halt now,success=1 exits 0 once a job succeeded; 1 if none did."""
+    met = whilst_run("-q", "-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "1", "0", "1")
+    assert met.returncode == 0, met.stderr
+    never = whilst_run("-q", "-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "1")
+    assert never.returncode == 1
+
+
+def test_output_that_cannot_be_written_is_one_sentence(tmp_path: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        run = subprocess.run(
+            [*WHILST, "run", "-q", "echo", ":::", "a"], stdout=full, stderr=subprocess.PIPE
+        )
+    assert run.returncode == 1
+    assert run.stderr.decode().strip() == "whilst: No space left on device"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._result import Result, Status
+from ._scheduler import HALTED
 from ._summary import Summary
 
 
@@ -47,7 +48,11 @@ class BatchOptions:
             "halt": self.halt,
             "report": self.report,
             "trace": self.trace,
-            "progress": "auto" if self.progress is None else self.progress,
+            # By default a bar on a terminal, unless the jobs' output goes to that
+            # terminal too: lines printed under a live bar would break it up.
+            "progress": ("auto" if not sys.stdout.isatty() else False)
+            if self.progress is None
+            else self.progress,
         }
         if self.journal is not None:
             policy.update(journal=self.journal, resume=self.resume, force=self.force)
@@ -95,10 +100,13 @@ class Tally:
             summary.print()
         if self.failed:
             print(f"whilst: {self.failed} of {self.total} failed", file=sys.stderr)
-        # Jobs a halt rule cancelled are failures, unless the rule was to stop at a
-        # success (GNU parallel's --halt now,success=1 exits 0 too).
-        halted_on_success = "success" in (self.options.halt or "")
-        if self.cancelled and not halted_on_success:
+        # A halt rule met at a success ends the run well, whatever failed before
+        # (GNU parallel's --halt now,success=1 exits 0 too); jobs cancelled
+        # otherwise are failures.
+        stopped = summary.stopped if summary is not None else None
+        if stopped and stopped.startswith(HALTED) and "success" in (self.options.halt or ""):
+            return 0
+        if self.cancelled:
             print(f"whilst: {self.cancelled} of {self.total} cancelled", file=sys.stderr)
             return 1
         return 1 if self.failed else 0

@@ -3,7 +3,9 @@ feature is a library feature first (here :func:`whilst._demo.run_demo`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -45,6 +47,21 @@ def main() -> None:
     except WhilstError as exc:  # the run itself failed (say, its journal became unwritable)
         click.echo(f"whilst: {exc}", err=True)
         sys.exit(1)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+        _quiet_stdout()
+        sys.exit(1)
+    except OSError as exc:  # say, the output cannot be written: a full disk
+        _quiet_stdout()
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"whilst: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what could
+    not be written raises nothing more."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.group(
@@ -208,7 +225,7 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
             click.option(
                 "--halt",
                 help="When to stop early: soon,fail=3 (start nothing new), "
-                "now,fail=1 (stop running jobs too), now,success=1, fail=10%.",
+                "now,fail=1 (stop running jobs too), now,success=1, soon,fail=10%.",
             ),
             click.option(
                 "-k",
@@ -251,7 +268,8 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
             click.option(
                 "--progress/--no-progress",
                 default=None,
-                help="A progress bar on stderr [default: when stderr is a terminal].",
+                help="A progress bar on stderr [default: when stderr is a terminal "
+                "and stdout is not].",
             ),
             click.option("-q", "--quiet", is_flag=True, help="No summary at the end."),
         ]
@@ -343,6 +361,11 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         template.check()
         check_sources(sources)
         check_colsep(colsep)
+        if line_buffer and options.keep_order:
+            raise UsageError(
+                "--line-buffer prints lines as they come, which cannot keep input "
+                "order: use -k or --line-buffer, not both"
+            )
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     stdin = sys.stdin.buffer
@@ -531,7 +554,7 @@ def _lines(source: str) -> list[str]:
 @cli.command(
     epilog="""\b
 Examples:
-  whilst call mymodule:resize :::: photos.txt --mode processes
+  whilst call --mode processes mymodule:resize photos.txt
   whilst call --path src tools.parse:parse_line < lines.txt > parsed.jsonl
   whilst call --jsonl client:fetch_user users.jsonl -j 20 --retries 2
 
@@ -600,8 +623,11 @@ def call(target: str, source: str, **kwargs: Any) -> None:
             line.update(status=r.status.value, error=f"{type(r.error).__name__}: {r.error}")
         click.echo(json.dumps(line, default=repr, ensure_ascii=False))
 
+    def record(r: Result) -> dict[str, Any]:
+        return {**common_record(r), "item": r.item, "value": r.value}
+
     status = run_batch(
-        fn, items, options, mode=mode, show=show, record=common_record,
+        fn, items, options, mode=mode, show=show, record=record,
         **on_cluster,
     )  # fmt: skip
     sys.exit(status)
@@ -629,6 +655,10 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
             ) from None
         raise UsageError(
             f"module {exc.name!r} was not found; run from its directory or add --path DIR"
+        ) from None
+    except Exception as exc:  # its own code failed as it was imported
+        raise UsageError(
+            f"module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
         ) from None
     fn: Any = module
     for part in name.split("."):

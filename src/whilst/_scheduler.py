@@ -67,6 +67,8 @@ OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
 TIMED_OUT, CRASHED, POISONED = Status.TIMED_OUT, Status.CRASHED, Status.POISONED
 SKIPPED = Status.SKIPPED
 _END = object()
+#: How the reason a halt rule stopped a run begins (``Summary.stopped``).
+HALTED = "the halt rule"
 QUEUED, STARTED, FINISHED = EventKind.QUEUED, EventKind.STARTED, EventKind.FINISHED
 RETRYING = EventKind.RETRYING
 
@@ -292,6 +294,7 @@ class Scheduler:
             peak=self.peak,
             retries=self.retried,
             left_unread=self.left_unread,
+            stopped=self._stopping,
         )
 
     def _write_trace(self, path: Path, timeline: Timeline) -> None:
@@ -1006,7 +1009,7 @@ class Scheduler:
             self._failures += 1
         n = self._successes if halt.what == "success" else self._failures
         if halt.met(n, self._total, self._finished):
-            self._halt(f"the halt rule {halt!s} was met", now=halt.when == "now")
+            self._halt(f"{HALTED} {halt!s} was met", now=halt.when == "now")
 
     def _abandon(self, task: _Task) -> None:
         """A task that will not run (again) because the run stopped: ``cancelled``,

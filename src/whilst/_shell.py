@@ -85,8 +85,19 @@ SHELL_ONLY = frozenset(
         ".",
         ":",
         "[[",
+        # builtins that behave otherwise than the program of the same name
+        # (/bin/echo takes --help, `time` is a keyword...)
+        "echo",
+        "printf",
+        "time",
+        "test",
+        "[",
+        "kill",
+        "pwd",
     ]
 )
+#: Builtins whose program behaves the same, unless given --help or --version.
+SAME_AS_BUILTIN = frozenset(["true", "false"])
 
 
 def split_words(words: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -307,6 +318,13 @@ class Template:
             and shutil.which(program) is not None
         )
 
+    def runs_direct(self, args: tuple[str, ...]) -> bool:
+        """Whether a job with these args runs without a shell (see :attr:`direct`):
+        ``true --help`` must stay the shell's builtin, which ignores it."""
+        if not self.direct or self._head[0] not in SAME_AS_BUILTIN:
+            return self.direct
+        return not any(word in ("--help", "--version") for word in (*self.words, *args))
+
     @functools.cached_property
     def appends(self) -> bool:
         """No replacement string: the args are appended, as GNU parallel does."""
@@ -455,16 +473,17 @@ class Runner:
 
     def _run(self, job: Job, slot: int) -> Ran:
         command = self.template.command(job.args, job.seq, slot)
+        direct = isinstance(command, str) and self.template.runs_direct(job.args)
         if not isinstance(command, str):
             argv = command
-        elif self.template.direct:
+        elif direct:
             argv = self.template.split(command, job.args)  # the words the shell would run
         else:
             argv = [self.shell, "-c", command]
         try:
             proc = self._spawn(argv)
         except OSError as exc:
-            if isinstance(command, str) and self.template.direct:  # a script with no #!
+            if direct and isinstance(command, str):  # a script with no #!
                 proc = self._spawn([self.shell, "-c", command])
             else:  # --no-shell and no such program
                 raise WhilstError(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -43,6 +43,8 @@ class Summary:
             or the deadline stopped the run, and such an input may never end),
             or None when the input was read to its end: the results cover only
             the items read.
+        stopped: why the run stopped starting tasks before its end (a halt rule
+            was met, the deadline passed), or None when it ran to its end.
     """
 
     counts: dict[str, int]
@@ -57,6 +59,7 @@ class Summary:
     p95: float = 0.0
     max: float = 0.0
     left_unread: str | None = None
+    stopped: str | None = None
     total: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,6 +221,7 @@ class Stats:
         peak: int,
         retries: int,
         left_unread: str | None = None,
+        stopped: str | None = None,
     ) -> Summary:
         counts = {Status.OK: self.ok, **self.counts}
         return Summary(
@@ -233,6 +237,7 @@ class Stats:
             p95=self.percentile(0.95),
             max=self.longest,
             left_unread=left_unread,
+            stopped=stopped,
         )
 
 
