@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -212,6 +213,30 @@ def test_closing_imap_early_stops_the_run() -> None:
     assert len(started) == n
     with pytest.raises(StopIteration):
         next(run)
+
+
+@pytest.mark.parametrize("mode", ["async", "threads"])
+def test_leaving_an_imap_loop_stops_the_run_at_once_without_the_gc(
+    mode: str, tmp_path: Path
+) -> None:
+    """break frees the results (no cycle waits for the garbage collector): the run
+    stops and its journal is free for the next run at once."""
+    import gc
+
+    journal = tmp_path / "run.db"
+    fn = adouble if mode == "async" else double
+    gc.disable()
+    try:
+        for r in whilst.imap(fn, range(1000), mode=mode, limit=4, journal=journal):
+            if r.index == 3:
+                break
+        assert whilst.map(fn, range(10), mode=mode, journal=journal) == [x * 2 for x in range(10)]
+        run = whilst.imap(double, range(5), mode=mode if mode == "threads" else "sync")
+        for _ in run:
+            break
+        assert list(run) == []  # left early: what is left was cancelled, not handed out
+    finally:
+        gc.enable()
 
 
 def test_threads_mode_threads_end_after_the_run() -> None:

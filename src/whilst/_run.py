@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Generator, Iterator
 from types import TracebackType
 from typing import Any
@@ -49,19 +50,39 @@ class Run(Iterator[Result]):
         self._runner: Runner | None = None
         self._stats = Stats()
         self._closed = False
-        self._results = self._iterate()  # a generator: the cheapest way to hand out results
+        # A generator: the cheapest way to hand out results. Once a for loop has
+        # it (__iter__), the loop owns it and this Run keeps a weak reference:
+        # leaving the loop early (break, an error) frees it at once, which stops
+        # the run, as a reference cycle between the two would not until the GC.
+        self._results: Generator[Result, None, None] | None = self._iterate()
+        self._handed: weakref.ref[Generator[Result, None, None]] | None = None
         self.summary: Summary | None = None
 
     def __iter__(self) -> Iterator[Result]:
-        return self._results
+        results = self._generator()
+        if results is None:
+            return iter(())  # handed out before and ended since
+        self._results, self._handed = None, weakref.ref(results)
+        return results
 
     def __next__(self) -> Result:
-        return next(self._results)
+        results = self._generator()
+        if results is None:
+            raise StopIteration
+        return next(results)
+
+    def _generator(self) -> Generator[Result, None, None] | None:
+        if self._results is not None:
+            return self._results
+        return None if self._handed is None else self._handed()
 
     def _iterate(self) -> Generator[Result, None, None]:
-        while chunk := self._take():
-            self._stats.add_chunk(chunk)
-            yield from chunk.results()  # each Result made as it is handed out
+        try:
+            while chunk := self._take():
+                self._stats.add_chunk(chunk)
+                yield from chunk.results()  # each Result made as it is handed out
+        finally:
+            self._shutdown()  # left early: stop the run (done already if it ended)
 
     def _take(self) -> Chunk | None:
         if self._closed:
@@ -88,8 +109,10 @@ class Run(Iterator[Result]):
 
     def close(self) -> None:
         """Stop the run: cancel running tasks, stop workers. Safe to call twice."""
-        with contextlib.suppress(ValueError):  # "generator already executing": it ends anyway
-            self._results.close()
+        results = self._generator()
+        if results is not None:
+            with contextlib.suppress(ValueError):  # "generator already executing": it ends anyway
+                results.close()
         self._shutdown()
 
     def _shutdown(self) -> None:
