@@ -408,6 +408,50 @@ def test_async_timeout_cancels_the_attempt_and_runs_its_finally() -> None:
     assert time.monotonic() - t0 < 5
 
 
+def pace(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+@pytest.mark.parametrize("mode", ["async", "threads", "processes"])
+def test_a_caller_busy_with_a_result_does_not_time_out_tasks_that_ended_meanwhile(
+    mode: str,
+) -> None:
+    """A sync imap runs its loop only while its caller waits for a result: time the
+    caller spends away is not held against the running tasks' timeouts."""
+    fn = for_mode(mode, pace, anap)
+    statuses = []
+    for r in whilst.imap(fn, [0.05, 0.3, 0.3], mode=mode, limit=3, timeout=0.6):
+        if r.index == 0:
+            time.sleep(1)
+        statuses.append(r.status)
+    assert statuses == [Status.OK] * 3
+
+
+async def blocks(x: int) -> int:
+    time.sleep(0.3)  # blocks the loop: its timeout cannot fire meanwhile
+    return x
+
+
+async def stubborn(x: int) -> int:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:  # swallows its timeout's cancellation (rude)
+        await asyncio.sleep(0.2)
+    return x
+
+
+@pytest.mark.parametrize("fn", [blocks, stubborn])
+def test_an_async_attempt_that_could_not_be_stopped_is_timed_out_when_late(
+    fn: Callable[[int], Any],
+) -> None:
+    """As in sync mode: an attempt longer than its timeout is timed out, even when
+    it could not be stopped, and its value is not kept."""
+    results = list(whilst.imap(fn, range(2), mode="async", timeout=0.1))
+    assert [r.status for r in results] == [Status.TIMED_OUT] * 2
+    assert [r.value for r in results] == [None, None]
+
+
 def test_a_task_raising_timeout_error_itself_is_failed_not_timed_out(mode: str) -> None:
     fn = for_mode(mode, own_timeout, aown_timeout)
     [r] = whilst.imap(fn, [1], mode=mode, timeout=60)

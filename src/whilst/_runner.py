@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -141,11 +142,14 @@ class InlineRunner(Runner):
         self.loop = new_loop()
         self._armed = False  # our signal handlers are in place
         self._armed_lock = threading.Lock()
+        self._away_since: float | None = None  # when call() last returned to the caller
 
     def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self.loop.create_task(coro)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._away_since is not None and self.scheduler is not None:
+            self._as_running(self.scheduler.resumed, time.monotonic() - self._away_since)
         handled = self._handle_signals()
         try:
             return self._run(coro)
@@ -161,6 +165,7 @@ class InlineRunner(Runner):
             raise
         finally:
             self._restore(handled)
+            self._away_since = time.monotonic()  # the loop stands still until the next call
 
     def _handle_signals(self) -> dict[int, Any]:
         """Install ours over the default SIGINT and SIGTERM handlers; the old ones."""
@@ -185,6 +190,16 @@ class InlineRunner(Runner):
 
     def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._run(coro)
+
+    def _as_running(self, fn: Callable[[float], None], arg: float) -> None:
+        """``fn(arg)`` as if from inside the loop (asyncio's timeouts ask for the
+        running loop), before the loop runs again."""
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self.loop)
+        try:
+            fn(arg)
+        finally:
+            asyncio.events._set_running_loop(outer)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         # A run started outside any loop may be read (or dropped) later inside a

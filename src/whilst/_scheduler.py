@@ -209,6 +209,9 @@ class Scheduler:
         if not options.policy.plain:
             output.on_room = self._wake_all  # a slot may nap while the window is full
         self._scopes: dict[int, Timeout | None] = {}  # each slot's running attempt
+        # Seconds the loop stood still while a sync imap's caller was away with
+        # results (see resumed): all of them, and those not yet added to timeouts.
+        self._paused = self._unpaid = 0.0
         self._settling: dict[int, Timeout] = {}  # slots waiting for an abandoned attempt
         self._retry_settling: set[int] = set()  # ... before retrying it
         self._stopping: str | None = None  # why nothing new starts
@@ -392,6 +395,20 @@ class Scheduler:
             self._stopping = "the run was interrupted"
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._halt, self._stopping, False)
+
+    def resumed(self, paused: float) -> None:
+        """The loop stood still for ``paused`` seconds (a sync ``imap`` runs it only
+        while its caller waits for a result): running attempts' timeouts move on
+        by as much, so time the run did not run is not held against a task (its
+        result, come meanwhile, would be found after its timeout's timer)."""
+        self._paused += paused
+        self._unpaid += paused
+        if self._unpaid < 0.001:  # not worth a timer per running attempt yet
+            return
+        for scope in self._scopes.values():
+            if scope is not None and not scope.expired() and (when := scope.when()) is not None:
+                scope.reschedule(when + self._unpaid)
+        self._unpaid = 0.0
 
     def _stop_pulling(self) -> None:
         self._exhausted = True
@@ -699,7 +716,7 @@ class Scheduler:
         attempts set aside to be retried after their backoff."""
         mode, policy = self.mode, self.policy
         attempt = self._attempt_caller(slot)
-        timeout, stoppable = policy.timeout, mode.stoppable
+        timeout = policy.timeout
         scoped = policy.stops_attempts
         loop = asyncio.get_running_loop()
         while (task := await self._next_task()) is not None:
@@ -719,7 +736,7 @@ class Scheduler:
                 self._abandon(task)
                 continue
             task.attempts += 1
-            began = loop.time()
+            began, paused = loop.time(), self._paused
             scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
             running = False
             try:
@@ -735,7 +752,7 @@ class Scheduler:
                         worker = mode.worker(slot)
                         self._started(task, worker)
                         running = True
-                        began = loop.time()
+                        began, paused = loop.time(), self._paused
                         if timeout is not None and not self._stop_now:
                             scope.reschedule(began + timeout)
                         value = await attempt(task.item)
@@ -756,8 +773,10 @@ class Scheduler:
                 del self._scopes[slot]
                 if running:
                     self._busy(-1)
-            overran = timeout is not None and loop.time() - began > timeout
-            if overran and status is OK and not stoppable:  # it could not be stopped
+            took = loop.time() - began - (self._paused - paused)
+            if timeout is not None and took > timeout and status is OK:
+                # It could not be stopped (sync mode, a coroutine that blocked the
+                # loop or ignored its cancellation): late is timed out all the same.
                 status, value, error = TIMED_OUT, None, self._timed_out()
             end = time.time()
             if status is TIMED_OUT and mode.abandons and not self._stopping:
