@@ -239,6 +239,28 @@ def test_leaving_an_imap_loop_stops_the_run_at_once_without_the_gc(
         gc.enable()
 
 
+def test_an_imap_collected_on_its_own_loop_thread_stops_without_a_deadlock() -> None:
+    """Inside a running loop an imap runs on a helper thread; when the garbage
+    collector frees the dropped run there, it must not wait on that very loop."""
+    import gc
+
+    async def collecting(x: int) -> int:
+        await asyncio.sleep(0.02)
+        gc.collect()  # on the helper loop's thread: the dropped runs are freed here
+        return x
+
+    async def main() -> int:
+        before = threading.active_count()
+        for _ in range(3):
+            run = whilst.imap(collecting, range(1000), mode="async", limit=4)
+            next(run)
+            del run  # a cycle (the run and its results): only the collector frees it
+        await asyncio.sleep(0.5)
+        return threading.active_count() - before
+
+    assert asyncio.run(main()) == 0
+
+
 def test_threads_mode_threads_end_after_the_run() -> None:
     before = threading.active_count()
     whilst.map(double, range(100), mode="threads", limit=8)

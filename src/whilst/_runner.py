@@ -248,10 +248,14 @@ class ThreadRunner(Runner):
     def __init__(self) -> None:
         super().__init__()
         self.loop = new_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="whilst-loop", daemon=True
-        )
+        self._close_when_stopped = False
+        self._thread = threading.Thread(target=self._serve, name="whilst-loop", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        self.loop.run_forever()
+        if self._close_when_stopped:
+            self.loop.close()
 
     def _create(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         async def create() -> asyncio.Task[Any]:
@@ -287,6 +291,18 @@ class ThreadRunner(Runner):
     def close(self) -> None:
         loop = self.loop
         if loop.is_closed():
+            return
+        if threading.current_thread() is self._thread:
+            # Dropped on its own loop (the garbage collector ran there): nothing
+            # can be waited for here. Cancel the run; the loop stops and closes
+            # once it has ended.
+            self._close_when_stopped = True
+            main = self.main
+            if main is not None and not main.done():
+                main.cancel()
+                main.add_done_callback(lambda _: loop.stop())
+            else:
+                loop.stop()
             return
         try:
             self._stop_main()
