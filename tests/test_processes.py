@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -82,6 +85,22 @@ def test_closures_and_lambdas_travel_by_value() -> None:
 
     assert whilst.map(add, range(3), mode="processes") == [10, 11, 12]
     assert whilst.map(lambda x: x * offset, range(3), mode="processes") == [0, 10, 20]
+
+
+def test_a_partial_of_a_scripts_function_travels_by_value(tmp_path: Path) -> None:
+    """A functools.partial pickles its function by name; one from a script's
+    __main__ cannot be imported by a worker, so it travels by value too."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import functools, whilst\n"
+        "def scale(x, k):\n"
+        "    return x * k\n"
+        "if __name__ == '__main__':\n"
+        "    print(whilst.map(functools.partial(scale, k=3), [1, 2], mode='processes'))\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[3, 6]"
 
 
 def test_workers_stay_warm_between_runs() -> None:

@@ -51,12 +51,17 @@ _fn_ids = itertools.count()
 
 def _dumps_function(fn: Any) -> bytes:
     """A module-level function travels by name (plain pickle, and the worker need
-    not import cloudpickle); one from ``__main__``, a lambda or a closure by value."""
+    not import cloudpickle); one from ``__main__`` (or an object that refers to
+    one, such as a ``functools.partial``), a lambda or a closure by value: a
+    worker cannot import the caller's ``__main__``."""
     if getattr(fn, "__module__", None) != "__main__":
         try:
-            return pickle.dumps(fn, _worker.PROTOCOL)
+            data = pickle.dumps(fn, _worker.PROTOCOL)
         except Exception:
             pass
+        else:
+            if b"__main__" not in data:
+                return data
     import cloudpickle
 
     return cloudpickle.dumps(fn, _worker.PROTOCOL)  # type: ignore[no-any-return]
