@@ -324,3 +324,15 @@ def test_a_timeout_around_an_async_form_cancels_the_run_at_once(form: str) -> No
         asyncio.run(main())
     assert time.monotonic() - started < 2
     assert cleaned == [1, 1]  # the running tasks were cancelled, their finally ran
+
+
+def test_messages_from_a_review_read_well() -> None:
+    with pytest.raises(TypeError, match="ordered= is for imap and aimap"):
+        whilst.map(double, [1], ordered=False)  # type: ignore[call-arg]
+
+    def empty(x: int) -> int:
+        raise ValueError
+
+    with pytest.raises(whilst.TasksFailed, match=r"failed: ValueError\)$"):
+        whilst.map(empty, [1], mode="sync")
+    assert str(whilst.WorkerCrashed(-9)).endswith("died of signal 9")

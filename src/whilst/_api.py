@@ -7,7 +7,7 @@ import builtins
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any, Unpack
 
-from ._errors import TaskCancelled, TasksFailed, WhilstError
+from ._errors import TaskCancelled, TasksFailed, WhilstError, describe
 from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
@@ -151,7 +151,7 @@ def imap(
     """Call ``fn`` on every item, yielding each :class:`Result` as it is ready.
 
     Lazy and bounded: items are read as slots free up and at most about
-    ``2 * limit`` results are held, so a generator of ten million items is fine.
+    ``4 * limit`` results are held, so a generator of ten million items is fine.
     ``ordered=True`` yields in input order; ``ordered=False`` as tasks finish.
     A failed task is a result with ``ok`` false, never an exception here.
     Options (policy included) are as for :func:`map`; they are checked now,
@@ -201,7 +201,7 @@ def _values(collect: Collect, unread: str | None) -> list[Any]:
 
 def _failure_message(failed: Sequence[Result], total: int) -> str:
     first = failed[0]
-    what = f"{type(first.error).__name__}: {first.error}" if first.error else first.status.value
+    what = describe(first.error) if first.error else first.status.value
     more = "" if len(failed) == 1 else f"; {len(failed) - 1} more in .results"
     return (
         f"{len(failed)} of {total} tasks failed (first: item {first.index} {_short(first.item)} "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._errors import describe
 from ._result import Result, Status
 from ._scheduler import HALTED
 from ._summary import Summary
@@ -180,5 +181,5 @@ def common_record(r: Result) -> dict[str, Any]:
         "start": r.start,
         "duration": r.duration,
         "worker": r.worker,
-        "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}",
+        "error": None if r.error is None else describe(r.error),
     }

@@ -598,7 +598,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     """Call a Python function on every input line (from SOURCE or stdin)."""
     import json
 
-    from ._errors import UsageError
+    from ._errors import UsageError, describe
 
     mode, jsonl, paths = kwargs.pop("mode"), kwargs.pop("jsonl"), kwargs.pop("paths")
     cluster, insecure = kwargs.pop("cluster"), kwargs.pop("cluster_insecure")
@@ -620,7 +620,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
         if r.ok:
             line["value"] = r.value
         else:
-            line.update(status=r.status.value, error=f"{type(r.error).__name__}: {r.error}")
+            line.update(status=r.status.value, error=describe(r.error))
         click.echo(json.dumps(line, default=repr, ensure_ascii=False))
 
     def record(r: Result) -> dict[str, Any]:

@@ -59,7 +59,7 @@ class WorkerCrashed(WhilstError):
         if exitcode is None:
             how = "with an unknown exit status"
         elif exitcode < 0:
-            how = f"killed by signal {-exitcode}"
+            how = f"of signal {-exitcode}"
         else:
             how = f"with exit code {exitcode}"
         super().__init__(f"the worker process running this task died {how}")
@@ -107,6 +107,15 @@ class Retry(WhilstError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.after, str(self)))
+
+
+def describe(error: BaseException | None) -> str:
+    """An exception as one line: ``ValueError: bad value``, or ``ValueError`` when
+    it has no message ("" for None)."""
+    if error is None:
+        return ""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def after_seconds(value: str) -> float | None:

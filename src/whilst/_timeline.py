@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import describe
 from ._events import Event, EventKind
 from ._result import Result, Status
 from ._summary import Stats, Summary
@@ -101,14 +102,14 @@ class Timeline:
         index: int,
         attempt: int,
         item: str,
-        error: object,
+        error: BaseException | None,
     ) -> None:
         """One bar; ``item`` is the task's text, ``error`` is kept as short text."""
         lane = self.lanes.get(worker)
         if lane is None:
             lane = self.lanes[worker] = len(self.lanes)
         if error is not None:
-            self.errors[len(self.start)] = _short(f"{type(error).__name__}: {error}", ERROR_TEXT)
+            self.errors[len(self.start)] = _short(describe(error), ERROR_TEXT)
         self.lane.append(lane)
         self.start.append(start)
         self.end.append(end)
