@@ -135,6 +135,14 @@ def test_retries_honour_retry_after_and_each_url_ends_as_it_should(
     assert "1 of 5 failed" in run.stderr
 
 
+def test_a_url_still_busy_after_its_retries_shows_its_http_status(server: Server) -> None:
+    run = whilst("http", "--retries", "1", "-q", stdin=server.url("/busy/2"))
+    assert run.returncode == 1
+    status, _, _, url, error = run.stdout.rstrip("\n").split("\t")
+    assert (status, url) == ("429", server.url("/busy/2"))
+    assert error == f"HTTP 429 from {server.url('/busy/2')}"  # no "to be retried" at the end
+
+
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_lets_running_requests_finish_and_starts_no_more(
     server: Server, tmp_path: Path, signum: signal.Signals, status: int

@@ -336,6 +336,7 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
         (["--results", "/no/such/dir/r.jsonl", "echo", ":::", "a"], "does not exist"),
         (["--report", "/no/such/dir/r.html", "echo", ":::", "a"], "does not exist"),
         (["-k", "--line-buffer", "echo", ":::", "a"], "not both"),
+        (["--force", "echo", ":::", "a"], "with --journal"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:

@@ -282,10 +282,13 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
 
 def _shared(kwargs: dict[str, Any]) -> BatchOptions:
     """Take the shared options out of a command's keyword arguments."""
+    from ._errors import UsageError
     from ._options import writable
 
     names = [f.name for f in dataclasses.fields(BatchOptions)]
     options = BatchOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
+    if options.journal is None and (options.force or options.resume != "failed"):
+        raise UsageError("--resume and --force are for a run with --journal FILE")
     writable("--results", options.results, ".jsonl")
     return options
 
@@ -397,7 +400,8 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         ran = ran_of(r) if r.status is not Status.SKIPPED else None
         runner.show(r.item, ran)
         if ran is None and not r.ok and r.status is not Status.CANCELLED:  # not the command's
-            click.echo(f"whilst: job {r.item.seq} ({r.item.text}): {r.error}", err=True)
+            text = r.item.text if len(r.item.text) <= 60 else f"{r.item.text[:57]}..."
+            click.echo(f"whilst: job {r.item.seq} ({text}): {r.error}", err=True)
 
     def record(r: Result) -> dict[str, Any]:
         return result_record(r.item, r)
@@ -508,7 +512,8 @@ def http(source: str, **kwargs: Any) -> None:
         if f is not None:
             write(f"{f.status}\t{f.bytes}\t{f.elapsed:.3f}\t{r.item.shown}\n")
         else:
-            write(f"{r.status.value}\t-\t{r.duration:.3f}\t{r.item.shown}\t{r.error}\n")
+            code = getattr(r.error, "status", None) or r.status.value  # HTTP's, if it came
+            write(f"{code}\t-\t{r.duration:.3f}\t{r.item.shown}\t{r.error}\n")
 
     def record(r: Result) -> dict[str, Any]:
         f = r.value

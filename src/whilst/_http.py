@@ -105,6 +105,18 @@ class HTTPStatusError(WhilstError):
         self.status = status
 
 
+class Busy(Retry):
+    """A busy answer (429, 502, 503, 504): retried with --retries, after the wait
+    its Retry-After asks for."""
+
+    def __init__(self, status: int, message: str, after: float | str | None) -> None:
+        super().__init__(after, message)
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status, str(self), self.after))
+
+
 class FetchError(WhilstError):
     """The request failed before a status came back (connection refused or reset,
     a body cut short...); the message names the cause, the URL redacted."""
@@ -168,7 +180,7 @@ class Fetcher:
             async with await self._follow(target) as response:
                 if response.status in RETRY_STATUSES:
                     after = retry_after(response.headers.get("Retry-After"))
-                    raise Retry(after, f"HTTP {response.status} from {target!r}, to be retried")
+                    raise Busy(response.status, f"HTTP {response.status} from {target!r}", after)
                 if response.status >= 400:
                     raise HTTPStatusError(response.status, target)
                 size, saved = await self._body(response, target)

@@ -124,7 +124,7 @@ class Summary:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="whilst run", show_header=False, title_justify="left")
+        table = Table(title="whilst: summary", show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
         for label, figure in self.rows():
