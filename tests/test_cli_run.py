@@ -74,6 +74,9 @@ ORACLE = [
     ["printf", "[%s]", ":::", "; touch pwned", "$(echo hi)", "a'b\"c", "-rf", "--"],
     ["echo", ":::", "--help", "--version", "-n"],  # the shell's echo, not /bin/echo
     ["true", ":::", "--help"],  # the shell's true prints nothing
+    # names at the edges: hidden files, trailing and doubled slashes, dots alone
+    ["echo", "[{.}]", "[{/}]", "[{//}]", "[{/.}]", ":::", ".hidden", "e/", "a/b/", "/x",
+     "dir/.hidden", ".", "..", "/", "x//y", "a/.b.c"],  # fmt: skip
 ]
 
 

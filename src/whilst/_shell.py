@@ -284,12 +284,12 @@ class _Counted(Iterable["Job"]):
 def _modify(value: str, how: str) -> str:
     if how == ".":  # without its extension
         head, dot, ext = value.rpartition(".")
-        return head if dot and "/" not in ext and head else value
+        return head if dot and "/" not in ext else value  # .hidden -> "", as GNU parallel
     if how == "/":  # its basename
         return value.rpartition("/")[2]
-    if how == "//":  # its directory
-        head, slash, _ = value.rpartition("/")
-        return (head or "/") if slash else "."
+    if how == "//":  # its directory (a trailing / is not a level: e/ is in .)
+        head, slash, _ = (value.rstrip("/") or value).rpartition("/")
+        return (head.rstrip("/") or "/") if slash else "."
     if how == "/.":  # its basename without its extension
         return _modify(_modify(value, "/"), ".")
     return value
