@@ -75,8 +75,24 @@ ORACLE = [
     ["echo", ":::", "--help", "--version", "-n"],  # the shell's echo, not /bin/echo
     ["true", ":::", "--help"],  # the shell's true prints nothing
     # names at the edges: hidden files, trailing and doubled slashes, dots alone
-    ["echo", "[{.}]", "[{/}]", "[{//}]", "[{/.}]", ":::", ".hidden", "e/", "a/b/", "/x",
-     "dir/.hidden", ".", "..", "/", "x//y", "a/.b.c"],  # fmt: skip
+    [
+        "echo",
+        "[{.}]",
+        "[{/}]",
+        "[{//}]",
+        "[{/.}]",
+        ":::",
+        ".hidden",
+        "e/",
+        "a/b/",
+        "/x",
+        "dir/.hidden",
+        ".",
+        "..",
+        "/",
+        "x//y",
+        "a/.b.c",
+    ],
 ]
 
 
