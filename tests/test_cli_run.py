@@ -232,6 +232,7 @@ def test_a_timeout_kills_the_whole_process_group_and_never_hangs_on_the_pipe(
     record = json.loads(results.read_text())
     assert record["status"] == "timed_out"
     assert record["duration"] < 2
+    assert record["error"].startswith("CommandTimedOut: command ran past its timeout of 0.5 s")
     time.sleep(0.3)
     assert _descendants_gone([int(p) for p in pids.read_text().split()])
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ._errors import TaskTimeout, UsageError, WhilstError
+from ._errors import TaskTimeout, UsageError, WhilstError, describe
 
 #: ``:::`` takes values from the command line, ``::::`` the lines of files.
 ARGS, FILES = ":::", "::::"
@@ -731,5 +731,5 @@ def result_record(job: Job, result: Any) -> dict[str, Any]:
         "start": result.start,
         "duration": result.duration,
         "attempts": result.attempts,
-        "error": None if result.error is None or ran is not None else str(result.error),
+        "error": describe(result.error) or None,
     }
