@@ -231,8 +231,13 @@ class Stream:
         self.on_room: Callable[[], None] | None = None  # told when the reader makes room
 
     def recorder(self, mode: str, worker: str) -> Record:
-        early, ordered = self._early, self.ordered
-        put = self._chunk.recorder((mode, worker))
+        early, ordered, chunk, source = self._early, self.ordered, self._chunk, (mode, worker)
+        put = chunk.recorder(source)  # for a result that waits aside for its turn
+        # A result in its turn goes into the chunk's columns here, as put would:
+        # one call a task instead of two (the per-task path of every imap).
+        indexes, items, values = chunk.indexes.append, chunk.items.append, chunk.values.append
+        starts, ends, sources = chunk.starts.append, chunk.ends.append, chunk.sources.append
+        failures, column, ok = chunk.failures, chunk.indexes, Status.OK
 
         def record(
             index: int,
@@ -251,7 +256,14 @@ class Stream:
                     early[index] = (1, put, (index, item, status, value, error, start, end))
                     return
                 self._next = index + 1
-            put(index, item, status, value, error, start, end)
+            if status is not ok:
+                failures[len(column)] = (status, error)
+            indexes(index)
+            items(item)
+            values(value)
+            starts(start)
+            ends(end)
+            sources(source)
             if early:
                 self._flush_early()
             if self._reader is not None:
