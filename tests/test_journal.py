@@ -693,7 +693,7 @@ def test_resuming_many_done_items_keeps_imap_within_its_window(tmp_path: Path) -
     db = tmp_path / "run.db"
     whilst.map(abs, range(20_000), mode="threads", journal=db)
     with whilst.imap(abs, iter(range(20_001)), mode="threads", limit=2, journal=db) as run:
-        stream = run._stream
+        stream = run._feed.stream
         first = next(run)
         assert first.status is Status.SKIPPED
         assert stream.held <= stream.window  # not 20,000 skipped results at once

@@ -312,7 +312,7 @@ def test_retry_is_retried_even_when_retry_on_excludes_it(mode: str, tmp_path: Pa
     assert r.value == "ok"
     assert r.attempts == 2 == ran(path)
     assert [type(e) for e in r.errors] == [Retry]
-    assert r.duration >= 0.05
+    assert r.duration >= 0.045  # the wait asked for (timers keep to the millisecond)
 
 
 def test_retry_takes_seconds_or_a_retry_after_header_value() -> None:
@@ -450,6 +450,7 @@ def test_an_async_attempt_that_could_not_be_stopped_is_timed_out_when_late(
     results = list(whilst.imap(fn, range(2), mode="async", timeout=0.1))
     assert [r.status for r in results] == [Status.TIMED_OUT] * 2
     assert [r.value for r in results] == [None, None]
+    assert "it ran to its end, and its value was dropped" in str(results[0].error)
 
 
 def test_a_task_raising_timeout_error_itself_is_failed_not_timed_out(mode: str) -> None:

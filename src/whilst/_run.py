@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncIterator, Generator, Iterator
 from types import TracebackType
 from typing import Any
@@ -40,87 +39,35 @@ class Run(Iterator[Result]):
 
     Tasks start on the first ``next()``; only ``limit`` (plus a small buffer) are
     ever held, so it is safe over endless or huge inputs. Stop early with
-    :meth:`close` or a ``with`` block: running tasks are cancelled and workers
-    stopped. Once exhausted, :attr:`summary` tells how the run went.
+    :meth:`close` or a ``with`` block (or by leaving ``for r in whilst.imap(...)``,
+    or dropping the Run): running tasks are cancelled and workers stopped. Once
+    exhausted, :attr:`summary` tells how the run went.
     """
 
     def __init__(self, scheduler: Scheduler, stream: Stream) -> None:
-        self._scheduler = scheduler
-        self._stream = stream
-        self._runner: Runner | None = None
-        self._stats = Stats()
-        self._closed = False
-        # A generator: the cheapest way to hand out results. Once a for loop has
-        # it (__iter__), the loop owns it and this Run keeps a weak reference:
-        # leaving the loop early (break, an error) frees it at once, which stops
-        # the run, as a reference cycle between the two would not until the GC.
-        self._results: Generator[Result, None, None] | None = self._iterate()
-        self._handed: weakref.ref[Generator[Result, None, None]] | None = None
-        self.summary: Summary | None = None
+        self._feed = _Feed(scheduler, stream)
+        # A generator: the cheapest way to hand out results. It holds the feed,
+        # never this Run, so nothing forms a cycle: a Run dropped, or a for loop
+        # over ``whilst.imap(...)`` left early, frees it at once, and its end
+        # stops the run (a cycle would wait for the garbage collector).
+        self._results = _results(self._feed)
+
+    @property
+    def summary(self) -> Summary | None:
+        """How the run went, once its results are all out (None until then)."""
+        return self._feed.summary
 
     def __iter__(self) -> Iterator[Result]:
-        results = self._generator()
-        if results is None:
-            return iter(())  # handed out before and ended since
-        self._results, self._handed = None, weakref.ref(results)
-        return results
+        return self._results
 
     def __next__(self) -> Result:
-        results = self._generator()
-        if results is None:
-            raise StopIteration
-        return next(results)
-
-    def _generator(self) -> Generator[Result, None, None] | None:
-        if self._results is not None:
-            return self._results
-        return None if self._handed is None else self._handed()
-
-    def _iterate(self) -> Generator[Result, None, None]:
-        try:
-            while chunk := self._take():
-                self._stats.add_chunk(chunk)
-                yield from chunk.results()  # each Result made as it is handed out
-        finally:
-            self._shutdown()  # left early: stop the run (done already if it ended)
-
-    def _take(self) -> Chunk | None:
-        if self._closed:
-            return None
-        runner = self._runner
-        if runner is None:
-            runner = self._runner = make_runner()
-            runner.start(self._scheduler)
-        try:
-            chunk = runner.call(self._stream.take())
-        except BaseException:
-            self._shutdown()
-            raise
-        if chunk:
-            return chunk
-        main = runner.main
-        assert main is not None
-        error = None if main.cancelled() else main.exception()
-        self._shutdown()
-        self.summary = self._scheduler.summary(self._stats)
-        runner.raise_if_interrupted()
-        raise_run_error(self._scheduler, error)
-        return None
+        return next(self._results)
 
     def close(self) -> None:
         """Stop the run: cancel running tasks, stop workers. Safe to call twice."""
-        results = self._generator()
-        if results is not None:
-            with contextlib.suppress(ValueError):  # "generator already executing": it ends anyway
-                results.close()
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._runner is not None:
-            self._runner.close()
+        with contextlib.suppress(ValueError):  # "generator already executing": it ends anyway
+            self._results.close()
+        self._feed.shutdown()
 
     def __enter__(self) -> Run:
         return self
@@ -130,9 +77,57 @@ class Run(Iterator[Result]):
     ) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self.close()
+
+def _results(feed: _Feed) -> Generator[Result, None, None]:
+    try:
+        while chunk := feed.take():
+            feed.stats.add_chunk(chunk)
+            yield from chunk.results()  # each Result made as it is handed out
+    finally:
+        feed.shutdown()  # left early or dropped: stop the run (done already if it ended)
+
+
+class _Feed:
+    """A Run's source of results: the scheduler, its stream and the runner whose
+    loop runs it, started by the first take."""
+
+    def __init__(self, scheduler: Scheduler, stream: Stream) -> None:
+        self.scheduler = scheduler
+        self.stream = stream
+        self.runner: Runner | None = None
+        self.stats = Stats()
+        self.closed = False
+        self.summary: Summary | None = None
+
+    def take(self) -> Chunk | None:
+        if self.closed:
+            return None
+        runner = self.runner
+        if runner is None:
+            runner = self.runner = make_runner()
+            runner.start(self.scheduler)
+        try:
+            chunk = runner.call(self.stream.take())
+        except BaseException:
+            self.shutdown()
+            raise
+        if chunk:
+            return chunk
+        main = runner.main
+        assert main is not None
+        error = None if main.cancelled() else main.exception()
+        self.shutdown()
+        self.summary = self.scheduler.summary(self.stats)
+        runner.raise_if_interrupted()
+        raise_run_error(self.scheduler, error)
+        return None
+
+    def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.runner is not None:
+            self.runner.close()
 
 
 class AsyncRun(AsyncIterator[Result]):

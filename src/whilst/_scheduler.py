@@ -717,6 +717,8 @@ class Scheduler:
         mode, policy = self.mode, self.policy
         attempt = self._attempt_caller(slot)
         timeout = policy.timeout
+        # Attempts that run on this loop or in this thread: only they can end late.
+        late_is_timed_out = not mode.stoppable or mode.name == "async"
         scoped = policy.stops_attempts
         loop = asyncio.get_running_loop()
         while (task := await self._next_task()) is not None:
@@ -774,10 +776,20 @@ class Scheduler:
                 if running:
                     self._busy(-1)
             took = loop.time() - began - (self._paused - paused)
-            if timeout is not None and took > timeout and status is OK:
-                # It could not be stopped (sync mode, a coroutine that blocked the
+            if timeout is not None and took > timeout and status is OK and late_is_timed_out:
+                # It could not be stopped (a sync call, a coroutine that blocked the
                 # loop or ignored its cancellation): late is timed out all the same.
-                status, value, error = TIMED_OUT, None, self._timed_out()
+                # (A thread's or worker's result that came as its timer was due is
+                # kept: the task ended well, and a retry would run it twice.)
+                status, value = TIMED_OUT, None
+                error = (
+                    self._timed_out()
+                    if not mode.stoppable
+                    else TaskTimeout(
+                        f"the attempt ran past its timeout of {timeout:g} s ({took:.2f} s) and "
+                        "could not be stopped: it ran to its end, and its value was dropped"
+                    )
+                )
             end = time.time()
             if status is TIMED_OUT and mode.abandons and not self._stopping:
                 # Its thread runs on: the slot, the key and any retry wait for it.
