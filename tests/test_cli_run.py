@@ -74,6 +74,7 @@ ORACLE = [
     ["printf", "[%s]", ":::", "; touch pwned", "$(echo hi)", "a'b\"c", "-rf", "--"],
     ["echo", ":::", "--help", "--version", "-n"],  # the shell's echo, not /bin/echo
     ["true", ":::", "--help"],  # the shell's true prints nothing
+    ["true", "--{}", ":::", "help"],  # ... wherever --help comes from
     # names at the edges: hidden files, trailing and doubled slashes, dots alone
     [
         "echo",
@@ -355,7 +356,7 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
         (["--halt", "sometimes", "echo", ":::", "a"], "halt"),
         (["--results", "/no/such/dir/r.jsonl", "echo", ":::", "a"], "does not exist"),
         (["--report", "/no/such/dir/r.html", "echo", ":::", "a"], "does not exist"),
-        (["-k", "--line-buffer", "echo", ":::", "a"], "not both"),
+        (["-k", "--line-buffer", "echo", ":::", "a"], "not supported"),
         (["--force", "echo", ":::", "a"], "with --journal"),
     ],
 )

@@ -27,7 +27,7 @@ EXIT_TERMINATED = 143
 def main() -> None:
     """The ``whilst`` command: exits 130 after Ctrl-C (click alone would say
     "Aborted!" and exit 1) and 143 after SIGTERM (the run raises SystemExit)."""
-    from ._errors import UsageError, WhilstError
+    from ._errors import UsageError, WhilstError, describe
 
     try:
         cli.main(standalone_mode=False)
@@ -53,7 +53,7 @@ def main() -> None:
     except OSError as exc:  # say, the output cannot be written: a full disk
         _quiet_stdout()
         where = f": {exc.filename}" if exc.filename else ""
-        click.echo(f"whilst: {exc.strerror or exc}{where}", err=True)
+        click.echo(f"whilst: {exc.strerror or describe(exc)}{where}", err=True)
         sys.exit(1)
 
 
@@ -365,10 +365,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         check_sources(sources)
         check_colsep(colsep)
         if line_buffer and options.keep_order:
-            raise UsageError(
-                "--line-buffer prints lines as they come, which cannot keep input "
-                "order: use -k or --line-buffer, not both"
-            )
+            raise UsageError("--line-buffer with -k is not supported: use one of them")
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     stdin = sys.stdin.buffer

@@ -318,13 +318,6 @@ class Template:
             and shutil.which(program) is not None
         )
 
-    def runs_direct(self, args: tuple[str, ...]) -> bool:
-        """Whether a job with these args runs without a shell (see :attr:`direct`):
-        ``true --help`` must stay the shell's builtin, which ignores it."""
-        if not self.direct or self._head[0] not in SAME_AS_BUILTIN:
-            return self.direct
-        return not any(word in ("--help", "--version") for word in (*self.words, *args))
-
     @functools.cached_property
     def appends(self) -> bool:
         """No replacement string: the args are appended, as GNU parallel does."""
@@ -473,13 +466,16 @@ class Runner:
 
     def _run(self, job: Job, slot: int) -> Ran:
         command = self.template.command(job.args, job.seq, slot)
-        direct = isinstance(command, str) and self.template.runs_direct(job.args)
+        direct = False
         if not isinstance(command, str):
             argv = command
-        elif direct:
-            argv = self.template.split(command, job.args)  # the words the shell would run
         else:
             argv = [self.shell, "-c", command]
+            if self.template.direct:
+                words = self.template.split(command, job.args)  # what the shell would run
+                # `true --help` must stay the shell's builtin, which ignores it
+                if words[0] not in SAME_AS_BUILTIN or not {"--help", "--version"} & {*words}:
+                    argv, direct = words, True
         try:
             proc = self._spawn(argv)
         except OSError as exc:
