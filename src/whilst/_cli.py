@@ -639,7 +639,7 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
     """``module:function`` imported, or a UsageError saying what is missing."""
     import importlib
 
-    from ._errors import UsageError
+    from ._errors import UsageError, describe
 
     module_name, colon, name = target.partition(":")
     if not colon or not module_name or not name:
@@ -659,9 +659,7 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
             f"module {exc.name!r} was not found; run from its directory or add --path DIR"
         ) from None
     except Exception as exc:  # its own code failed as it was imported
-        raise UsageError(
-            f"module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
-        ) from None
+        raise UsageError(f"module {module_name!r} failed to import: {describe(exc)}") from None
     fn: Any = module
     for part in name.split("."):
         fn = getattr(fn, part, None)
