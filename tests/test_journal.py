@@ -551,6 +551,9 @@ def test_ctrl_c_journals_running_tasks_interrupted_and_a_resume_runs_them(tmp_pa
         assert ro.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = dict(ro.execute("SELECT item, status FROM tasks"))
     assert rows == {str(x): "interrupted" for x in range(8)}
+    read = list(whilst.Journal(db))
+    assert {r.status for r in read} == {Status.CANCELLED}  # (no such Status: cancelled)
+    assert str(read[0].error) == "interrupted: its run was stopped while it ran"
     done = subprocess.run(
         [sys.executable, "-c", SIGINT_RUN, str(db), "0", str(ended)],
         capture_output=True,

@@ -644,9 +644,10 @@ def _version() -> str:
 class Journal:
     """A journal, read back: ``for r in whilst.Journal("run.db")`` gives each task's
     last record as a :class:`~whilst.Result`, in input order. ``item`` is the
-    item's text (its ``repr``, cut to 200 characters); a task that was running
-    when its run stopped or died is ``cancelled``. Values are restored when they were kept
-    (JSON, or pickled in a file private to this user)."""
+    item's text (its ``repr``, cut to 200 characters); a task recorded
+    ``interrupted`` (its run was stopped while it ran) or still running is
+    ``cancelled``, and its error says which. Values are restored when they were
+    kept (JSON, or pickled in a file private to this user)."""
 
     def __init__(self, path: str | os.PathLike[str], *, values: bool = True) -> None:
         self.path = Path(path)
@@ -665,8 +666,10 @@ class Journal:
         )
         for idx, item, status, attempts, start, end, mode, worker, etype, text, value, fmt in rows:
             error: BaseException | None = None
-            if status in (RUNNING, INTERRUPTED) and etype is None:
-                error = TaskCancelled("the run stopped or died while this task ran")
+            if status == RUNNING and etype is None:
+                error = TaskCancelled("running as the journal was read (its run goes on, or died)")
+            elif status == INTERRUPTED and etype is None:
+                error = TaskCancelled("interrupted: its run was stopped while it ran")
             elif etype is not None:
                 error = RemoteError(f"{etype}: {text}")
             if status in (RUNNING, INTERRUPTED):
