@@ -38,6 +38,8 @@ MAX_REDIRECTS = 10
 
 def redact(url: str) -> str:
     """The URL as it may be shown: no ``user:password@``, no secret query values."""
+    if "@" not in url and "=" not in url:
+        return url  # nothing that could be a secret (most URLs: no parsing)
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -194,7 +196,7 @@ class Fetcher:
         with -H (Authorization, Cookie, X-Api-Key...) goes to the URL's own origin
         only, never on to another host or port."""
         url, method, data, headers = target.url, self.method, self.data, self.headers
-        origin = _origin(url)
+        origin = None  # worked out at the first redirect (most requests have none)
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._session.request(
                 method, url, headers=headers, data=data, allow_redirects=False
@@ -206,19 +208,20 @@ class Fetcher:
             url = urllib.parse.urljoin(url, location)
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method, data = "GET", None
+            origin = origin or _origin(target.url)
             if _origin(url) != origin:
                 headers = {k: v for k, v in headers.items() if not SECRET_HEADERS.search(k)}
         raise HTTPStatusError(response.status, target)  # too many redirects
 
     async def _body(self, response: Any, target: Target) -> tuple[int, str | None]:
-        size = 0
+        size, read = 0, response.content.readany  # what has come, until the end
         if self.out is None:
-            async for chunk in response.content.iter_chunked(1 << 16):
+            while chunk := await read():
                 size += len(chunk)
             return size, None
         path = self.out / safe_name(target)
-        with open(path, "wb") as f:  # noqa: ASYNC230 - 64 KB writes to a local disk
-            async for chunk in response.content.iter_chunked(1 << 16):
+        with open(path, "wb") as f:  # noqa: ASYNC230 - writes to a local disk
+            while chunk := await read():
                 size += len(chunk)
                 f.write(chunk)
         return size, str(path)
