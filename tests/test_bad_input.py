@@ -42,6 +42,18 @@ def test_bad_options(form: str, kwargs: dict[str, object], error: type, words: s
         getattr(whilst, form)(record, [1, 2], **kwargs)
 
 
+def test_summary_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="summary= takes True or False, got 'yes'"):
+        whilst.map(record, [1], summary="yes")  # type: ignore[arg-type]
+
+
+def test_auto_says_an_empty_input_ran_nothing() -> None:
+    run = whilst.imap(record, [])
+    assert list(run) == []
+    assert run.summary is not None
+    assert run.summary.mode_reason == "auto ran no tasks: the input was empty"
+
+
 def test_ordered_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="ordered must be True or False"):
         whilst.imap(record, [1], ordered="yes")  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import builtins
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any, Unpack
 
-from ._errors import TaskCancelled, TasksFailed, WhilstError, describe
+from ._errors import TaskCancelled, TasksFailed, UsageTypeError, WhilstError, describe
 from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
@@ -93,6 +93,7 @@ def map(
     a loop in a helper thread.
     """
     options = resolve(fn, mode=mode, limit=limit, policy=policy)
+    _check_summary(summary)
     collect = Collect()
     scheduler = Scheduler(fn, items, options, collect)
     runner = make_runner()
@@ -127,6 +128,7 @@ async def amap(
     cancels the run at once.
     """
     options = resolve(fn, mode=mode, limit=limit, policy=policy)
+    _check_summary(summary)
     collect = Collect()
     scheduler = Scheduler(fn, items, options, collect)
     main = asyncio.get_running_loop().create_task(scheduler.run())
@@ -173,6 +175,11 @@ def aimap(
     """:func:`imap` for use inside a running event loop: ``async for r in whilst.aimap(...)``."""
     options = resolve(fn, mode=mode, limit=limit, ordered=ordered, policy=policy)
     return AsyncRun(*streaming(fn, items, options))
+
+
+def _check_summary(summary: object) -> None:
+    if not isinstance(summary, bool):
+        raise UsageTypeError(f"summary= takes True or False, got {summary!r}")
 
 
 def _print_summary(collect: Collect, scheduler: Scheduler) -> None:

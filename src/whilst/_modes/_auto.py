@@ -148,6 +148,8 @@ class AutoMode(Mode):
                 f"auto kept threads: the run's {self._tasks} tasks (too few to move) spent "
                 f"{share:.0%} of their time on the CPU"
             )
+        elif self._choosing is None:
+            self.reason = "auto ran no tasks: the input was empty"
         try:
             await self.threads.close(abort=abort)
         finally:
