@@ -235,6 +235,35 @@ def test_leaving_an_imap_loop_stops_the_run_at_once_without_the_gc(
         gc.enable()
 
 
+def test_leaving_an_aimap_loop_stops_the_run(tmp_path: Path) -> None:
+    """As the sync form: break out of ``async for r in whilst.aimap(...)`` and the
+    run stops (nothing new starts) and its journal is free."""
+    import gc
+
+    started: list[int] = []
+
+    async def counted(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0.01)
+        return x
+
+    async def main() -> tuple[int, list[int]]:
+        journal = tmp_path / "run.db"
+        async for r in whilst.aimap(counted, range(1000), limit=4, journal=journal):
+            if r.index == 3:
+                break
+        await asyncio.sleep(0.1)
+        n = len(started)
+        await asyncio.sleep(0.2)
+        return len(started) - n, await whilst.amap(counted, range(5), journal=journal)
+
+    gc.disable()
+    try:
+        assert asyncio.run(main()) == (0, [0, 1, 2, 3, 4])
+    finally:
+        gc.enable()
+
+
 def test_a_run_kept_in_a_variable_goes_on_as_any_iterator() -> None:
     """Only a run nobody holds stops when its loop is left: one kept in a variable
     can be read in pieces (itertools.islice) or after a break, to its end."""

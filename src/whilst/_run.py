@@ -180,6 +180,14 @@ class AsyncRun(AsyncIterator[Result]):
             main.cancel()
             await asyncio.wait([main])
 
+    def __del__(self) -> None:
+        # Dropped unfinished (``break`` out of ``async for r in whilst.aimap(...)``):
+        # stop the run, as the sync form does; it ends on its loop.
+        stop = getattr(self, "_stop", None)
+        if stop is not None and not stop.main.done():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs
+                stop.main.get_loop().call_soon_threadsafe(stop.main.cancel)
+
     async def __aenter__(self) -> AsyncRun:
         self._start().__enter__()  # a signal stops the run even while your code runs
         return self
