@@ -466,7 +466,7 @@ class Runner:
 
     def _run(self, job: Job, slot: int) -> Ran:
         command = self.template.command(job.args, job.seq, slot)
-        direct = False
+        in_shell: list[str] | None = None  # a command run without its shell: with it
         if not isinstance(command, str):
             argv = command
         else:
@@ -475,14 +475,13 @@ class Runner:
                 words = self.template.split(command, job.args)  # what the shell would run
                 # `true --help` must stay the shell's builtin, which ignores it
                 if words[0] not in SAME_AS_BUILTIN or not {"--help", "--version"} & {*words}:
-                    argv, direct = words, True
+                    argv, in_shell = words, argv
         try:
             proc = self._spawn(argv)
         except OSError as exc:
-            if direct and isinstance(command, str):  # a script with no #!
-                proc = self._spawn([self.shell, "-c", command])
-            else:  # --no-shell and no such program
+            if in_shell is None:  # --no-shell and no such program
                 raise WhilstError(f"cannot run {argv[0]}: {exc.strerror}") from None
+            proc = self._spawn(in_shell)  # a script with no #!
         with self._lock:
             self._live[proc.pid] = proc
             stopped = self.stopping
