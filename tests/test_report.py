@@ -174,6 +174,25 @@ def test_the_summary_counts_what_happened() -> None:
     assert "coroutine" in s.mode_reason
 
 
+async def nap(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_the_summary_peak_counts_tasks_running_at_once(window: int | None) -> None:
+    """The plain path counts the peak when a slot starts after waiting (its first
+    task, or once the reader made room): going from one task to the next keeps it."""
+    run = whilst.imap(nap, range(60), limit=6)
+    if window is not None:  # the reader holds few results: slots wait for room, then resume
+        run._feed.stream.window = window  # type: ignore[attr-defined]
+    for r in run:
+        if window is not None and r.index % 10 == 0:
+            time.sleep(0.02)  # the slots stop for room and start again
+    assert run.summary is not None
+    assert run.summary.peak == 6
+
+
 @pytest.mark.parametrize("spread", [1e-6, 1e-3, 1.0, 300.0])
 def test_percentiles_are_within_2_percent_and_skip_what_did_not_run(spread: float) -> None:
     durations = [spread * (1 + (k * 7919 % 1000) / 50) for k in range(1000)]  # 1x .. 21x

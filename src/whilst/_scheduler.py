@@ -523,10 +523,11 @@ class Scheduler:
             record = self._telling(record, name, worker)
         sync_source, take, bounded = self._sync_source, self._take, output.bounded
         now, end, sinks, journal = time.time, _END, self.sinks, self._journal
-        growing = True
+        growing = idle = True  # idle: this slot ran no task since it last waited
         while True:
             if bounded and output.full:
                 await output.room()
+                idle = True
             if sync_source:
                 try:
                     item = next(self._items, end)
@@ -545,6 +546,7 @@ class Scheduler:
                 if not items:
                     return
                 item = items[0]
+                idle = True
                 if journal is not None:
                     journal.start(index)
             if growing:
@@ -555,9 +557,12 @@ class Scheduler:
                 self._emit(QUEUED, index, item, start)
                 self._emit(STARTED, index, item, start, worker)
             # Read and not ended = running: the item was read just now, with no
-            # await since (two subtractions a task; no counter to keep).
-            if (running := self._pulled - self.done) > self.peak:
-                self.peak = running
+            # await since. Only a slot that was idle can make a new peak: one that
+            # goes from a task to the next with no await between keeps the count.
+            if idle:
+                idle = False
+                if (running := self._pulled - self.done) > self.peak:
+                    self.peak = running
             try:
                 value = await call(item)
             except asyncio.CancelledError as exc:
