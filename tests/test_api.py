@@ -162,6 +162,34 @@ def test_a_task_raising_base_exceptions_fails_alone(mode: str, exc: type) -> Non
     assert [r.value for r in info.value.results if r.ok] == [0, 2, 3]
 
 
+def stop_on_one(x: int) -> int:
+    if x == 1:
+        raise StopIteration("one")
+    return x
+
+
+async def astop_on_one(x: int) -> int:
+    return stop_on_one(x)
+
+
+@pytest.mark.parametrize("policy", [{}, {"retries": 1, "retry_on": StopIteration, "backoff": 0}])
+@pytest.mark.parametrize("kind", ["plain", "coroutine"])
+@pytest.mark.parametrize("mode", ["sync", "async", "threads", "processes"])
+def test_a_task_raising_stop_iteration_fails_with_it(
+    mode: str, kind: str, policy: dict[str, object]
+) -> None:
+    """PEP 479 turns a StopIteration that leaves a coroutine into a RuntimeError:
+    the task's error is still the StopIteration its function raised, in every mode."""
+    if mode == "async" and kind == "plain":
+        pytest.skip("async mode takes coroutine functions")
+    fn = stop_on_one if kind == "plain" else astop_on_one
+    results = list(whilst.imap(fn, range(3), mode=mode, **policy))  # type: ignore[arg-type]
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK]
+    assert type(results[1].error) is StopIteration
+    assert str(results[1].error) == "one"
+    assert results[1].attempts == (2 if policy else 1)  # retry_on knows it for what it is
+
+
 def test_a_task_raising_cancelled_error_itself_is_cancelled() -> None:
     async def fn(x: int) -> int:
         if x == 1:

@@ -38,9 +38,16 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WhilstError, WorkerCrashed
+from ._errors import (
+    TaskCancelled,
+    TaskTimeout,
+    UsageTypeError,
+    WhilstError,
+    WorkerCrashed,
+)
 from ._events import Event, EventKind, Sink
 from ._modes import Call, Mode, Outcomes, mode_class
+from ._modes._worker import as_raised
 from ._options import Options
 from ._output import Record, window_for
 from ._policy import POISON_DEATHS, KeyLimit, RateLimit
@@ -574,7 +581,8 @@ class Scheduler:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
                 self.failed += 1
-                record(index, item, failure_status(exc), None, exc, start, now())
+                error = as_raised(exc)
+                record(index, item, failure_status(error), None, error, start, now())
             else:
                 record(index, item, OK, value, None, start, now())
             self.done += 1
@@ -777,7 +785,8 @@ class Scheduler:
             except BaseException as exc:
                 if self.interrupted and isinstance(exc, KeyboardInterrupt):
                     raise
-                status, error = failure_status(exc), exc
+                error = as_raised(exc)
+                status = failure_status(error)
             finally:
                 del self._scopes[slot]
                 if running:

@@ -69,6 +69,15 @@ def _read_exact(fd: int, n: int) -> bytearray | None:
     return buf
 
 
+def as_raised(exc: BaseException) -> BaseException:
+    """What the task's function raised: a StopIteration that crossed a coroutine on
+    its way out (whilst's, or the task's own) became a RuntimeError, by PEP 479,
+    with the original as its cause. Every mode gives the original."""
+    cause = exc.__cause__
+    pep479 = exc.args == ("coroutine raised StopIteration",)
+    return cause if type(exc) is RuntimeError and type(cause) is StopIteration and pep479 else exc
+
+
 def _wire(exc: BaseException) -> tuple[BaseException | None, str, str]:
     """An exception as it travels back: itself when it survives pickling, and its text."""
     import traceback
@@ -129,7 +138,7 @@ def run_batch(
                 end(now())
             break
         except BaseException as exc:  # the task's error is its result
-            errors[len(values)] = fail(exc)
+            errors[len(values)] = fail(as_raised(exc))
             keep(None)
             end(now())
     return start, ends, values, errors
@@ -202,7 +211,7 @@ async def _serve_async(read_fd: int, write_fd: int, fn: Any) -> bytes | None:
                 values.append(await fn(item))
             except BaseException as exc:
                 values.append(None)
-                errors[i] = _wire(exc)
+                errors[i] = _wire(as_raised(exc))
             ends.append(time.time())
         write_frame(write_fd, _encode(tag, (start, ends, values, errors)))
 
