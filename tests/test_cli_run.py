@@ -346,6 +346,17 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     assert b"Traceback" not in other.stderr
 
 
+def test_a_journal_takes_arguments_that_are_not_utf8(tmp_path: Path) -> None:
+    """A file name with a byte that is not UTF-8 runs and is journaled like any other
+    (its text in the journal once refused it, and the run lost every record)."""
+    db = tmp_path / "run.db"
+    first = whilst_run("--journal", str(db), "-q", "-k", "echo", stdin=b"a\n\xff\n")
+    assert (first.returncode, first.stdout, first.stderr) == (0, b"a\n\xff\n", b"")
+    again = whilst_run("--journal", str(db), "-k", "echo", stdin=b"a\n\xff\n")
+    assert again.returncode == 0
+    assert b"2 skipped" in again.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -591,6 +591,68 @@ def test_default_identity_of_an_item_with_sets_is_the_same_in_every_process() ->
     assert len(keys) == 1
 
 
+def test_items_plain_json_cannot_tell_apart_keep_records_of_their_own(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    items: list[Any] = [{1: "x"}, {"1": "x"}, (1, 2), [1, 2], {1, 2}, frozenset({1, 2})]
+    items += [[(1, 2)], [[1, 2]], {"t": [1, 2]}, ((1, 2),)]
+    first = whilst.map(repr, items, journal=db)
+    assert whilst.map(repr, items, journal=db) == first == [repr(i) for i in items]
+    assert [r.status for r in whilst.Journal(db)] == [Status.OK] * len(items)
+
+
+def test_a_schema_1_journal_keeps_its_keys_so_a_resume_finds_its_records(tmp_path: Path) -> None:
+    """Journals written before items were typed hashed plain JSON: their records
+    are found again (not run twice), and new runs of theirs go on the same way."""
+    from whilst._journal import item_key
+
+    db = tmp_path / "run.db"
+    ran: list[Any] = []
+
+    def task(x: Any) -> str:
+        ran.append(x)
+        return repr(x)
+
+    items: list[Any] = [[1, 2], {"a": {3}}, "short"]
+    whilst.map(task, items, journal=db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # as schema 1 wrote it
+        keys = [row[0] for row in con.execute("SELECT key FROM tasks ORDER BY idx")]
+        for key, item in zip(keys, items, strict=True):
+            con.execute("UPDATE tasks SET key = ? WHERE key = ?", (item_key(item, 1), key))
+        con.execute("UPDATE meta SET value = '1' WHERE name = 'schema'")
+    assert item_key({"a": {3}}, 1) != item_key({"a": {3}})  # typed keys differ, hence the care
+    ran.clear()
+    assert whilst.map(task, [*items, (5,)], journal=db) == [repr(i) for i in [*items, (5,)]]
+    assert ran == [(5,)]
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == ("1",)
+        assert con.execute("SELECT key FROM tasks WHERE idx = 3").fetchone() == (item_key((5,), 1),)
+
+
+def test_items_and_errors_that_are_not_valid_unicode_are_journaled(tmp_path: Path) -> None:
+    """A file name with a byte that is not UTF-8 reaches Python as a lone surrogate:
+    SQLite refuses such text, and the run must not lose every record for it."""
+    db = tmp_path / "run.db"
+    odd = b"caf\xe9".decode("utf-8", "surrogateescape")
+    items = ["ok", odd, odd * 40, b"\xff"]
+
+    def task(x: Any) -> int:
+        if x == odd:
+            raise FileNotFoundError(2, "No such file", x)
+        return len(x)
+
+    results = list(whilst.imap(task, items, journal=db))
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK, Status.OK]
+    read = list(whilst.Journal(db))
+    assert [r.status for r in read] == [Status.OK, Status.FAILED, Status.OK, Status.OK]
+    assert "caf\\udce9" in str(read[1].error)
+    assert [r.status for r in whilst.imap(task, items, journal=db)] == [
+        Status.SKIPPED,
+        Status.FAILED,
+        Status.SKIPPED,
+        Status.SKIPPED,
+    ]
+
+
 def test_an_item_with_no_stable_identity_fails_asking_for_task_id(tmp_path: Path) -> None:
     import threading
 

@@ -34,7 +34,7 @@ from ._modes import Outcomes
 from ._output import Record
 from ._result import Result, Status, failure_status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Values larger than this (bytes, encoded) are not kept; the record says so.
 VALUE_CAP = 1 << 20
 #: Seconds between commits while tasks finish.
@@ -78,21 +78,26 @@ INTERRUPTED = "interrupted"  # a running record found by the next run: the runne
 _STATUS = {status: status.value for status in Status} | {Status.CANCELLED: INTERRUPTED}
 
 
-def item_key(item: Any) -> str:
+def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
     """The default identity of an item: itself for a number or a short string, else
-    a hash of its content (JSON with sorted keys and sets, else its pickle). An
-    item whose only text names a memory address has no stable identity: a
-    TypeError asks for ``task_id=``."""
+    a hash of its content (typed JSON with sorted keys and sets, else its pickle).
+    An item whose only text names a memory address has no stable identity: a
+    TypeError asks for ``task_id=``. Schema 1 journals hashed plain JSON, in which
+    a tuple and a list (or ``{1: x}`` and ``{"1": x}``) were one item: they keep
+    their keys, so that a resume finds their records."""
     kind = type(item)
-    if kind is int or (kind is str and len(item) < 64):  # most inputs: numbers, names, URLs
-        return f"{'i' if kind is int else 's'}:{item}"
+    if kind is int:  # most inputs: numbers, names, URLs
+        return f"i:{item}"
+    if kind is str and len(item) < 64 and (item.isascii() or _utf8(item)):
+        return f"s:{item}"
     if isinstance(item, bytes):
         data = b"b" + item
     elif isinstance(item, str):
         data = b"s" + item.encode("utf-8", "surrogatepass")
     else:
         try:
-            data = b"j" + json.dumps(item, sort_keys=True, default=_sorted_set).encode()
+            typed = _typed(item) if schema > 1 else item
+            data = b"j" + json.dumps(typed, sort_keys=True, default=_sorted_set).encode()
         except (TypeError, ValueError):
             try:
                 data = b"p" + pickle.dumps(item, 4)
@@ -105,12 +110,46 @@ def item_key(item: Any) -> str:
                         "say what identifies an item"
                     ) from None
                 data = b"r" + text.encode("utf-8", "surrogatepass")
+    return _digest(data)
+
+
+def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate, as an undecodable byte
+    of a file name becomes), so that SQLite can store it as it is."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _typed(value: Any) -> Any:
+    """``value`` as JSON that keeps what plain JSON loses: a tuple is not a list, a
+    dict's keys keep their types, a set is not a frozenset. Containers of other
+    types (subclasses too) raise TypeError: the item is hashed by its pickle."""
+    kind = type(value)
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    if kind is list:
+        return [_typed(v) for v in value]
+    if kind is tuple:
+        return {"t": [_typed(v) for v in value]}
+    if kind is dict:
+        pairs = [[_typed(k), _typed(v)] for k, v in value.items()]
+        return {"d": sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+    if kind in (set, frozenset):
+        members = sorted((_typed(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+        return {"s" if kind is set else "f": members}
+    raise TypeError(f"{kind.__name__} is not JSON")
+
+
 def _sorted_set(value: Any) -> list[Any]:
-    """A set as JSON: its elements in a fixed order (a set's own order changes
-    from one process to the next)."""
+    """Schema 1: a set as JSON, its elements in a fixed order (a set's own order
+    changes from one process to the next)."""
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=_sorted_set))
     raise TypeError(f"{type(value).__name__} is not JSON")
@@ -173,6 +212,7 @@ class JournalWriter:
         self.closed = False
         self.rows: list[tuple[Any, ...]] = []  # final records, not yet committed
         self.run: int | None = None
+        self.schema = SCHEMA_VERSION
         self._lock_fd = -1
         self._db = _open(self.path, create=True)
         self.owned = _private(self.path)
@@ -237,10 +277,15 @@ class JournalWriter:
                 f"journal {self.path} records a run of {old}, not {function}; give this run "
                 "another journal, or pass force=True (--force) to resume it anyway"
             )
+        # An older journal with records keeps its item keys (see item_key); the
+        # rest of the schema is the same.
+        if self._db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None:
+            version = SCHEMA_VERSION
+        self.schema = version
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                [("schema", str(SCHEMA_VERSION)), ("function", function)],
+                [("schema", str(version)), ("function", function)],
             )
 
     def _load_done(self, resume: str) -> dict[str, tuple[Any, ...]]:
@@ -268,8 +313,11 @@ class JournalWriter:
 
     def key(self, item: Any) -> str:
         if self.task_id is None:
-            return item_key(item)
-        return str(self.task_id(item))
+            return item_key(item, self.schema)
+        key = str(self.task_id(item))
+        if key.isascii() or _utf8(key):
+            return key
+        return "u:" + _digest(key.encode("utf-8", "surrogatepass"))
 
     def stored(self, key: str, index: int, item: Any) -> Result:
         """The record of a task a resume skips, as the result of ``item`` at ``index``."""
@@ -303,7 +351,7 @@ class JournalWriter:
         self.rows.append((
             key, index, _short(item), _STATUS[status], attempts, start, end, mode, worker,
             None if error is None else type(error).__name__,
-            None if error is None else str(error)[:10_000],
+            None if error is None else _text(str(error)[:10_000]),
             data, fmt, self.run,
         ))  # fmt: skip
 
@@ -628,6 +676,14 @@ def _private(path: Path) -> bool:
     values written to it or read from it."""
     st = path.stat()
     return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+
+
+def _text(text: str) -> str:
+    """Text SQLite can store: a lone surrogate (an undecodable byte of a file name
+    in an error message, say) written as its escape."""
+    if text.isascii() or _utf8(text):
+        return text
+    return text.encode(errors="backslashreplace").decode()
 
 
 def _short(item: Any, width: int = 200) -> str:
