@@ -138,6 +138,45 @@ def test_a_file_that_is_not_a_journal_gives_one_clear_sentence(tmp_path: Path) -
         whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
 
 
+READ_BACK = textwrap.dedent(
+    """
+    import sys
+    import whilst
+
+    print([(r.index, r.value, r.status.value) for r in whilst.Journal(sys.argv[1])])
+    """
+)
+
+
+def test_a_journal_is_read_where_its_reader_cannot_write(tmp_path: Path) -> None:
+    """Someone else's journal, or one in a read-only folder, is read without being
+    written: SQLite's read-only mode, not "attempt to write a readonly database"."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="whilst-ro-"))  # readable by others, unlike tmp_path
+    try:
+        db = shared / "run.db"
+        whilst.map(len, ["a", "bb"], journal=db)
+        db.chmod(0o644)
+        shared.chmod(0o555)
+        command = [sys.executable, "-c", READ_BACK, str(db)]
+        if os.geteuid() == 0:  # root writes anywhere: read it as nobody
+            if shutil.which("setpriv") is None:
+                pytest.skip("needs setpriv (util-linux) to read as another user")
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        probe = [*command[:-3], "-c", "import whilst"]
+        if subprocess.run(probe, capture_output=True, env=env, timeout=60).returncode != 0:
+            pytest.skip("another user cannot import whilst from where it is installed")
+        read = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert read.returncode == 0, read.stderr
+        assert read.stdout.strip() == "[(0, 1, 'ok'), (1, 2, 'ok')]"
+    finally:
+        shared.chmod(0o755)
+        shutil.rmtree(shared)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files")
 def test_a_read_only_journal_gives_one_clear_sentence(tmp_path: Path) -> None:
     db = tmp_path / "run.db"

@@ -25,6 +25,7 @@ import socket
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -661,14 +662,29 @@ def _open(path: Path, *, create: bool) -> sqlite3.Connection:
             raise UsageError(f"journal {path} cannot be created: {exc.strerror}") from None
     else:
         raise UsageError(f"journal {path} does not exist")
-    try:
-        # A second writer cannot be another whilst run (the file lock): one that holds
-        # the database locked for a second means the journal cannot be written.
-        db = sqlite3.connect(path, timeout=1.0, isolation_level="DEFERRED", check_same_thread=False)
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise UsageError(f"journal {path} cannot be read as SQLite ({exc})") from None
-    return db
+    # A reader that cannot write the file or its folder (someone else's journal,
+    # a CI artifact) opens it read-only; immutable when SQLite cannot even make the
+    # shared-memory file a WAL journal needs to be read.
+    uris = [""]
+    if not create and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        uris = ["?mode=ro", "?immutable=1"]
+    for k, uri in enumerate(uris):
+        try:
+            # A second writer cannot be another whilst run (the file lock): one that
+            # holds the database locked for a second means the journal cannot be written.
+            db = sqlite3.connect(
+                f"file:{urllib.parse.quote(str(path))}{uri}" if uri else path,
+                timeout=1.0,
+                isolation_level="DEFERRED",
+                check_same_thread=False,
+                uri=bool(uri),
+            )
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            if k == len(uris) - 1:
+                raise UsageError(f"journal {path} cannot be read as SQLite ({exc})") from None
+    raise AssertionError("unreachable")
 
 
 def _private(path: Path) -> bool:
