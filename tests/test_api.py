@@ -94,6 +94,35 @@ def test_sync_mode_is_one_after_another() -> None:
     assert all(a.end <= b.start for a, b in itertools.pairwise(results))
 
 
+@pytest.mark.parametrize("policy", [{}, {"retries": 1}])
+@pytest.mark.parametrize("in_loop", [False, True])
+def test_sync_imap_runs_no_task_ahead_of_its_caller(policy: dict[str, int], in_loop: bool) -> None:
+    """Sync mode takes turns with the caller, as a plain for loop: each result comes
+    before the next task starts, and a break runs no task more."""
+    started: list[int] = []
+
+    def task(x: int) -> int:
+        started.append(x)
+        time.sleep(0.01)  # longer than the pace: handed over at once
+        return x
+
+    def search() -> None:
+        for r in whilst.imap(task, range(50), mode="sync", **policy):  # type: ignore[arg-type]
+            assert started == list(range(r.index + 1))
+            if r.index == 3:
+                break
+
+    if in_loop:
+
+        async def main() -> None:
+            search()
+
+        asyncio.run(main())
+    else:
+        search()
+    assert started == [0, 1, 2, 3]
+
+
 def test_sync_mode_lets_tasks_call_asyncio_run() -> None:
     async def inner(x: int) -> int:
         return x + 1

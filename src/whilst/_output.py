@@ -86,6 +86,10 @@ class Collect:
         pass
 
 
+#: Seconds of tasks a paced stream holds before its caller sees them.
+PACE = 0.001
+
+
 def window_for(limit: int) -> int:
     """How many finished results an ``imap`` may hold before the scheduler waits.
 
@@ -212,15 +216,23 @@ class Stream:
     room again. That is what keeps ``imap`` memory bounded by ``limit``.
 
     Results wait in a :class:`Chunk` (in order, those that came before their turn
-    wait aside, each as the call that will put it in the chunk)."""
+    wait aside, each as the call that will put it in the chunk).
+
+    A ``paced`` stream (sync mode: tasks run one after another with the caller)
+    is full as soon as what it holds took ``PACE`` seconds to run, and its task
+    waits for the caller to ask again: results come as a plain for loop's would
+    (quick tasks still in bunches, for a stop and start of the loop costs tens
+    of microseconds), and a ``break`` runs no task more."""
 
     bounded = True
 
-    def __init__(self, *, ordered: bool, window: int) -> None:
+    def __init__(self, *, ordered: bool, window: int, paced: bool = False) -> None:
         self.ordered = ordered
         self.window = window
+        self.paced = paced
         self.held = 0
-        self.full = False  # held >= window; an attribute, read once a task by each slot
+        self.full = False  # held >= window (or paced); read once a task by each slot
+        self._since = 0.0  # paced: when the first result held began
         self.done = False
         self._chunk = Chunk()
         self._early: dict[int, tuple[int, Callable[..., None], tuple[Any, ...]]] = {}
@@ -237,7 +249,7 @@ class Stream:
         # one call a task instead of two (the per-task path of every imap).
         indexes, items, values = chunk.indexes.append, chunk.items.append, chunk.values.append
         starts, ends, sources = chunk.starts.append, chunk.ends.append, chunk.sources.append
-        failures, column, ok = chunk.failures, chunk.indexes, Status.OK
+        failures, column, ok, paced = chunk.failures, chunk.indexes, Status.OK, self.paced
 
         def record(
             index: int,
@@ -251,6 +263,8 @@ class Stream:
             held = self.held = self.held + 1
             if held >= self.window:
                 self.full = True
+            elif paced:
+                self._pace(held, start, end)
             if ordered:
                 if index != self._next:  # waits aside for its turn
                     early[index] = (1, put, (index, item, status, value, error, start, end))
@@ -280,6 +294,14 @@ class Stream:
 
     def add(self, result: Result) -> None:
         self._put(result.index, 1, self._chunk.put_result, (result,))
+        if self.paced and not self.full:
+            self._pace(self.held, result.start, result.end)
+
+    def _pace(self, held: int, start: float, end: float) -> None:
+        if held == 1:
+            self._since = start
+        if end - self._since >= PACE:
+            self.full = True
 
     def _put(self, first: int, n: int, put: Callable[..., None], args: tuple[Any, ...]) -> None:
         self.held += n
@@ -340,7 +362,10 @@ class Stream:
             await fut
 
     async def take(self) -> Chunk:
-        """Every result ready now (waiting for at least one); empty once all are taken."""
+        """Every result ready now (waiting for at least one); empty once all are taken.
+        Paced, the tasks waiting for room go on only when the reader asks again."""
+        if self.paced:
+            self._make_room()
         while not self._chunk.indexes:
             if self.done:
                 return Chunk()
@@ -349,6 +374,11 @@ class Stream:
         chunk = self._chunk.take()
         self.held -= len(chunk)
         self.full = self.held >= self.window
+        if not self.paced:
+            self._make_room()
+        return chunk
+
+    def _make_room(self) -> None:
         if self._waiting and not self.full:
             waiting, self._waiting = self._waiting, []
             for fut in waiting:
@@ -356,4 +386,3 @@ class Stream:
                     fut.set_result(None)
         if self.on_room is not None:
             self.on_room()
-        return chunk

@@ -17,8 +17,10 @@ from ._summary import Stats, Summary
 
 
 def streaming(fn: Any, items: Any, options: Options) -> tuple[Scheduler, Stream]:
-    """A scheduler whose results stream out, at most ``window_for(limit)`` held at once."""
-    stream = Stream(ordered=options.ordered, window=window_for(options.limit))
+    """A scheduler whose results stream out, at most ``window_for(limit)`` held at
+    once; paced in sync mode, whose tasks take turns with the caller."""
+    paced = options.mode == "sync"
+    stream = Stream(ordered=options.ordered, window=window_for(options.limit), paced=paced)
     return Scheduler(fn, items, options, stream), stream
 
 
