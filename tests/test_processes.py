@@ -39,6 +39,43 @@ def test_a_worker_that_dies_fails_only_its_task() -> None:
     assert not psutil.pid_exists(int(dead.removeprefix("pid-")))
 
 
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(30)"]
+
+
+def start_a_sleeper(marker: str) -> str:
+    """A task that starts a command and waits for it (or crashes, leaving it)."""
+    child = subprocess.Popen([*SLEEPER, marker])
+    if marker.endswith("crash"):
+        time.sleep(0.2)
+        os._exit(3)
+    child.wait()
+    return marker
+
+
+def _sleepers(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["cmdline"] == [*SLEEPER, marker] and p.info["status"] != "zombie":
+            found.append(p)
+    return found
+
+
+@pytest.mark.parametrize("how", ["timeout", "crash"])
+def test_a_killed_worker_takes_the_processes_its_task_started_with_it(how: str) -> None:
+    """A timed-out attempt's worker is killed with its whole process group, so a
+    command the task ran does not live on, orphaned (nor one a crashed worker left)."""
+    marker = f"{os.getpid()}-{how}"
+    results = list(whilst.imap(start_a_sleeper, [marker], mode="processes", timeout=1))
+    assert results[0].status is (Status.TIMED_OUT if how == "timeout" else Status.CRASHED)
+    deadline = time.monotonic() + 5
+    while _sleepers(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _sleepers(marker)
+    for p in left:
+        p.kill()
+    assert not left
+
+
 def test_tiny_tasks_travel_in_batches() -> None:
     results = list(whilst.imap(abs, range(20_000), mode="processes", limit=2))
     assert [r.value for r in results] == list(range(20_000))

@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -84,6 +85,7 @@ class _Worker:
                 ],
                 pass_fds=(to_child, to_parent),
                 stdin=subprocess.DEVNULL,
+                process_group=0,  # its own group: killing it kills what its tasks started
             )
         finally:
             os.close(to_child)
@@ -104,9 +106,11 @@ class _Worker:
         self.dead = False
 
     def kill(self) -> None:
+        """Kill the worker and every process its tasks left in its group (a command
+        it ran, a pool it made): stopping a task means stopping all of it."""
         self.dead = True
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         for fd in (self.send_fd, self.recv_fd):
             with contextlib.suppress(OSError):
