@@ -53,6 +53,25 @@ def test_a_local_cluster_runs_every_item_in_order_with_a_lane_per_worker() -> No
     assert run.summary.mode == "dask"
 
 
+def hang_once(x: int) -> int:
+    time.sleep(5 if x == 0 else 0.01)
+    return x
+
+
+def test_a_timed_out_attempt_is_cancelled_on_the_cluster() -> None:
+    """The cancel is sent (on an asynchronous client, Future.cancel returns a
+    coroutine: dropped, it was never sent)."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        results = list(whilst.imap(hang_once, range(3), mode="dask", timeout=1))
+        gc.collect()
+    assert [r.status for r in results] == [Status.TIMED_OUT, Status.OK, Status.OK]
+    assert [str(w.message) for w in seen if "never awaited" in str(w.message)] == []
+
+
 def test_retries_and_the_journal_work_across_the_cluster(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     with pytest.raises(whilst.TasksFailed):

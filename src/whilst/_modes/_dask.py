@@ -14,7 +14,9 @@ already running on a worker thread runs on there (Dask cannot stop a thread).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import ipaddress
 import urllib.parse
 from typing import Any
@@ -23,6 +25,9 @@ from .._errors import UsageError, WorkerCrashed
 from .._options import cpu_count
 from . import _worker
 from ._base import ClusterMode, Outcomes, unwire
+
+#: Seconds to wait for the scheduler to take a cancel.
+CANCEL_WAIT = 5.0
 
 
 def _run_on_worker(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
@@ -110,16 +115,17 @@ class DaskMode(ClusterMode):
             if getattr(client, "asynchronous", False):
                 start, ends, values, wired, where = await future
             else:  # a synchronous Client of the caller's: wait without blocking the loop
-                import asyncio
-
                 start, ends, values, wired, where = await asyncio.to_thread(future.result)
         except Exception as exc:
             if type(exc).__name__ == "KilledWorker":  # Dask ran out of workers to try
                 raise WorkerCrashed(None) from exc
             raise
         finally:
-            if not future.done():
-                future.cancel()
+            if not future.done():  # an asynchronous client's cancel is a coroutine
+                cancelled = future.cancel()
+                if inspect.isawaitable(cancelled):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(cancelled, CANCEL_WAIT)
         self._where[slot] = where  # where it ran: another worker, if its own was lost
         return Outcomes(start, ends, values, unwire(wired))
 
