@@ -219,6 +219,20 @@ def test_a_task_raising_stop_iteration_fails_with_it(
     assert results[1].attempts == (2 if policy else 1)  # retry_on knows it for what it is
 
 
+def test_tasks_failed_counts_each_way_tasks_ended_and_names_the_first() -> None:
+    def bad_first(x: str) -> str:
+        if x == "a":
+            raise ValueError("bad")
+        return x
+
+    with pytest.raises(whilst.TasksFailed) as info:
+        whilst.map(bad_first, ["a", *"bcdefghij"], mode="sync", halt="now,fail=1")
+    assert str(info.value).startswith(
+        "1 of 10 tasks failed, 9 cancelled (first: task 0, item 'a', failed: ValueError: bad; "
+        "9 more in .results)"
+    )
+
+
 def test_a_task_raising_cancelled_error_itself_is_cancelled() -> None:
     async def fn(x: int) -> int:
         if x == 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any, Unpack
 
@@ -207,12 +208,15 @@ def _values(collect: Collect, unread: str | None) -> list[Any]:
 
 
 def _failure_message(failed: Sequence[Result], total: int) -> str:
+    """ "1 of 10 tasks failed, 9 cancelled (first: task 0, item 'x', failed: ...)"."""
     first = failed[0]
     what = describe(first.error) if first.error else first.status.value
     more = "" if len(failed) == 1 else f"; {len(failed) - 1} more in .results"
+    (status, n), *others = collections.Counter(r.status.value for r in failed).items()
+    counts = ", ".join([f"{n} of {total} tasks {status}"] + [f"{k} {s}" for s, k in others])
     return (
-        f"{len(failed)} of {total} tasks failed (first: item {first.index} {_short(first.item)} "
-        f"{first.status.value}: {what}{more})"
+        f"{counts.replace('_', ' ')} (first: task {first.index}, item {_short(first.item)}, "
+        f"{first.status.value.replace('_', ' ')}: {what}{more})"
     )
 
 
