@@ -593,6 +593,9 @@ def test_ctrl_c_journals_running_tasks_interrupted_and_a_resume_runs_them(tmp_pa
     read = list(whilst.Journal(db))
     assert {r.status for r in read} == {Status.CANCELLED}  # (no such Status: cancelled)
     assert str(read[0].error) == "interrupted: its run was stopped while it ran"
+    # where their time went: each ran one attempt from its start to the stop
+    assert {r.attempts for r in read} == {1}
+    assert all(r.duration >= 0.5 for r in read), [r.duration for r in read]
     done = subprocess.run(
         [sys.executable, "-c", SIGINT_RUN, str(db), "0", str(ended)],
         capture_output=True,

@@ -135,6 +135,25 @@ def test_the_trace_has_one_track_per_worker_in_microseconds(tmp_path: Path) -> N
     assert max(e["ts"] + e["dur"] for e in spans) == pytest.approx(wall * 1e6, rel=0.05)
 
 
+async def quick_first(x: int) -> int:
+    await asyncio.sleep(0 if x == 0 else 30)
+    return x
+
+
+def test_attempts_a_stopped_run_cut_short_are_drawn_until_it_stopped(tmp_path: Path) -> None:
+    """Leaving the loop (as Ctrl-C would) cancels the running attempts: the trace
+    still shows where their time went, each a cancelled span up to the stop."""
+    trace = tmp_path / "run.json"
+    for _ in whilst.imap(quick_first, range(10), limit=4, trace=trace):
+        time.sleep(0.2)  # the others run meanwhile (1-3, and 4 in the first's slot)
+        break
+    spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert sorted(e["cat"] for e in spans) == ["cancelled"] * 4 + ["ok"]
+    cut = [e for e in spans if e["cat"] == "cancelled"]
+    assert all(e["dur"] >= 150_000 for e in cut)  # started with the first, ran until the break
+    assert {e["args"]["item"] for e in cut} == {"1", "2", "3", "4"}
+
+
 @pytest.mark.parametrize("option", ["report", "trace"])
 def test_an_unwritable_report_path_is_refused_before_anything_runs(
     tmp_path: Path, option: str

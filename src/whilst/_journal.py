@@ -356,8 +356,10 @@ class JournalWriter:
             data, fmt, self.run,
         ))  # fmt: skip
 
-    def commit(self, running: Iterable[tuple[str, Any, int]] = (), mark: str = RUNNING) -> None:
-        """Commit the records kept, and mark tasks in flight (key, item, index)
+    def commit(
+        self, running: Iterable[tuple[str, Any, float, int]] = (), mark: str = RUNNING
+    ) -> None:
+        """Commit the records kept, and mark tasks in flight (key, item, start, index)
         ``running`` (if the runner dies, the next run finds them ``interrupted``),
         or ``interrupted`` when the run stops without their results.
 
@@ -367,8 +369,8 @@ class JournalWriter:
         """
         now, run = time.time(), self.run
         marks = [
-            (key, index, _short(item), mark, 0, now, now, "", "", None, None, None, "none", run)
-            for key, item, index in running
+            (key, index, _short(item), mark, 1, start, now, "", "", None, None, None, "none", run)
+            for key, item, start, index in running
         ]
         try:
             with self._db:
@@ -451,7 +453,8 @@ class Journaled:
         self.writer, self.inner, self.on_error = writer, inner, on_error
         self.bounded = inner.bounded
         self.error: WhilstError | None = None
-        self._admitted: dict[int, tuple[str, Any]] = {}  # by index: (key, item), not ended
+        # by index, until it ends: (key, item, when it started or 0.0 if not yet)
+        self._admitted: dict[int, tuple[str, Any, float]] = {}
         self._held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []  # (hand on, args)
         self._before: set[int] = set()  # admitted at the last commit
         self._marked: set[int] = set()  # marked running in the file
@@ -475,7 +478,7 @@ class Journaled:
             return Result(index, item, Status.FAILED, None, exc, 0, now, now, "", "")
         if key in writer.done:
             return writer.stored(key, index, item)
-        self._admitted[index] = (key, item)
+        self._admitted[index] = (key, item, time.time() if started else 0.0)
         if not started:
             self._waiting.add(index)
         return None
@@ -484,7 +487,12 @@ class Journaled:
         """Tasks ``first`` .. ``first + n - 1`` start (or are handed to a worker)."""
         waiting = self._waiting
         if waiting:
-            waiting.difference_update(range(first, first + n))
+            now, admitted = time.time(), self._admitted
+            for i in range(first, first + n):
+                if i in waiting:
+                    waiting.discard(i)
+                    key, item, _ = admitted[i]
+                    admitted[i] = (key, item, now)
 
     def lookup(self, index: int, item: Any) -> Result | None:
         """The stored result of an item done by an earlier run, without admitting it."""
@@ -576,7 +584,7 @@ class Journaled:
         admitted, marked, waiting = self._admitted, self._marked, self._waiting
         self._last = time.monotonic()
         if last:  # started and never ended: the run stopped while they ran
-            running = [(key, item, i) for i, (key, item) in admitted.items() if i not in waiting]
+            running = [(*admitted[i], i) for i in admitted if i not in waiting]
         else:  # tasks running since the last commit, once each (tiny ones cost none)
             running = [
                 (*admitted[i], i)

@@ -281,6 +281,7 @@ class Scheduler:
         timeline, o = self.timeline, self.options
         if timeline is None:
             return
+        timeline.stop(time.time())  # attempts the run's stop cut short, if any
         for path, write in ((o.report, self._write_report), (o.trace, self._write_trace)):
             if path is None:
                 continue

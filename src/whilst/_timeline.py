@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import describe
+from ._errors import TaskCancelled, describe
 from ._events import Event, EventKind
 from ._result import Result, Status
 from ._summary import Stats, Summary
@@ -56,7 +56,7 @@ class Timeline:
         self.items: dict[int, str] = {}  # by task index
         self.errors: dict[int, str] = {}  # by bar number, for bars that did not end ok
         self.stats = Stats()  # of the final results
-        self._open: dict[int, tuple[float, str]] = {}  # by task index: (start, worker)
+        self._open: dict[int, tuple[float, str, Any]] = {}  # by index: (start, worker, item)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -64,7 +64,7 @@ class Timeline:
     def __call__(self, event: Event) -> None:
         kind = event.kind
         if kind is EventKind.STARTED:
-            self._open[event.index] = (event.time, event.worker)
+            self._open[event.index] = (event.time, event.worker, event.item)
         elif kind is EventKind.RETRYING:
             assert event.result is not None
             self._close(event.result, retried=True)
@@ -92,6 +92,18 @@ class Timeline:
                 text = _short(text, ITEM_TEXT)
         worker = r.worker or (opened[1] if opened else "")
         self.add(worker, start, end, r.status, index, r.attempts, text, r.error)
+
+    def stop(self, end: float) -> None:
+        """The run stopped (Ctrl-C, SIGTERM, an error) while these attempts ran:
+        each is drawn until ``end``, cancelled, as the journal records it."""
+        stopped = TaskCancelled("interrupted: its run was stopped while it ran")
+        for index, (start, worker, item) in self._open.items():
+            text = self.items.get(index) or _short(repr(item), ITEM_TEXT)
+            until = max(end, start)
+            self.add(worker, start, until, Status.CANCELLED, index, 1, text, stopped)
+            result = Result(index, item, Status.CANCELLED, None, stopped, 1, start, until)
+            self.stats.add_one(result)
+        self._open.clear()
 
     def add(
         self,
