@@ -233,13 +233,20 @@ def test_tasks_failed_counts_each_way_tasks_ended_and_names_the_first() -> None:
     )
 
 
-def test_a_task_raising_cancelled_error_itself_is_cancelled() -> None:
-    async def fn(x: int) -> int:
-        if x == 1:
-            raise asyncio.CancelledError
-        return x
+def cancel_on_one(x: int) -> int:
+    if x == 1:
+        raise asyncio.CancelledError
+    return x
 
-    results = list(whilst.imap(fn, range(3)))
+
+async def acancel_on_one(x: int) -> int:
+    return cancel_on_one(x)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "threads", "processes"])
+def test_a_task_raising_cancelled_error_itself_is_cancelled(mode: str) -> None:
+    fn = acancel_on_one if mode == "async" else cancel_on_one
+    results = list(whilst.imap(fn, range(3), mode=mode))
     assert [r.status for r in results] == [Status.OK, Status.CANCELLED, Status.OK]
 
 

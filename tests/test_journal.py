@@ -311,6 +311,34 @@ def test_whilst_report_summarises_and_exports_a_journal(tmp_path: Path) -> None:
     assert [row["index"] for row in rows] == ["0", "1", "2", "3"]
 
 
+def test_whilst_report_exports_strict_json_and_plain_job_text(tmp_path: Path) -> None:
+    """JSON lines that other tools read: no NaN (JSON has none), a ``whilst run``
+    job as its arguments and its value as fields, bytes as text."""
+    import json
+
+    from click.testing import CliRunner
+
+    from whilst._cli import cli
+
+    runner, floats, jobs = CliRunner(), tmp_path / "floats.db", tmp_path / "jobs.db"
+    whilst.map(float, ["nan", "-inf", "1.5"], journal=floats)
+    lines = runner.invoke(cli, ["report", str(floats), "--format", "jsonl"]).output.splitlines()
+    rows = [
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) for line in lines
+    ]
+    assert [row["value"] for row in rows] == ["nan", "-inf", 1.5]
+    ran = subprocess.run(
+        [sys.executable, "-m", "whilst", "run", "-q", "--journal", str(jobs), "echo", ":::", "a b"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    (line,) = runner.invoke(cli, ["report", str(jobs), "--format", "jsonl"]).output.splitlines()
+    row = json.loads(line)
+    assert row["item"] == "a b"
+    assert (row["value"]["command"], row["value"]["stdout"]) == ("echo 'a b'", "a b\n")
+
+
 class _Boom:
     def __reduce__(self) -> tuple[Any, ...]:
         return (os.system, ("touch pwned",))

@@ -711,7 +711,7 @@ def _text(text: str) -> str:
 
 
 def _short(item: Any, width: int = 200) -> str:
-    text = repr(item)
+    text = _text(repr(item))
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

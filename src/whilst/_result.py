@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,7 +94,10 @@ class Result:
 def failure_status(error: BaseException) -> Status:
     """How an attempt that raised ``error`` ended: ``crashed`` when its worker died,
     ``timed_out`` when the task itself reports a timeout (:class:`whilst.TaskTimeout`,
-    as ``whilst run`` does when it kills a command), else ``failed``."""
+    as ``whilst run`` does when it kills a command), ``cancelled`` when it raised
+    asyncio's CancelledError itself (in any mode, as on the loop), else ``failed``."""
+    if isinstance(error, asyncio.CancelledError):
+        return Status.CANCELLED
     if isinstance(error, WorkerCrashed):
         return Status.CRASHED
     if isinstance(error, TaskTimeout):

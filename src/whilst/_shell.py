@@ -376,10 +376,14 @@ class Template:
 
 @dataclass(frozen=True)
 class Job:
-    """One job: its number (``{#}``, from 1) and its args."""
+    """One job: its number (``{#}``, from 1) and its args. Its repr is its args as
+    one line: what the journal, the report and ``whilst report`` show."""
 
     seq: int
     args: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return self.text
 
     @property
     def text(self) -> str:
