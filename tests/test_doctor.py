@@ -100,6 +100,30 @@ def doctor(tmp_path: Path, program: str, *args: str) -> tuple[int, dict[str, Any
     return run.returncode, json.loads(run.stdout.splitlines()[-1]), run.stdout
 
 
+def test_findings_go_to_their_own_file_with_output(tmp_path: Path) -> None:
+    """--json -o FILE: the file is JSON alone, the program's output stays on stdout
+    (redirecting stdout would mix the two); a file that cannot be written is refused
+    before the program runs."""
+    script = tmp_path / "program.py"
+    script.write_text(SEED)
+    found = tmp_path / "findings.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", "--json", "-o", str(found), str(script)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    assert "Task 1 started" in run.stdout
+    assert "findings" not in run.stdout
+    assert {f["kind"] for f in json.loads(found.read_text())["findings"]} >= {"blocking_call"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", "-o", str(tmp_path / "no" / "f"), str(script)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "cannot write" in refused.stderr
+    assert "Task 1 started" not in refused.stdout
+
+
 def by_kind(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for f in report["findings"]:

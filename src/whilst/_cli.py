@@ -688,7 +688,7 @@ def _json_line(line: str, number: int) -> Any:
     epilog="""\b
 Examples:
   whilst doctor app.py --port 8080        # run app.py with its arguments
-  whilst doctor --json crawl.py > findings.json
+  whilst doctor --json -o findings.json crawl.py
   python -m whilst.doctor app.py
 
 \b
@@ -708,7 +708,13 @@ loop's time went to the CPU. The program's own exit status is passed through."""
     "--json",
     "as_json",
     is_flag=True,
-    help="Print the findings as one JSON object (after the program's own output).",
+    help="The findings as one JSON object (on stdout, after the program's own output, unless -o).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the findings to this file instead (the program's own output stays where it goes).",
 )
 @click.option("--live", is_flag=True, help="Also report each problem on stderr when it happens.")
 @click.option(
@@ -720,12 +726,30 @@ loop's time went to the CPU. The program's own exit status is passed through."""
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def doctor(
-    script: str, args: tuple[str, ...], threshold: float, as_json: bool, live: bool, origins: bool
+    script: str,
+    args: tuple[str, ...],
+    threshold: float,
+    as_json: bool,
+    output: str | None,
+    live: bool,
+    origins: bool,
 ) -> None:
     """Run an asyncio program (SCRIPT [ARGS]...) and report what slows it down."""
-    sys.exit(
-        run_doctor(script, args, threshold=threshold, as_json=as_json, live=live, origins=origins)
-    )
+    out = None
+    if output is not None:
+        try:  # before the program runs: a findings file that cannot be written stops it
+            out = open(output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write {output}: {exc.strerror}") from None
+    try:
+        status = run_doctor(
+            script, args, threshold=threshold, as_json=as_json, live=live, origins=origins,
+            file=out,
+        )  # fmt: skip
+    finally:
+        if out is not None:
+            out.close()
+    sys.exit(status)
 
 
 def run_doctor(
@@ -736,8 +760,10 @@ def run_doctor(
     as_json: bool,
     live: bool,
     origins: bool = False,
+    file: Any = None,
 ) -> int:
-    """Run ``script`` as ``__main__`` under the doctor; the program's exit status."""
+    """Run ``script`` as ``__main__`` under the doctor; the program's exit status.
+    The findings go to ``file`` (default: JSON on stdout, text on stderr)."""
     import json
     import runpy
     import signal
@@ -781,7 +807,7 @@ def run_doctor(
         sys.argv, sys.path[:] = saved_argv, saved_path
     if as_json:
         sys.stdout.flush()
-        click.echo(json.dumps(report(watch, script, status)))
+        click.echo(json.dumps(report(watch, script, status)), file=file)
     else:
-        print_report(watch, script)
+        print_report(watch, script, file)
     return status or 0
