@@ -51,7 +51,9 @@ def test_auto_says_an_empty_input_ran_nothing() -> None:
     run = whilst.imap(record, [])
     assert list(run) == []
     assert run.summary is not None
-    assert run.summary.mode_reason == "auto ran no tasks: the input was empty"
+    assert run.summary.mode_reason == (
+        "auto ran no tasks (the input was empty, or a journal had them all)"
+    )
 
 
 def test_ordered_must_be_a_bool() -> None:

@@ -75,10 +75,20 @@ def test_resume_unfinished_keeps_failures_as_failures(tmp_path: Path) -> None:
     counter, db = tmp_path / "count", tmp_path / "run.db"
     with pytest.raises(whilst.TasksFailed):
         whilst.map(make_task(counter, {3, 7}), range(10), journal=db)
-    results = list(whilst.imap(make_task(counter), range(10), journal=db, resume="unfinished"))
+    run = whilst.imap(make_task(counter), range(10), journal=db, resume="unfinished")
+    results = list(run)
     assert sum(counted(counter).values()) == 10  # nothing ran again
     assert [r.index for r in results if r.status is Status.FAILED] == [3, 7]
     assert "ValueError: no 3" in str(results[3].error)
+    assert type(results[3].error).__name__ == "EarlierFailure"  # its text, from the journal
+    s = run.summary  # given back, not run: no speed-up of tasks this run never ran
+    assert s is not None
+    assert (s.ran, s.skipped, s.failed, s.earlier) == (0, 8, 2, {"failed": 2})
+    assert str(s).startswith(
+        "0 ran (none), 8 skipped (done in an earlier run, from the journal), 2 failed in an "
+        "earlier run (from the journal); wall time"
+    )
+    assert "speed-up" not in str(s)
 
 
 def test_resume_none_starts_afresh(tmp_path: Path) -> None:

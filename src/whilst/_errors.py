@@ -10,6 +10,7 @@ One shallow tree, rooted at :class:`WhilstError`::
      ├── TaskTimeout (TimeoutError)    an attempt ran past its ``timeout``
      ├── TaskCancelled                 a task stopped or never started: deadline, halt rule, Ctrl-C
      ├── RemoteError                   a task's exception that could not leave its worker process
+     │    └── EarlierFailure            a failure an earlier run journaled (resume="unfinished")
      └── Retry                         raised by a task: try me again (after ``after`` seconds)
 
 A task's own exception is never wrapped while the task runs: it becomes that
@@ -136,6 +137,12 @@ def after_seconds(value: str) -> float | None:
 class RemoteError(WhilstError):
     """Stands in for a task's exception that could not be pickled back from its
     worker process; the message keeps the original type and text."""
+
+
+class EarlierFailure(RemoteError):
+    """A task's failure as an earlier run recorded it in the journal, given back as
+    it was by ``resume="unfinished"`` (failures stay failures): this run did not
+    run the task."""
 
 
 class RemoteTraceback(Exception):

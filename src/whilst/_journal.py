@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ._errors import RemoteError, TaskCancelled, UsageError, WhilstError
+from ._errors import EarlierFailure, RemoteError, TaskCancelled, UsageError, WhilstError
 from ._modes import Outcomes
 from ._output import Record
 from ._result import Result, Status, failure_status
@@ -325,7 +325,7 @@ class JournalWriter:
         record = self.done[key]  # kept: an identical item later in the input shares it
         _, status, attempts, start, end, mode, worker, etype, text, value, fmt = record
         if status != "ok":  # resume="unfinished": a failure stays a failure
-            error = RemoteError(f"{etype}: {text}")
+            error = EarlierFailure(f"{etype}: {text}")
             return Result(
                 index, item, Status(status), None, error, attempts, start, end, mode, worker
             )

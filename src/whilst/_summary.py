@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ._errors import EarlierFailure
 from ._result import Result, Status
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ class Summary:
             the items read.
         stopped: why the run stopped starting tasks before its end (a halt rule
             was met, the deadline passed), or None when it ran to its end.
+        earlier: results an earlier run journaled, by status, given back as they
+            were (``resume="unfinished"`` keeps failures): among ``counts``, but
+            not run by this run.
     """
 
     counts: dict[str, int]
@@ -60,6 +64,7 @@ class Summary:
     max: float = 0.0
     left_unread: str | None = None
     stopped: str | None = None
+    earlier: dict[str, int] = field(default_factory=dict)
     total: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,8 +88,9 @@ class Summary:
 
     @property
     def ran(self) -> int:
-        """Tasks that ran (or were to run) in this run: all but the skipped."""
-        return self.total - self.skipped
+        """Tasks that ran (or were to run) in this run: all but the skipped and the
+        earlier failures given back."""
+        return self.total - self.skipped - sum(self.earlier.values())
 
     @property
     def failed(self) -> int:
@@ -92,14 +98,21 @@ class Summary:
         return self.total - self.counts.get("ok", 0) - self.skipped
 
     def rows(self) -> list[tuple[str, str]]:
-        """The summary as (label, figure) pairs, for a table or a page header."""
-        by_status = ", ".join(f"{n} {s}" for s, n in self.counts.items() if s != "skipped")
+        """The summary as (label, figure) pairs, for a table or a page header (the
+        figures of tasks that ran only if some did)."""
+        earlier = self.earlier
+        by_status = ", ".join(
+            f"{n - earlier.get(s, 0)} {s}"
+            for s, n in self.counts.items()
+            if s != "skipped" and n > earlier.get(s, 0)
+        )
         tasks = f"{self.ran} ran ({by_status or 'none'})"
         if self.skipped:
             tasks += f", {self.skipped} skipped (done in an earlier run, from the journal)"
-        return [
-            ("tasks", tasks),
-            ("wall time", _seconds(self.wall)),
+        if earlier:
+            given = ", ".join(f"{n} {s}" for s, n in earlier.items())
+            tasks += f", {given} in an earlier run (from the journal)"
+        ran = [
             ("task time", f"{_seconds(self.task_time)} (one after another)"),
             ("speed-up", f"{self.speedup:.1f}x over one after another"),
             (
@@ -111,6 +124,11 @@ class Summary:
                 f"p50 {_seconds(self.p50)}, p95 {_seconds(self.p95)}, max {_seconds(self.max)}",
             ),
             ("retries", str(self.retries)),
+        ]
+        return [
+            ("tasks", tasks),
+            ("wall time", _seconds(self.wall)),
+            *(ran if self.ran else []),
             ("mode", f"{self.mode}: {self.mode_reason}"),
             *([("input", f"not read to its end ({self.left_unread})")] if self.left_unread else []),
         ]
@@ -142,7 +160,7 @@ class Stats:
     a ``log2`` per result.
     """
 
-    __slots__ = ("buckets", "counts", "longest", "ok", "task_time")
+    __slots__ = ("buckets", "counts", "earlier", "longest", "ok", "task_time")
 
     def __init__(self) -> None:
         self.ok = 0
@@ -150,6 +168,7 @@ class Stats:
         self.task_time = 0.0
         self.longest = 0.0
         self.buckets: collections.Counter[int] = collections.Counter()
+        self.earlier: collections.Counter[Status] = collections.Counter()
 
     def add(self, results: Sequence[Result]) -> None:
         ok, skipped = Status.OK, Status.SKIPPED
@@ -159,9 +178,18 @@ class Stats:
         ran = results
         if n_ok < len(statuses):
             self.counts.update(s for s in statuses if s is not ok)
-            if skipped in self.counts:  # skipped ones ran in an earlier run
-                ran = [r for r in results if r.status is not skipped]
+            if skipped in self.counts or any(type(r.error) is EarlierFailure for r in results):
+                ran = [r for r in results if self._ran_now(r)]
         self._durations([r.end - r.start for r in ran])
+
+    def _ran_now(self, r: Result) -> bool:
+        """Whether this run ran the task (an earlier run's record does not count)."""
+        if r.status is Status.SKIPPED:
+            return False
+        if type(r.error) is EarlierFailure:
+            self.earlier[r.status] += 1
+            return False
+        return True
 
     def add_chunk(self, chunk: Chunk) -> None:
         """:meth:`add` for the results of a chunk, read from its columns."""
@@ -187,7 +215,7 @@ class Stats:
             self.ok += 1
         else:
             self.counts[status] += 1
-            if status is Status.SKIPPED:
+            if not self._ran_now(r):
                 return
         took = r.end - r.start
         self.task_time += took
@@ -238,6 +266,7 @@ class Stats:
             max=self.longest,
             left_unread=left_unread,
             stopped=stopped,
+            earlier={status.value: n for status, n in self.earlier.items()},
         )
 
 

@@ -149,7 +149,7 @@ class AutoMode(Mode):
                 f"{share:.0%} of their time on the CPU"
             )
         elif self._choosing is None:
-            self.reason = "auto ran no tasks: the input was empty"
+            self.reason = "auto ran no tasks (the input was empty, or a journal had them all)"
         try:
             await self.threads.close(abort=abort)
         finally:
