@@ -344,6 +344,23 @@ def test_whilst_report_draws_a_journal_as_a_timeline(tmp_path: Path) -> None:
     assert "does not exist" in missing.output
 
 
+def test_a_journal_of_several_runs_counts_their_time_not_the_time_between(
+    tmp_path: Path,
+) -> None:
+    """A resume hours later must not read as hours of wall time (and a speed-up
+    below one): each run counts from its start to its end."""
+    from whilst._timeline import from_journal
+
+    db = tmp_path / "run.db"
+    with pytest.raises(whilst.TasksFailed):
+        whilst.map(_sometimes, range(30), mode="threads", limit=3, journal=db)
+    time.sleep(2)
+    whilst.map(abs, range(30), mode="threads", limit=3, journal=db, force=True)
+    _, summary = from_journal(db)
+    assert summary.wall < 1.5
+    assert summary.mode_reason.endswith("written by 2 runs")
+
+
 def _sometimes(x: int) -> int:
     time.sleep(0.005)
     if x % 7 == 3:

@@ -758,6 +758,15 @@ class Journal:
             data = _decode(value, fmt, self._owned) if ok and self.values else None
             yield Result(idx, item, Status(status), data, error, attempts, start, end, mode, worker)
 
+    def _runs(self) -> tuple[int, float]:
+        """How many runs wrote it, and the seconds they took, added up (not the
+        time between them): a crashed run counts until its last record."""
+        rows = self._db.execute(
+            "SELECT r.started, COALESCE(r.ended, MAX(t.end), r.started) "
+            "FROM runs r LEFT JOIN tasks t ON t.run = r.id GROUP BY r.id"
+        ).fetchall()
+        return len(rows), sum(max(ended - started, 0.0) for started, ended in rows)
+
     def close(self) -> None:
         self._db.close()
 

@@ -173,14 +173,14 @@ def from_journal(path: str | os.PathLike[str]) -> tuple[Timeline, Summary]:
             if r.attempts:
                 text = _short(str(r.item), ITEM_TEXT)  # the journal keeps the item's repr
                 timeline.add(r.worker, r.start, r.end, r.status, r.index, r.attempts, text, r.error)
+        runs, wall = journal._runs()  # a resume days later: not days of wall time
     timeline.stats.add(results)
-    started = min((r.start for r in results), default=0.0)
-    ended = max((r.end for r in results), default=0.0)
     modes = sorted({r.mode for r in results if r.mode})
+    written = f"{runs} runs" if runs != 1 else "one run"
     summary = timeline.stats.summary(
-        wall=ended - started,
+        wall=wall,
         mode=", ".join(modes) or "-",
-        mode_reason=f"read from the journal {os.fspath(path)}",
+        mode_reason=f"read from the journal {os.fspath(path)}, written by {written}",
         limit=len(timeline.lanes),
         peak=timeline.peak(),
         retries=sum(max(r.attempts - 1, 0) for r in results),
