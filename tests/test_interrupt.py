@@ -184,16 +184,21 @@ NESTED = textwrap.dedent(
         time.sleep(30)
 
     async def main():  # a sync form inside a running loop, as in a notebook
-        whilst.map(task, range(20), mode=sys.argv[1], limit=2, grace=0.5)
+        try:
+            whilst.map(task, range(20), mode=sys.argv[1], limit=2, grace=0.5)
+        finally:
+            print("cleaned up", flush=True)
 
     asyncio.run(main())
     """
 )
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("mode", ["threads", "processes"])
-def test_one_ctrl_c_stops_a_run_inside_asyncio_run(mode: str) -> None:
-    # asyncio.run's handler cancels the main task instead of raising: whilst notices.
+def test_one_signal_stops_a_run_inside_asyncio_run(mode: str, signum: signal.Signals) -> None:
+    # asyncio.run's handler cancels the main task instead of raising, and leaves
+    # SIGTERM to kill the process at once, skipping clean-up: whilst handles both.
     proc = subprocess.Popen(
         [sys.executable, "-c", NESTED, mode],
         stdout=subprocess.PIPE,
@@ -206,13 +211,17 @@ def test_one_ctrl_c_stops_a_run_inside_asyncio_run(mode: str) -> None:
         time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=10)
         elapsed = time.monotonic() - t0
     finally:
         proc.kill()
     assert elapsed < 0.5 + 1.5, f"took {elapsed:.2f}s to stop"
-    assert "KeyboardInterrupt" in err
+    if signum == signal.SIGINT:
+        assert "KeyboardInterrupt" in err
+    else:  # SystemExit(143): the process ends as SIGTERM would, its clean-up done
+        assert proc.returncode == 143, err
+        assert "cleaned up" in out
     assert "started" not in out
     deadline = time.monotonic() + 3
     while any(_alive(c) for c in children) and time.monotonic() < deadline:

@@ -268,6 +268,13 @@ class ThreadRunner(Runner):
         # The caller's task, blocked in here. asyncio.run's Ctrl-C handler cancels
         # it rather than raising, which a blocking wait would not notice: look.
         caller = asyncio.current_task() if in_running_loop() else None
+        # SIGTERM would kill the process at once (asyncio.run leaves it alone, and
+        # the caller's loop, blocked here, could not run a handler of its own):
+        # handled here, as the first Ctrl-C is.
+        old = None
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            old = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             while caller is not None and not fut.done():
                 with contextlib.suppress(TimeoutError):
@@ -284,6 +291,12 @@ class ThreadRunner(Runner):
             self.loop.call_soon_threadsafe(self._interrupt)
             self._stop_main()
             raise
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.loop.call_soon_threadsafe(self._interrupt, signum)
 
     def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
