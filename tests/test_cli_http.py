@@ -239,6 +239,15 @@ def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) 
         other.close()
 
 
+def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server) -> None:
+    """As with curl: -H Authorization is what is sent (aiohttp refused the two
+    together, failing every such URL)."""
+    url = server.url("/auth/1").replace("http://", "http://me:pw@")
+    run = whilst("http", "-H", "Authorization: Bearer abc", stdin=url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert server.auth == ["Bearer abc"]
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "words"),
     [

@@ -196,6 +196,8 @@ class Fetcher:
         with -H (Authorization, Cookie, X-Api-Key...) goes to the URL's own origin
         only, never on to another host or port."""
         url, method, data, headers = target.url, self.method, self.data, self.headers
+        if "@" in url and any(k.lower() == "authorization" for k in headers):
+            url = _without_userinfo(url)  # -H Authorization wins, as with curl
         origin = None  # worked out at the first redirect (most requests have none)
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._session.request(
@@ -230,6 +232,15 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` (aiohttp refuses both it and an
+    Authorization header)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def retryable(error: BaseException) -> bool:

@@ -274,9 +274,11 @@ class JournalWriter:
             )
         old = meta.get("function")
         if old is not None and old != function and not force:
+            http = old.startswith("whilst http ") and function.startswith("whilst http ")
+            why = " (the hashes stand for its method, headers and body)" if http else ""
             raise UsageError(
-                f"journal {self.path} records a run of {old}, not {function}; give this run "
-                "another journal, or pass force=True (--force) to resume it anyway"
+                f"journal {self.path} records a run of {old}, not {function}{why}; give this "
+                "run another journal, or pass force=True (--force) to resume it anyway"
             )
         # An older journal with records keeps its item keys (see item_key); the
         # rest of the schema is the same.
