@@ -346,6 +346,22 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     assert b"Traceback" not in other.stderr
 
 
+def test_a_dry_run_with_a_journal_shows_only_what_a_run_would_run(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    assert whilst_run("-q", "--journal", str(db), "test {} != 2", ":::", "1", "2", "3").returncode
+    before = db.read_bytes()
+    dry = whilst_run("--dry-run", "--journal", str(db), "test {} != 2", ":::", "1", "2", "3", "4")
+    assert (dry.returncode, dry.stdout) == (0, b"test 2 != 2\ntest 4 != 2\n")
+    kept = whilst_run(
+        "--dry-run", "--journal", str(db), "--resume", "unfinished", "test {} != 2", ":::", "2"
+    )
+    assert kept.stdout == b""  # failures stay failures
+    assert db.read_bytes() == before  # only read
+    fresh = whilst_run("--dry-run", "--journal", str(tmp_path / "new.db"), "echo", ":::", "1")
+    assert fresh.stdout == b"echo 1\n"
+    assert not (tmp_path / "new.db").exists()
+
+
 def test_a_journal_takes_arguments_that_are_not_utf8(tmp_path: Path) -> None:
     """A file name with a byte that is not UTF-8 runs and is journaled like any other
     (its text in the journal once refused it, and the run lost every record)."""

@@ -373,10 +373,17 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     # stream never holds up the event loop.
     stream = not dry_run and not stat.S_ISREG(os.fstat(stdin.fileno()).st_mode)
     todo = jobs(sources, stdin, null=null, colsep=colsep, stream=stream)
+    task_id = "\0".join  # a job's identity in a journal: its arguments
     if dry_run:
         out = sys.stdout.buffer
         assert not isinstance(todo, LineFeed)  # (no stream for a dry run)
+        from ._journal import id_key, skipped_keys
+
+        # What a run would skip (its journal has it done) is not shown.
+        done = skipped_keys(options.journal, options.resume) if options.journal else set()
         for job in todo:
+            if done and id_key(task_id(job.args)) in done:
+                continue
             line = template.command(job.args, job.seq, 1)
             text = line if isinstance(line, str) else shlex.join(line)
             out.write(text.encode("utf-8", "surrogateescape") + b"\n")
@@ -411,7 +418,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
             mode="threads",
             show=show,
             record=record,
-            task_id=lambda job: "\0".join(job.args),
+            task_id=lambda job: task_id(job.args),
         )
     finally:
         runner.stop()  # whatever way the run ended: no command is left running

@@ -114,6 +114,41 @@ def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
     return _digest(data)
 
 
+def id_key(task_id: Any) -> str:
+    """The key of a task whose identity ``task_id=`` gave: its text (hashed if it is
+    not valid Unicode, which SQLite would refuse)."""
+    key = str(task_id)
+    if key.isascii() or _utf8(key):
+        return key
+    return "u:" + _digest(key.encode("utf-8", "surrogatepass"))
+
+
+def _skipped(resume: str, owned: bool) -> str:
+    """Which records a resume skips, as SQL: ``ok`` ones whose value can be given
+    back (JSON, or a pickle in a file private to this user; others run again),
+    and with ``unfinished`` every ended one."""
+    restorable = "('json', 'pickle')" if owned else "('json')"
+    ok = f"status = 'ok' AND value_format IN {restorable}"
+    if resume == "unfinished":
+        return f"({ok}) OR status NOT IN ('ok', '{RUNNING}', '{INTERRUPTED}')"
+    return ok
+
+
+def skipped_keys(path: Path, resume: str) -> set[str]:
+    """The keys of the tasks a resume on ``path`` would skip (for a dry run: the
+    file is only read); none when it does not exist yet or ``resume`` is none."""
+    if resume == "none" or not path.exists():
+        return set()
+    db = _open(path, create=False)
+    try:
+        query = f"SELECT key FROM tasks WHERE {_skipped(resume, _private(path))}"
+        return {key for (key,) in db.execute(query)}
+    except sqlite3.Error as exc:
+        raise UsageError(f"journal {path} cannot be read ({exc})") from None
+    finally:
+        db.close()
+
+
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -298,17 +333,9 @@ class JournalWriter:
             with self._db:
                 self._db.execute("DELETE FROM tasks")
             return {}
-        # An ok record counts only if its value can be given back: JSON, or a
-        # pickle in a file private to this user. Others run again.
-        restorable = "('json', 'pickle')" if self.owned else "('json')"
-        ok = f"status = 'ok' AND value_format IN {restorable}"
-        if resume == "unfinished":
-            where = f"({ok}) OR status NOT IN ('ok', '{RUNNING}', '{INTERRUPTED}')"
-        else:
-            where = ok
         rows = self._db.execute(
             "SELECT key, idx, status, attempts, start, end, mode, worker, error_type, error, "
-            f"value, value_format FROM tasks WHERE {where}"
+            f"value, value_format FROM tasks WHERE {_skipped(resume, self.owned)}"
         )
         return {row[0]: row[1:] for row in rows}
 
@@ -317,10 +344,7 @@ class JournalWriter:
     def key(self, item: Any) -> str:
         if self.task_id is None:
             return item_key(item, self.schema)
-        key = str(self.task_id(item))
-        if key.isascii() or _utf8(key):
-            return key
-        return "u:" + _digest(key.encode("utf-8", "surrogatepass"))
+        return id_key(self.task_id(item))
 
     def stored(self, key: str, index: int, item: Any) -> Result:
         """The record of a task a resume skips, as the result of ``item`` at ``index``."""
