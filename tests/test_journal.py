@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -649,10 +650,12 @@ def test_ctrl_c_journals_running_tasks_interrupted_and_a_resume_runs_them(tmp_pa
 
 KEY_OF = textwrap.dedent(
     """
-    import sys
+    import collections
     from whilst._journal import item_key
 
+    Point = collections.namedtuple("Point", "name tags")
     print(item_key({"tags": {"b", "a", "c"}, "n": frozenset({"x", "yy", "zzz"})}))
+    print(item_key(Point("p", {"red", "green", "blue"})))  # a tuple subclass, a set inside
     """
 )
 
@@ -671,10 +674,14 @@ def test_default_identity_of_an_item_with_sets_is_the_same_in_every_process() ->
     assert len(keys) == 1
 
 
+Pair = collections.namedtuple("Pair", "x y")
+
+
 def test_items_plain_json_cannot_tell_apart_keep_records_of_their_own(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     items: list[Any] = [{1: "x"}, {"1": "x"}, (1, 2), [1, 2], {1, 2}, frozenset({1, 2})]
-    items += [[(1, 2)], [[1, 2]], {"t": [1, 2]}, ((1, 2),)]
+    items += [[(1, 2)], [[1, 2]], {"t": [1, 2]}, ((1, 2),), {"d": {"a": 1}}, {"a": 1, "b": [1]}]
+    items += [collections.OrderedDict(a=1), {"a": 1}, Pair(1, 2)]  # subclasses are named
     first = whilst.map(repr, items, journal=db)
     assert whilst.map(repr, items, journal=db) == first == [repr(i) for i in items]
     assert [r.status for r in whilst.Journal(db)] == [Status.OK] * len(items)

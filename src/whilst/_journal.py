@@ -163,24 +163,39 @@ def _utf8(text: str) -> bool:
     return True
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_SCALAR_SET, _STR = frozenset(_SCALARS), frozenset({str})
+_TAGS: dict[type, str] = {tuple: "t", set: "s", frozenset: "f"}
+
+
 def _typed(value: Any) -> Any:
     """``value`` as JSON that keeps what plain JSON loses: a tuple is not a list, a
-    dict's keys keep their types, a set is not a frozenset. Containers of other
-    types (subclasses too) raise TypeError: the item is hashed by its pickle."""
+    dict's keys keep their types, a set is not a frozenset, a subclass (a
+    namedtuple, an OrderedDict) is named. Sets are sorted: a set's own order
+    changes from one process to the next. Other types raise TypeError (the item
+    is hashed by its pickle)."""
     kind = type(value)
-    if kind in (str, int, float, bool) or value is None:
+    if kind in _SCALARS:
         return value
     if kind is list:
-        return [_typed(v) for v in value]
-    if kind is tuple:
-        return {"t": [_typed(v) for v in value]}
+        return [v if type(v) in _SCALARS else _typed(v) for v in value]
     if kind is dict:
+        if set(map(type, value)) <= _STR:  # the usual case: json sorts the keys
+            if set(map(type, value.values())) <= _SCALAR_SET:
+                return {"d": value}  # (as it is: a JSON line's object, say)
+            return {"d": {k: v if type(v) in _SCALARS else _typed(v) for k, v in value.items()}}
         pairs = [[_typed(k), _typed(v)] for k, v in value.items()]
-        return {"d": sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
-    if kind in (set, frozenset):
-        members = sorted((_typed(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
-        return {"s" if kind is set else "f": members}
-    raise TypeError(f"{kind.__name__} is not JSON")
+        return {"D": sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+    if (tag := _TAGS.get(kind)) is None:
+        for base in (list, tuple, dict, set, frozenset):
+            if isinstance(value, base):  # a subclass: named, then as its base
+                plain = dict(value) if base is dict else base(value)
+                return {"c": f"{kind.__module__}.{kind.__qualname__}", "v": _typed(plain)}
+        raise TypeError(f"{kind.__name__} is not JSON")
+    members = [_typed(v) for v in value]
+    if tag != "t":
+        members.sort(key=lambda v: json.dumps(v, sort_keys=True))
+    return {tag: members}
 
 
 def _sorted_set(value: Any) -> list[Any]:
