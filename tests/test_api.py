@@ -94,12 +94,18 @@ def test_sync_mode_is_one_after_another() -> None:
     assert all(a.end <= b.start for a, b in itertools.pairwise(results))
 
 
+@pytest.mark.parametrize("journal", [False, True])
 @pytest.mark.parametrize("policy", [{}, {"retries": 1}])
 @pytest.mark.parametrize("in_loop", [False, True])
-def test_sync_imap_runs_no_task_ahead_of_its_caller(policy: dict[str, int], in_loop: bool) -> None:
+def test_sync_imap_runs_no_task_ahead_of_its_caller(
+    policy: dict[str, object], in_loop: bool, journal: bool, tmp_path: Path
+) -> None:
     """Sync mode takes turns with the caller, as a plain for loop: each result comes
-    before the next task starts, and a break runs no task more."""
+    before the next task starts, and a break runs no task more (a journal, which
+    holds results until they are committed, too)."""
     started: list[int] = []
+    if journal:
+        policy = {**policy, "journal": tmp_path / "run.db"}
 
     def task(x: int) -> int:
         started.append(x)

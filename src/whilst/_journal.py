@@ -32,7 +32,7 @@ from typing import Any
 
 from ._errors import EarlierFailure, RemoteError, TaskCancelled, UsageError, WhilstError
 from ._modes import Outcomes
-from ._output import Record
+from ._output import PACE, Record
 from ._result import Result, Status, failure_status
 
 SCHEMA_VERSION = 2
@@ -503,6 +503,11 @@ class Journaled:
         self._last = time.monotonic()  # when the last commit was made
         window = getattr(inner, "window", None)
         self._hold = HOLD_AT_MOST if window is None else max(1, min(HOLD_AT_MOST, window // 2))
+        # A paced stream (sync imap) sees results only once committed: full here too
+        # once what is held took PACE to run, so the caller gets them as it would.
+        self._paced = getattr(inner, "paced", False)
+        self._since = 0.0  # paced: when the first result held began
+        self._paced_full = False
 
     # -- reading -------------------------------------------------------------
 
@@ -549,7 +554,11 @@ class Journaled:
     def full(self) -> bool:
         if self.error is not None:  # the run is ending: nothing may wait for room
             return False
-        return bool(self.inner.full) or (self.bounded and len(self._held) >= self._hold)
+        return (
+            bool(self.inner.full)
+            or self._paced_full
+            or (self.bounded and len(self._held) >= self._hold)
+        )
 
     @property
     def on_room(self) -> Callable[[], None] | None:
@@ -562,7 +571,7 @@ class Journaled:
     def recorder(self, mode: str, worker: str) -> Record:
         inner = self.inner.recorder(mode, worker)
         admitted, held, record = self._admitted, self._held, self.writer.record
-        clock = time.monotonic
+        clock, paced = time.monotonic, self._paced
 
         def journaled(
             index: int,
@@ -576,6 +585,8 @@ class Journaled:
             key = admitted.pop(index)[0]
             record(key, index, item, status, value, error, 1, start, end, mode, worker)
             held.append((inner, (index, item, status, value, error, start, end)))
+            if paced:
+                self._pace(start, end)
             if len(held) >= HOLD_AT_MOST or clock() - self._last >= COMMIT_EVERY:
                 self.commit()
 
@@ -611,7 +622,15 @@ class Journaled:
             r.end, r.mode, r.worker,
         )  # fmt: skip
         self._held.append((self.inner.add, (result,)))
+        if self._paced:
+            self._pace(r.start, r.end)
         self._maybe_commit()
+
+    def _pace(self, start: float, end: float) -> None:
+        if len(self._held) == 1:
+            self._since = start
+        if end - self._since >= PACE:
+            self._paced_full = True
 
     def _maybe_commit(self, now: bool = False) -> None:
         if now or len(self._held) >= HOLD_AT_MOST or time.monotonic() - self._last >= COMMIT_EVERY:
@@ -645,6 +664,7 @@ class Journaled:
         self._before = set(admitted)
         held = self._held.copy()  # cleared in place: recorders hold the list
         self._held.clear()
+        self._paced_full = False
         for hand_on, args in held:
             hand_on(*args)
 
