@@ -357,6 +357,9 @@ def test_a_dry_run_with_a_journal_shows_only_what_a_run_would_run(tmp_path: Path
     )
     assert kept.stdout == b""  # failures stay failures
     assert db.read_bytes() == before  # only read
+    other = whilst_run("--dry-run", "--journal", str(db), "rm", "-v", ":::", "1", "2")
+    assert other.returncode == 2  # refused, as the run would be
+    assert b"records a run of whilst run" in other.stderr
     fresh = whilst_run("--dry-run", "--journal", str(tmp_path / "new.db"), "echo", ":::", "1")
     assert fresh.stdout == b"echo 1\n"
     assert not (tmp_path / "new.db").exists()

@@ -183,6 +183,14 @@ def test_a_journal_is_read_where_its_reader_cannot_write(tmp_path: Path) -> None
         read = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
         assert read.returncode == 0, read.stderr
         assert read.stdout.strip() == "[(0, 1, 'ok'), (1, 2, 'ok')]"
+        # records still in the write-ahead log (a killed run's), with no -shm file
+        # beside them: not read as "no records", but one sentence naming the way out
+        shared.chmod(0o755)
+        (shared / "run.db-wal").write_bytes(b"x" * 4096)
+        shared.chmod(0o555)
+        read = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert read.returncode == 1
+        assert "copy both files to a folder you can write" in read.stderr
     finally:
         shared.chmod(0o755)
         shutil.rmtree(shared)

@@ -374,13 +374,19 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     stream = not dry_run and not stat.S_ISREG(os.fstat(stdin.fileno()).st_mode)
     todo = jobs(sources, stdin, null=null, colsep=colsep, stream=stream)
     task_id = "\0".join  # a job's identity in a journal: its arguments
+    identity = f"whilst run {shlex.join(command)}"  # a journal's: a changed command is refused
     if dry_run:
         out = sys.stdout.buffer
         assert not isinstance(todo, LineFeed)  # (no stream for a dry run)
         from ._journal import id_key, skipped_keys
 
         # What a run would skip (its journal has it done) is not shown.
-        done = skipped_keys(options.journal, options.resume) if options.journal else set()
+        done = set()
+        if options.journal is not None:
+            try:
+                done = skipped_keys(options.journal, options.resume, identity, options.force)
+            except UsageError as exc:
+                raise click.UsageError(str(exc)) from None
         for job in todo:
             if done and id_key(task_id(job.args)) in done:
                 continue
@@ -397,7 +403,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         timeout=options.timeout,
         line_buffer=line_buffer,
         tag=tag,
-        journal_identity=f"whilst run {shlex.join(command)}",  # a changed command: refused
+        journal_identity=identity,
     )
 
     def show(r: Result) -> None:

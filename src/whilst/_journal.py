@@ -134,19 +134,33 @@ def _skipped(resume: str, owned: bool) -> str:
     return ok
 
 
-def skipped_keys(path: Path, resume: str) -> set[str]:
-    """The keys of the tasks a resume on ``path`` would skip (for a dry run: the
-    file is only read); none when it does not exist yet or ``resume`` is none."""
+def skipped_keys(path: Path, resume: str, function: str, force: bool) -> set[str]:
+    """The keys of the tasks a resume on ``path`` would skip, for a dry run (the
+    file is only read); none when it does not exist yet or ``resume`` is none. A
+    journal of another function is refused, as the run would refuse it."""
     if resume == "none" or not path.exists():
         return set()
     db = _open(path, create=False)
     try:
+        old = dict(db.execute("SELECT name, value FROM meta")).get("function")
+        if old is not None and old != function and not force:
+            raise UsageError(_another(path, old, function))
         query = f"SELECT key FROM tasks WHERE {_skipped(resume, _private(path))}"
         return {key for (key,) in db.execute(query)}
     except sqlite3.Error as exc:
         raise UsageError(f"journal {path} cannot be read ({exc})") from None
     finally:
         db.close()
+
+
+def _another(path: Path, old: str, function: str) -> str:
+    """Why a journal of another function is refused."""
+    http = old.startswith("whilst http ") and function.startswith("whilst http ")
+    why = " (the hashes stand for its method, headers and body)" if http else ""
+    return (
+        f"journal {path} records a run of {old}, not {function}{why}; give this run "
+        "another journal, or pass force=True (--force) to resume it anyway"
+    )
 
 
 def _digest(data: bytes) -> str:
@@ -324,12 +338,7 @@ class JournalWriter:
             )
         old = meta.get("function")
         if old is not None and old != function and not force:
-            http = old.startswith("whilst http ") and function.startswith("whilst http ")
-            why = " (the hashes stand for its method, headers and body)" if http else ""
-            raise UsageError(
-                f"journal {self.path} records a run of {old}, not {function}{why}; give this "
-                "run another journal, or pass force=True (--force) to resume it anyway"
-            )
+            raise UsageError(_another(self.path, old, function))
         # An older journal with records keeps its item keys (see item_key); the
         # rest of the schema is the same.
         if self._db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None:
@@ -731,12 +740,20 @@ def _open(path: Path, *, create: bool) -> sqlite3.Connection:
             raise UsageError(f"journal {path} cannot be created: {exc.strerror}") from None
     else:
         raise UsageError(f"journal {path} does not exist")
-    # A reader that cannot write the file or its folder (someone else's journal,
-    # a CI artifact) opens it read-only; immutable when SQLite cannot even make the
-    # shared-memory file a WAL journal needs to be read.
-    uris = [""]
+    # A reader never writes (not even the checkpoint a last connection makes): it
+    # opens the file read-only; immutable when SQLite cannot make the shared-memory
+    # file a WAL journal needs (someone else's journal, a read-only folder), which
+    # is exact unless records wait in the write-ahead log.
+    uris = ["" if create else "?mode=ro"]
     if not create and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
-        uris = ["?mode=ro", "?immutable=1"]
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size and not wal.with_name(path.name + "-shm").exists():
+            raise UsageError(
+                f"journal {path} has records in {wal.name}, which SQLite reads only with "
+                "write access to its folder: copy both files to a folder you can write, "
+                "and read the copy"
+            )
+        uris.append("?immutable=1")
     for k, uri in enumerate(uris):
         try:
             # A second writer cannot be another whilst run (the file lock): one that
