@@ -14,6 +14,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -317,6 +318,54 @@ def test_call_results_lines_carry_each_item_and_value(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted((line["item"], line["value"]) for line in lines) == [("2", 4), ("3", 9)]
+
+
+ODD = """
+class Unshowable(Exception):
+    def __str__(self):
+        raise RuntimeError("no")
+
+def odd(x):
+    print("chatter", x)  # a function's own print
+    if x == "2":
+        return {(1, 2): 3}  # a dict JSON cannot key
+    if x == "3":
+        return float("nan")
+    if x == "4":
+        loop = []
+        loop.append(loop)
+        return loop
+    if x == "5":
+        raise Unshowable()
+    return x
+"""
+
+
+def strict(line: str) -> Any:
+    return json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_call_output_is_strict_json_whatever_the_values_and_prints(
+    tmp_path: Path, mode: str
+) -> None:
+    """A value JSON cannot hold is shown as its repr, an exception whose message
+    raises fails its own item, and a function's prints go to stderr: every line of
+    stdout and of --results parses, and no item is lost."""
+    (tmp_path / "odd.py").write_text(ODD)
+    results = tmp_path / "r.jsonl"
+    run = whilst(
+        "call", "-q", "-k", "--mode", mode, "--results", str(results), "--path", str(tmp_path),
+        "odd:odd", stdin="1\n2\n3\n4\n5\n6\n",
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    lines = [strict(line) for line in run.stdout.splitlines()]
+    assert [line["item"] for line in lines] == ["1", "2", "3", "4", "5", "6"]
+    values = [line.get("value") for line in lines]
+    assert values == ["1", "{(1, 2): 3}", "nan", "[[...]]", None, "6"]
+    assert lines[4]["error"] == "Unshowable: (its message could not be shown)"
+    assert run.stderr.count("chatter") == 6
+    assert len([strict(line) for line in results.read_text().splitlines()]) == 6
 
 
 def test_call_with_jsonl_reports_failures_and_exits_1(tmp_path: Path) -> None:

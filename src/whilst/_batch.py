@@ -80,7 +80,7 @@ class Tally:
         self.total += 1
         self.show(r)
         if self._results is not None:
-            self._results.write(json.dumps(self.record(r), default=repr) + "\n")
+            self._results.write(json_line(self.record(r)) + "\n")
             self._results.flush()
         if r.status is Status.CANCELLED:
             self.cancelled += 1
@@ -169,6 +169,31 @@ async def arun_batch(
     finally:
         tally.close()
     return tally.finish(run.summary)
+
+
+def json_line(fields: dict[str, Any]) -> str:
+    """A result as one line of strict JSON, whatever its value: a field JSON cannot
+    hold (a tuple-keyed dict, a cycle, NaN, a huge int) as its repr, and a repr
+    that raises as the value's type, so one odd value never stops the output."""
+    try:
+        return json.dumps(fields, default=_repr, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps({k: _field(v) for k, v in fields.items()}, ensure_ascii=False)
+
+
+def _field(value: Any) -> Any:
+    try:
+        json.dumps(value, default=_repr, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return _repr(value)
+    return value
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} whose repr failed>"
 
 
 def common_record(r: Result) -> dict[str, Any]:

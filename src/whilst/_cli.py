@@ -8,14 +8,14 @@ import dataclasses
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from ._batch import BatchOptions, arun_batch, common_record, run_batch
+from ._batch import BatchOptions, arun_batch, common_record, json_line, run_batch
 from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
@@ -611,7 +611,6 @@ failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
 )
 def call(target: str, source: str, **kwargs: Any) -> None:
     """Call a Python function on every input line (from SOURCE or stdin)."""
-    import json
 
     from ._errors import UsageError, describe
 
@@ -630,22 +629,48 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
 
-    def show(r: Result) -> None:
-        line: dict[str, Any] = {"index": r.index, "item": r.item, "ok": r.ok}
-        if r.ok:
-            line["value"] = r.value
-        else:
-            line.update(status=r.status.value, error=describe(r.error))
-        click.echo(json.dumps(line, default=repr, ensure_ascii=False))
-
     def record(r: Result) -> dict[str, Any]:
         return {**common_record(r), "item": r.item, "value": r.value}
 
-    status = run_batch(
-        fn, items, options, mode=mode, show=show, record=record,
-        **on_cluster,
-    )  # fmt: skip
+    with _results_out() as write:
+
+        def show(r: Result) -> None:
+            line: dict[str, Any] = {"index": r.index, "item": r.item, "ok": r.ok}
+            if r.ok:
+                line["value"] = r.value
+            else:
+                line.update(status=r.status.value, error=describe(r.error))
+            write(json_line(line) + "\n")
+
+        status = run_batch(
+            fn, items, options, mode=mode, show=show, record=record,
+            **on_cluster,
+        )  # fmt: skip
     sys.exit(status)
+
+
+@contextlib.contextmanager
+def _results_out() -> Iterator[Callable[[str], object]]:
+    """Writes to stdout kept for the result lines alone: meanwhile whatever else
+    writes to stdout (the function's prints, a worker process's, C code's) goes to
+    stderr, so the lines stay JSON a reader can parse."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        yield sys.stdout.write
+        return
+    sys.stdout.flush()
+    kept = os.dup(fd)
+    out = open(kept, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors)  # noqa: SIM115
+    os.dup2(sys.stderr.fileno(), fd)
+    try:
+        yield out.write
+        out.flush()
+    finally:
+        sys.stdout.flush()
+        os.dup2(kept, fd)
+        with contextlib.suppress(OSError):
+            out.close()
 
 
 def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:

@@ -115,7 +115,10 @@ def describe(error: BaseException | None) -> str:
     it has no message ("" for None)."""
     if error is None:
         return ""
-    text = str(error)
+    try:
+        text = str(error)
+    except Exception:  # an exception whose __str__ itself raises
+        text = "(its message could not be shown)"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

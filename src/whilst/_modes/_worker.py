@@ -88,7 +88,11 @@ def _wire(exc: BaseException) -> tuple[BaseException | None, str, str]:
         pickle.loads(dumps(exc))  # an exception with a custom __init__ may not round-trip
     except Exception:
         kept = None
-    return (kept, f"{type(exc).__name__}: {exc}", tb)
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # its __str__ raises
+        text = f"{type(exc).__name__}: (its message could not be shown)"
+    return (kept, text, tb)
 
 
 _loaded: dict[bytes, Any] = {}  # a cluster worker's functions, loaded once each
