@@ -6,8 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 import whilst
 from whilst import Status
+from whilst._options import cpu_count
 
 
 def crunch(n: int) -> int:
@@ -41,6 +44,26 @@ def test_cpu_heavy_work_moves_to_processes_and_runs_faster_than_threads() -> Non
     assert modes[0] == "threads"  # measured there first
     assert modes[-1] == "processes"
     assert auto_took < 0.9 * threads_took  # two cores, not one lock
+
+
+def burn(seconds: float) -> float:
+    """``seconds`` of this thread's CPU time, in bytecode: holds the lock throughout."""
+    began = time.thread_time()
+    while time.thread_time() - began < seconds:
+        pass
+    return seconds
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
+def test_long_cpu_tasks_move_too_though_none_ended_within_the_probe() -> None:
+    """Six threads taking turns on 0.4 s CPU tasks end none in the probe's 0.5 s:
+    what they spent on the CPU so far counts (it once measured one finished task
+    against the whole probe: "21%, waiting")."""
+    run = whilst.imap(burn, [0.4] * 12)
+    results = list(run)
+    assert run.summary is not None
+    assert run.summary.mode_reason.startswith("auto chose processes"), run.summary.mode_reason
+    assert [r.mode for r in results][-1] == "processes"
 
 
 def test_waiting_work_stays_in_threads() -> None:

@@ -1,13 +1,15 @@
 """``auto`` for a plain function: measured, not guessed.
 
-The first tasks run in threads while each batch's CPU time is measured in its
-thread (``time.thread_time``). Threads share one interpreter lock, so CPU-bound
-tasks in several threads take turns on one core: the measure is the tasks' CPU
-seconds against the wall time of the probe, which is near 100% when they are
-CPU-bound (whatever the number of threads) and near 0% when they wait. Mostly
-CPU, more than one CPU, and a function that can be pickled: the rest of the run
-goes to processes. Otherwise it stays in threads. The reason is kept for the
-summary and the report.
+The first tasks run in threads while the threads' CPU time is measured (each
+thread's CPU clock, tasks still running included; where there is none, each
+finished batch's ``time.thread_time``). Threads share one interpreter lock, so
+CPU-bound tasks in several threads take turns on one core: the measure is the
+threads' CPU seconds against the wall time of the probe, which is near 100%
+when they are CPU-bound (whatever the number of threads) and near 0% when they
+wait. The probe ends after ``PROBE_TASKS`` tasks or ``PROBE_SECONDS``, whichever
+comes first, finished or not. Mostly CPU, more than one CPU, and a function that
+can be pickled: the rest of the run goes to processes. Otherwise it stays in
+threads. The reason is kept for the summary and the report.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class AutoMode(Mode):
         self._cpu = 0.0
         self._tasks = 0
         self._began: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._choosing: asyncio.Task[None] | None = None
         self._probed: list[tuple[list[Any], list[Any]]] = []  # the probe's items and values
 
@@ -77,23 +80,30 @@ class AutoMode(Mode):
             except Exception:
                 return await self.threads.run_batch(slot, items)  # these stay in threads
             return await self.active.run_batch(slot, items)
+        if self._began is None:  # the probe starts: it ends in time, tasks over or not
+            self._began = time.time()
+            self._timer = asyncio.get_running_loop().call_later(PROBE_SECONDS, self._decide)
         outcomes = await self.threads.run_batch(slot, items)
         if self._choosing is None:
             self._probed.append((items, outcomes.values))
-            # The probe's wall time: from the first task's start (not the threads'
-            # start-up) to now; its CPU time: the tasks', in their threads.
-            if self._began is None or outcomes.start < self._began:
-                self._began = outcomes.start
             self._cpu += max(outcomes.cpu, 0.0)
             self._tasks += len(items)
-            wall = time.time() - self._began
-            if self._tasks >= PROBE_TASKS or wall >= PROBE_SECONDS:
-                self._choosing = asyncio.get_running_loop().create_task(self._choose(wall))
+            if self._tasks >= PROBE_TASKS:
+                self._decide()
         return outcomes
 
-    async def _choose(self, wall: float) -> None:
-        share = self._cpu / wall if wall > 0 else 0.0
-        measured = f"the first {self._tasks} tasks spent {share:.0%} of their time on the CPU"
+    def _decide(self) -> None:
+        if self._choosing is None:
+            self._choosing = asyncio.get_running_loop().create_task(self._choose())
+
+    async def _choose(self) -> None:
+        wall = time.time() - (self._began or time.time())
+        cpu = self.threads.cpu_seconds()
+        share = (self._cpu if cpu is None else cpu) / wall if wall > 0 else 0.0
+        measured = (
+            f"the first tasks ({self._tasks} ended in {wall:.2f} s) spent {share:.0%} of "
+            "their time on the CPU"
+        )
         if share < CPU_BOUND:
             self.reason = f"auto kept threads: {measured} (waiting, which threads overlap)"
             return
@@ -139,6 +149,8 @@ class AutoMode(Mode):
         await self.threads.settle(slot)
 
     async def close(self, *, abort: bool = False) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._choosing is not None and not self._choosing.done():
             self._choosing.cancel()
         if self._choosing is None and self._tasks:  # over before the probe was

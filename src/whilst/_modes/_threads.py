@@ -132,6 +132,15 @@ class ThreadsMode(Mode):
         finally:
             self._done.settling.pop(job, None)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time its threads have spent so far, tasks still running included (from
+        each thread's CPU clock, where the system has one); None elsewhere."""
+        try:
+            threads = [t.ident for t in self._threads.values() if t.ident]
+            return sum(time.clock_gettime(time.pthread_getcpuclockid(t)) for t in threads)
+        except (AttributeError, OSError):  # no per-thread CPU clocks here, or a thread ended
+            return None
+
     def worker(self, slot: int) -> str:
         return f"thread-{slot}"
 
