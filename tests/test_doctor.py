@@ -197,6 +197,29 @@ def test_a_cpu_bound_loop_is_named_with_the_functions_that_used_it(tmp_path: Pat
     assert "processes" in cpu["fix"]
 
 
+def test_a_block_just_over_the_threshold_is_found(tmp_path: Path) -> None:
+    """A CPU loop of 0.2 s at --threshold 0.1 is a block: counted from when the
+    loop was last seen turning, not from a heartbeat posted halfway through it."""
+    program = textwrap.dedent(
+        """\
+        import asyncio, time
+
+        async def main():
+            await asyncio.sleep(0.05)
+            began = time.perf_counter()
+            while time.perf_counter() - began < 0.2:
+                pass
+            await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+        """
+    )
+    _, report, _ = doctor(tmp_path, program, "--threshold", "0.1")
+    [block] = [f for f in report["findings"] if f["kind"] == "blocking_call"]
+    assert block["line"] in (6, 7)
+    assert 0.15 <= block["seconds"] <= 1.0
+
+
 def test_whilst_watch_in_code() -> None:
     async def main() -> None:
         time.sleep(0.25)

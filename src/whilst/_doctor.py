@@ -340,16 +340,18 @@ class Doctor:
                     where = _yours(_stack(frame), below_loop=False)
                     if where is not None:  # (None: the loop's own work between tasks)
                         self._busy[where] += 1
+                # A heartbeat always in flight: the loop is blocked when the last one
+                # is still pending and the loop was last seen turning (idle, or
+                # running a heartbeat, or starting) a threshold ago.
                 sent = watched.beat_sent
+                turned = max(watched.last_idle, watched.beat_back, watched.started)
                 if sent is None:
-                    if now - watched.beat_back < self.threshold / 2:
-                        continue  # a heartbeat every half threshold is enough
                     watched.beat_sent = now
                     try:
                         watched.loop.call_soon_threadsafe(self._beat, watched, now)
                     except RuntimeError:  # the loop closed meanwhile
                         continue
-                elif now - sent >= self.threshold and not waiting:
+                elif now - turned >= self.threshold and not waiting:
                     if not watched.block:
                         watched.block_cpu = _thread_cpu(watched.native)
                     stack = list(_stack(frame))
