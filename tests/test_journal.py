@@ -354,7 +354,7 @@ def test_whilst_report_exports_strict_json_and_plain_job_text(tmp_path: Path) ->
     assert ran.returncode == 0, ran.stderr
     (line,) = runner.invoke(cli, ["report", str(jobs), "--format", "jsonl"]).output.splitlines()
     row = json.loads(line)
-    assert row["item"] == "a b"
+    assert row["item"] == "'a b'"  # one argument, as a shell reads it
     assert (row["value"]["command"], row["value"]["stdout"]) == ("echo 'a b'", "a b\n")
 
 

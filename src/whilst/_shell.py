@@ -377,13 +377,14 @@ class Template:
 @dataclass(frozen=True)
 class Job:
     """One job: its number (``{#}``, from 1) and its args. Its repr is its args as
-    one line: what the journal, the report and ``whilst report`` show."""
+    a shell would read them (``'a b' c``): what the journal, the report and
+    ``whilst report`` show."""
 
     seq: int
     args: tuple[str, ...]
 
     def __repr__(self) -> str:
-        return self.text
+        return shlex.join(self.args)
 
     @property
     def text(self) -> str:
