@@ -704,7 +704,9 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
         if fn is None:
             raise UsageError(f"module {module_name!r} has no {name!r}")
     if not callable(fn):
-        raise UsageError(f"{target} is a {type(fn).__name__}, not a function")
+        kind = type(fn).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise UsageError(f"{target} is {article} {kind}, not a function")
     return fn  # type: ignore[no-any-return]
 
 

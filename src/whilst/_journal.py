@@ -722,10 +722,8 @@ def _open(path: Path, *, create: bool) -> sqlite3.Connection:
         with open(path, "rb") as f:
             head = f.read(16)
         if head and head != b"SQLite format 3\x00":
-            raise UsageError(
-                f"journal {path} is not a whilst journal (not an SQLite file); "
-                "give a new file name, or remove it"
-            )
+            fix = "give a new file name, or remove it" if create else "give a journal's path"
+            raise UsageError(f"journal {path} is not a whilst journal (not an SQLite file); {fix}")
         if create and not os.access(path, os.W_OK):
             raise UsageError(
                 f"journal {path} cannot be written (permission denied); "

@@ -172,8 +172,8 @@ def parse_rate(rate: object) -> float | None:
         )
         if m is None:
             raise UsageError(
-                f"rate {rate!r} is not a rate: give starts per second as a number (rate=5) "
-                "or a string such as '300/min', '5/s' or '1000/h'"
+                f"rate {rate!r} is not a rate: give starts per second as a number (5) "
+                "or as '300/min', '5/s' or '1000/h'"
             )
         per = {"s": 1, "m": 60, "h": 3600}[(m.group(2) or "s")[0]]
         value = float(m.group(1)) / per
