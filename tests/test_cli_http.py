@@ -240,6 +240,18 @@ def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) 
         other.close()
 
 
+def test_the_session_is_set_up_before_the_first_request_is_timed(
+    server: Server, tmp_path: Path
+) -> None:
+    """Opening the HTTP session (aiohttp's import, its connector) is the run's
+    start-up, not the first URL's duration (it read 130 ms for a 2 ms request)."""
+    results = tmp_path / "r.jsonl"
+    run = whilst("http", "-q", "--results", str(results), stdin=server.url("/ok/1"))
+    assert run.returncode == 0, run.stderr
+    (line,) = results.read_text().splitlines()
+    assert json.loads(line)["duration"] < 0.08
+
+
 def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server) -> None:
     """As with curl: -H Authorization is what is sent (aiohttp refused the two
     together, failing every such URL)."""
@@ -366,6 +378,14 @@ def test_call_output_is_strict_json_whatever_the_values_and_prints(
     assert lines[4]["error"] == "Unshowable: (its message could not be shown)"
     assert run.stderr.count("chatter") == 6
     assert len([strict(line) for line in results.read_text().splitlines()]) == 6
+
+
+def test_call_keeps_each_line_as_it_is_and_counts_lines_as_the_file_does() -> None:
+    kept = whilst("call", "-q", "-k", "json:dumps", stdin="  b  \n\n\tc\r\n")
+    assert [json.loads(line)["item"] for line in kept.stdout.splitlines()] == ["  b  ", "\tc"]
+    bad = whilst("call", "--jsonl", "json:dumps", stdin='\n\n{"a": 1}\n\nnope\n')
+    assert bad.returncode == 2
+    assert "line 5 is not JSON" in bad.stderr
 
 
 def test_call_with_jsonl_reports_failures_and_exits_1(tmp_path: Path) -> None:

@@ -319,7 +319,9 @@ error, 130 after Ctrl-C, 143 after SIGTERM.""",
 @batch_options("the CPU count")
 @click.option("-0", "--null", is_flag=True, help="Inputs are separated by NUL, not newline.")
 @click.option("--colsep", metavar="SEP", help="Split each input into columns {1} {2}... at SEP.")
-@click.option("--no-shell", is_flag=True, help="Run the command's words directly, not by sh -c.")
+@click.option(
+    "--no-shell", is_flag=True, help="Run the command's words directly, not by $SHELL -c."
+)
 @click.option("--dry-run", is_flag=True, help="Print the commands; run nothing.")
 @click.option("--tag", is_flag=True, help="Start each output line with the job's input and a tab.")
 @click.option(
@@ -493,7 +495,8 @@ def http(source: str, **kwargs: Any) -> None:
         options = _shared(kwargs)
         headers = parse_headers(given_headers)
         check_out(out)
-        targets = [check_url(line) for line in _lines(source) if not line.startswith("#")]
+        urls = (line.strip() for _, line in _lines(source))
+        targets = [check_url(url) for url in urls if not url.startswith("#")]
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     jobs = options.jobs or 100
@@ -537,6 +540,7 @@ def http(source: str, **kwargs: Any) -> None:
         }
 
     async def main() -> int:
+        await fetcher.open()
         try:  # Ctrl-C and SIGTERM: the run stops as every run does (see aimap)
             return await arun_batch(
                 fetcher, targets, options, mode="async", show=show, record=record,
@@ -554,8 +558,9 @@ def _host(target: Any) -> str:
     return str(target.host)
 
 
-def _lines(source: str) -> list[str]:
-    """The non-blank lines of a file, or of stdin for ``-``."""
+def _lines(source: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a file, or of stdin for ``-``, as they are (spaces
+    kept: a file name may hold them), each with its line number."""
     if source == "-":
         text = sys.stdin.read()
     else:
@@ -563,7 +568,7 @@ def _lines(source: str) -> list[str]:
             text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise click.UsageError(f"{source} cannot be read: {exc.strerror}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 @cli.command(
@@ -590,7 +595,7 @@ failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
 @click.option(
     "--cluster",
     metavar="ADDRESS",
-    help="With --mode dask: the scheduler's address (default: a local cluster).",
+    help="With --mode dask or ray: the cluster's address (default: a local cluster).",
 )
 @click.option(
     "--cluster-insecure",
@@ -625,7 +630,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
         options = _shared(kwargs)
         fn = _function(target, paths)
         lines = _lines(source)
-        items = [_json_line(line, n) for n, line in enumerate(lines, 1)] if jsonl else lines
+        items = [_json_line(line, n) if jsonl else line for n, line in lines]
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -168,7 +168,8 @@ class Fetcher:
     journal_identity: str = "whilst http"  # what a journal of this run records
     _session: Any = None
 
-    async def __call__(self, target: Target) -> Fetched:
+    async def open(self) -> None:
+        """The session, on the run's loop (before the run: its set-up is no task's time)."""
         import aiohttp
 
         if self._session is None:
@@ -177,6 +178,12 @@ class Fetcher:
                 timeout=aiohttp.ClientTimeout(total=None),
                 trust_env=False,  # never through a proxy from the environment
             )
+
+    async def __call__(self, target: Target) -> Fetched:
+        import aiohttp
+
+        if self._session is None:
+            await self.open()
         started = time.perf_counter()
         try:
             async with await self._follow(target) as response:
