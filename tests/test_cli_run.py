@@ -346,6 +346,15 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     assert b"Traceback" not in other.stderr
 
 
+def test_the_summary_says_why_jobs_run_in_threads() -> None:
+    """Not "mode='threads' was asked for": the user asked for no mode."""
+    run = whilst_run("-j", "3", "true", ":::", "1", "2")
+    assert run.returncode == 0
+    assert b"asked for" not in run.stderr
+    words = " ".join(run.stderr.decode().replace("│", " ").split())  # the table's text
+    assert "one of 3 threads" in words
+
+
 def test_a_dry_run_with_a_journal_shows_only_what_a_run_would_run(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     assert whilst_run("-q", "--journal", str(db), "test {} != 2", ":::", "1", "2", "3").returncode

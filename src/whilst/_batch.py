@@ -3,6 +3,7 @@ map onto the scheduler, and the loop that prints results as they come."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -36,6 +37,7 @@ class BatchOptions:
     results: Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
     quiet: bool = False
+    why: str | None = None  # the command's own reason for its mode, for the summary
 
     def policy(self, task_id: Callable[[Any], Any] | None = None) -> dict[str, Any]:
         """The library options these stand for (``task_id``: a job's identity in
@@ -97,6 +99,8 @@ class Tally:
         if self.total == 0:
             print("whilst: no input: nothing to do", file=sys.stderr)
             return 0
+        if summary is not None and self.options.why is not None:
+            summary = dataclasses.replace(summary, mode_reason=self.options.why)
         if not self.options.quiet and summary is not None:
             summary.print()
         if self.failed:

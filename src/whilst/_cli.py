@@ -422,7 +422,12 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         status = run_batch(
             runner,
             todo,
-            dataclasses.replace(options, jobs=limit, timeout=None),  # the runner times commands
+            dataclasses.replace(
+                options,
+                jobs=limit,
+                timeout=None,  # the runner times commands
+                why=f"each command is started and waited for by one of {limit} threads",
+            ),
             mode="threads",
             show=show,
             record=record,
@@ -542,8 +547,10 @@ def http(source: str, **kwargs: Any) -> None:
     async def main() -> int:
         await fetcher.open()
         try:  # Ctrl-C and SIGTERM: the run stops as every run does (see aimap)
+            why = "requests overlap on one event loop (aiohttp)"
             return await arun_batch(
-                fetcher, targets, options, mode="async", show=show, record=record,
+                fetcher, targets, dataclasses.replace(options, why=why), mode="async",
+                show=show, record=record,
                 task_id=lambda t: t.key, retry_on=retryable,
                 **per_host_limit,
             )  # fmt: skip
