@@ -353,7 +353,7 @@ class Template:
                 return str(slot)
             if number:
                 k = int(number)
-                chosen = [args[k - 1]] if 0 < k <= len(args) else [""]
+                chosen = [args[k - 1]] if 0 < k <= len(args) else []  # none: as parallel
             else:
                 chosen = list(args)
             return " ".join(quote(_modify(v, how)) for v in chosen)
