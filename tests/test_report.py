@@ -118,6 +118,27 @@ def test_the_page_of_100k_tasks_merges_sub_pixel_bars_and_says_so(tmp_path: Path
     asyncio.run(look())
 
 
+def test_long_task_labels_keep_both_ends(tmp_path: Path) -> None:
+    """URLs differ at their ends: a label cut at its end read the same for each."""
+    page = tmp_path / "run.html"
+    items = [f"/srv/data/archive/2026/11/27/batch/part-{k:03}.csv" for k in range(5)]
+    whilst.map(len, items, mode="threads", report=page)
+
+    async def look() -> None:
+        async with Page(page) as browser:
+            labels = await browser.evaluate(
+                "[...document.getElementById('task-labels').children].map(d => d.textContent)"
+            )
+            titles = await browser.evaluate(
+                "[...document.getElementById('task-labels').children].map(d => d.title)"
+            )
+            assert sorted(labels) == [f"'/srv/data/a…tch/part-{k:03}.csv'" for k in range(5)]
+            assert sorted(titles) == sorted(repr(i) for i in items)
+            assert browser.errors == []
+
+    asyncio.run(look())
+
+
 def test_the_trace_has_one_track_per_worker_in_microseconds(tmp_path: Path) -> None:
     _, trace, results = run_with_report(tmp_path, list(range(12)))
     data = json.loads(trace.read_text())

@@ -116,7 +116,10 @@
     labels.replaceChildren();
     for (const t of tasks) {
       const div = document.createElement("div");
-      div.textContent = data.items[t] || String(t);
+      const text = data.items[t] || String(t);
+      // Long labels (URLs, paths) differ at their ends: keep both, cut the middle.
+      div.textContent = text.length > 30 ? text.slice(0, 12) + "…" + text.slice(-17) : text;
+      div.title = text;
       div.style.height = h + "px";
       div.style.lineHeight = h + "px";
       labels.appendChild(div);
