@@ -220,6 +220,19 @@ def test_a_block_just_over_the_threshold_is_found(tmp_path: Path) -> None:
     assert 0.15 <= block["seconds"] <= 1.0
 
 
+def test_a_program_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
+    script = tmp_path / "boom.py"
+    script.write_text('def f():\n    raise ValueError("boom")\n\nf()\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", str(script)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.startswith(f'Traceback (most recent call last):\n  File "{script}", line 4')
+    assert "whilst" not in run.stderr.split("ValueError: boom")[0]  # none of whilst's frames
+    assert "no asyncio event loop ran" in run.stderr
+
+
 def test_whilst_watch_in_code() -> None:
     async def main() -> None:
         time.sleep(0.25)

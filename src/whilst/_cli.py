@@ -831,6 +831,7 @@ def run_doctor(
         )
 
     status: int | None = 0
+    script_path = os.fsdecode(script)  # as runpy names the program's code
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *args]
     sys.path.insert(0, str(Path(script).resolve().parent))
@@ -852,8 +853,11 @@ def run_doctor(
                     click.echo(str(code), err=True)
             except KeyboardInterrupt:
                 status = EXIT_INTERRUPTED
-            except Exception:  # the program's own error: shown as Python would
-                traceback.print_exc()
+            except Exception as exc:  # the program's own error: shown as Python would
+                tb = exc.__traceback__  # from the program's own frames on, not whilst's
+                while tb is not None and tb.tb_frame.f_code.co_filename != script_path:
+                    tb = tb.tb_next
+                traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
                 status = 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path

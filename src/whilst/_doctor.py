@@ -506,8 +506,11 @@ def print_report(doctor: Doctor, program: str, file: Any = None) -> None:
         if f.detail:
             console.print(f"    {escape(f.detail)}")
         console.print(f"    [green]fix:[/] {escape(f.fix)}")
-    console.print(
-        f"[dim]the event loop threads spent {doctor.cpu_share:.0%} of their time on the CPU[/]"
-    )
+    if doctor._loop_wall > 0:
+        console.print(
+            f"[dim]the event loop threads spent {doctor.cpu_share:.0%} of their time on the CPU[/]"
+        )
+    else:
+        console.print("[dim]no asyncio event loop ran[/]")
     if getattr(doctor, "uvloop_unwatched", False):
         console.print(f"[yellow]{escape(UVLOOP_NOTE)}[/]")
