@@ -380,6 +380,51 @@ def test_call_output_is_strict_json_whatever_the_values_and_prints(
     assert len([strict(line) for line in results.read_text().splitlines()]) == 6
 
 
+SLOW = """
+import time
+
+def slow(x):
+    time.sleep(0.4)
+    return {1, 2} if x == "nan" else x
+"""
+
+
+def test_call_streams_each_line_as_its_result_ends(tmp_path: Path) -> None:
+    """Stdout kept for results is written line by line: a reader (| head -1, a
+    pipeline) gets each result as it ends, not all of them at the end."""
+    (tmp_path / "slowmod.py").write_text(SLOW)
+    proc = subprocess.Popen(
+        [*WHILST, "call", "-q", "-j", "1", "--path", str(tmp_path), "slowmod:slow"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    with proc:
+        began = time.monotonic()
+        proc.stdin.write("a\nb\nc\nd\ne\nf\ng\n")  # 7 x 0.4 s, one at a time
+        proc.stdin.close()
+        first = proc.stdout.readline()
+        assert time.monotonic() - began < 2.2  # not after all of them (2.8 s)
+        assert json.loads(first)["item"] == "a"
+        assert proc.wait(timeout=60) == 0
+
+
+def test_call_results_keep_text_that_is_not_unicode_and_values_json_cannot(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "slowmod.py").write_text(SLOW)
+    results = tmp_path / "r.jsonl"
+    run = subprocess.run(
+        [*WHILST, "call", "-q", "-k", "--results", str(results), "--path", str(tmp_path),
+         "slowmod:slow"],
+        input=b"ok\nb\xffd\nnan\n", capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = [strict(line) for line in results.read_text().splitlines()]
+    assert [line["value"] for line in lines] == ["ok", "b\udcffd", "{1, 2}"]
+    assert [strict(line)["value"] for line in run.stdout.decode().splitlines()][2] == "{1, 2}"
+
+
 def test_call_keeps_each_line_as_it_is_and_counts_lines_as_the_file_does() -> None:
     kept = whilst("call", "-q", "-k", "json:dumps", stdin="  b  \n\n\tc\r\n")
     assert [json.loads(line)["item"] for line in kept.stdout.splitlines()] == ["  b  ", "\tc"]

@@ -76,7 +76,11 @@ class Tally:
     ) -> None:
         self.options, self.show, self.record = options, show, record
         self.failed = self.cancelled = self.total = 0
-        self._results = open(options.results, "w", encoding="utf-8") if options.results else None  # noqa: SIM115
+        self._results = (
+            open(options.results, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            if options.results
+            else None
+        )
 
     def add(self, r: Result) -> None:
         self.total += 1
@@ -182,7 +186,8 @@ def json_line(fields: dict[str, Any]) -> str:
     try:
         return json.dumps(fields, default=_repr, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        return json.dumps({k: _field(v) for k, v in fields.items()}, ensure_ascii=False)
+        fields = {k: _field(v) for k, v in fields.items()}
+        return json.dumps(fields, default=_repr, ensure_ascii=False, allow_nan=False)
 
 
 def _field(value: Any) -> Any:

@@ -575,7 +575,8 @@ def _lines(source: str) -> list[tuple[int, str]]:
             text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise click.UsageError(f"{source} cannot be read: {exc.strerror}") from None
-    return [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = (line.removesuffix("\r") for line in text.split("\n"))  # as wc -l counts
+    return [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
 
 
 @cli.command(
@@ -644,6 +645,8 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     def record(r: Result) -> dict[str, Any]:
         return {**common_record(r), "item": r.item, "value": r.value}
 
+    if options.progress is None:  # decided by where stdout goes, before it is kept
+        options = dataclasses.replace(options, progress=options.policy()["progress"])
     with _results_out() as write:
 
         def show(r: Result) -> None:
@@ -673,7 +676,9 @@ def _results_out() -> Iterator[Callable[[str], object]]:
         return
     sys.stdout.flush()
     kept = os.dup(fd)
-    out = open(kept, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors)  # noqa: SIM115
+    out = open(  # noqa: SIM115 - closed below
+        kept, "w", buffering=1, encoding=sys.stdout.encoding, errors="backslashreplace"
+    )  # line by line, as each result ends
     os.dup2(sys.stderr.fileno(), fd)
     try:
         yield out.write
