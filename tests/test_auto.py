@@ -66,6 +66,15 @@ def test_long_cpu_tasks_move_too_though_none_ended_within_the_probe() -> None:
     assert [r.mode for r in results][-1] == "processes"
 
 
+@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
+def test_each_result_of_a_moved_run_names_the_mode_its_worker_is_in() -> None:
+    """On the policy path too (a timeout): a task that ran in a thread says threads
+    even when the result comes after the move (it said processes, thread-4)."""
+    results = list(whilst.imap(burn, [0.05] * 40, timeout=30))
+    assert {r.mode for r in results} == {"threads", "processes"}
+    assert all((r.mode == "threads") == r.worker.startswith("thread-") for r in results)
+
+
 def test_waiting_work_stays_in_threads() -> None:
     _, run, results = timed(nap, [0.02] * 20, "auto")
     assert run.summary is not None

@@ -1032,7 +1032,7 @@ class Scheduler:
     ) -> Result:
         earlier = tuple(task.errors)
         start = task.start or end
-        mode = self.mode.name
+        mode = self.mode.mode_of(worker) if worker else self.mode.name
         return Result(
             task.index, task.item, status, value, error, task.attempts, start, end, mode, worker,
             earlier,

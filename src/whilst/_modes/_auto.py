@@ -64,6 +64,9 @@ class AutoMode(Mode):
     def ran_in(self, outcomes: Outcomes) -> str:
         return "threads" if outcomes.cpu >= 0 else self.active.name  # threads measure CPU
 
+    def mode_of(self, worker: str) -> str:
+        return "threads" if worker.startswith("thread-") else self.active.name
+
     @property
     def timeout_note(self) -> str:  # type: ignore[override]
         return self.active.timeout_note

@@ -87,6 +87,10 @@ class Mode(abc.ABC):
         """The mode a batch ran in (``auto`` may have moved since it started)."""
         return self.name
 
+    def mode_of(self, worker: str) -> str:
+        """The mode a worker belongs to (``auto`` may have moved since it ran)."""
+        return self.name
+
     @abc.abstractmethod
     def worker(self, slot: int) -> str:
         """Where ``slot`` runs, as results and timelines show it."""
