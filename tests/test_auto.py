@@ -75,6 +75,16 @@ def test_each_result_of_a_moved_run_names_the_mode_its_worker_is_in() -> None:
     assert all((r.mode == "threads") == r.worker.startswith("thread-") for r in results)
 
 
+@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
+def test_an_attempt_cut_in_its_thread_after_the_move_says_so() -> None:
+    """The run moved to processes while this attempt ran in a thread: its timeout
+    abandoned a thread (it said its worker process was killed)."""
+    (r,) = list(whilst.imap(burn, [1.5], timeout=1))
+    assert r.status is Status.TIMED_OUT
+    assert (r.mode, r.worker) == ("threads", "thread-0")
+    assert "thread still running" in str(r.error)
+
+
 def test_waiting_work_stays_in_threads() -> None:
     _, run, results = timed(nap, [0.02] * 20, "auto")
     assert run.summary is not None

@@ -776,7 +776,7 @@ class Scheduler:
                         value = await attempt(task.item)
             except TimeoutError as exc:
                 if scope is not None and scope.expired():
-                    status, error = self._expired()
+                    status, error = self._expired(worker)
                 else:  # the task raised it: an ordinary failure, unless a TaskTimeout
                     status, error = failure_status(exc), exc
             except asyncio.CancelledError as exc:
@@ -800,7 +800,7 @@ class Scheduler:
                 # kept: the task ended well, and a retry would run it twice.)
                 status, value = TIMED_OUT, None
                 error = (
-                    self._timed_out()
+                    self._timed_out(worker)
                     if not mode.stoppable
                     else TaskTimeout(
                         f"the attempt ran past its timeout of {timeout:g} s ({took:.2f} s) and "
@@ -934,21 +934,19 @@ class Scheduler:
 
         return attempt
 
-    def _expired(self) -> tuple[Status, BaseException]:
+    def _expired(self, worker: str) -> tuple[Status, BaseException]:
         """Why an attempt's scope expired: the run stopped it, or its timeout passed."""
         if not self._stop_now:
-            return TIMED_OUT, self._timed_out()
+            return TIMED_OUT, self._timed_out(worker)
         if self.mode.abandons:  # the note says what became of it
-            why = f"{self._stopping}: {self.mode.timeout_note}"
+            why = f"{self._stopping}: {self.mode.note_for(worker)}"
         else:
             why = f"{self._stopping}: the task was cancelled"
         return CANCELLED, TaskCancelled(why)
 
-    def _timed_out(self) -> TaskTimeout:
-        timeout = self.policy.timeout
-        return TaskTimeout(
-            f"the attempt ran past its timeout of {timeout:g} s; {self.mode.timeout_note}"
-        )
+    def _timed_out(self, worker: str) -> TaskTimeout:
+        timeout, note = self.policy.timeout, self.mode.note_for(worker)
+        return TaskTimeout(f"the attempt ran past its timeout of {timeout:g} s; {note}")
 
     async def _settle(self, slot: int, retry: bool = False) -> None:
         """After a timed-out attempt: wait until the slot's worker is free again (a

@@ -67,6 +67,9 @@ class AutoMode(Mode):
     def mode_of(self, worker: str) -> str:
         return "threads" if worker.startswith("thread-") else self.active.name
 
+    def note_for(self, worker: str) -> str:
+        return (self.threads if worker.startswith("thread-") else self.active).timeout_note
+
     @property
     def timeout_note(self) -> str:  # type: ignore[override]
         return self.active.timeout_note

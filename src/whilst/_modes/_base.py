@@ -91,6 +91,10 @@ class Mode(abc.ABC):
         """The mode a worker belongs to (``auto`` may have moved since it ran)."""
         return self.name
 
+    def note_for(self, worker: str) -> str:
+        """What became of an attempt stopped in ``worker`` (see ``timeout_note``)."""
+        return self.timeout_note
+
     @abc.abstractmethod
     def worker(self, slot: int) -> str:
         """Where ``slot`` runs, as results and timelines show it."""
