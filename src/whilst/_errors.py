@@ -142,6 +142,10 @@ class RemoteError(WhilstError):
     worker process; the message keeps the original type and text."""
 
 
+#: What a task cut short by its run's stop says (the journal, the report).
+INTERRUPTED = "interrupted: its run was stopped while it ran"
+
+
 class EarlierFailure(RemoteError):
     """A task's failure as an earlier run recorded it in the journal, given back as
     it was by ``resume="unfinished"`` (failures stay failures): this run did not

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ._errors import INTERRUPTED as INTERRUPTED_NOTE
 from ._errors import EarlierFailure, RemoteError, TaskCancelled, UsageError, WhilstError
 from ._modes import Outcomes
 from ._output import PACE, Record
@@ -825,7 +826,7 @@ class Journal:
             if status == RUNNING and etype is None:
                 error = TaskCancelled("running as the journal was read (its run goes on, or died)")
             elif status == INTERRUPTED and etype is None:
-                error = TaskCancelled("interrupted: its run was stopped while it ran")
+                error = TaskCancelled(INTERRUPTED_NOTE)
             elif etype is not None:
                 error = RemoteError(f"{etype}: {text}")
             if status in (RUNNING, INTERRUPTED):

@@ -38,13 +38,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._errors import (
-    TaskCancelled,
-    TaskTimeout,
-    UsageTypeError,
-    WhilstError,
-    WorkerCrashed,
-)
+from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WhilstError, WorkerCrashed
 from ._events import Event, EventKind, Sink
 from ._modes import Call, Mode, Outcomes, mode_class
 from ._modes._worker import as_raised

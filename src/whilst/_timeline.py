@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import TaskCancelled, describe
+from ._errors import INTERRUPTED, TaskCancelled, describe
 from ._events import Event, EventKind
 from ._result import Result, Status
 from ._summary import Stats, Summary
@@ -96,7 +96,7 @@ class Timeline:
     def stop(self, end: float) -> None:
         """The run stopped (Ctrl-C, SIGTERM, an error) while these attempts ran:
         each is drawn until ``end``, cancelled, as the journal records it."""
-        stopped = TaskCancelled("interrupted: its run was stopped while it ran")
+        stopped = TaskCancelled(INTERRUPTED)
         for index, (start, worker, item) in self._open.items():
             text = self.items.get(index) or _short(repr(item), ITEM_TEXT)
             until = max(end, start)
