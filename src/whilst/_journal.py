@@ -33,7 +33,7 @@ from typing import Any
 from ._errors import INTERRUPTED as INTERRUPTED_NOTE
 from ._errors import EarlierFailure, RemoteError, TaskCancelled, UsageError, WhilstError
 from ._modes import Outcomes
-from ._output import PACE, Record
+from ._output import Pace, Record
 from ._result import Result, Status, failure_status
 
 SCHEMA_VERSION = 2
@@ -516,7 +516,7 @@ class Journaled:
         # A paced stream (sync imap) sees results only once committed: full here too
         # once what is held took PACE to run, so the caller gets them as it would.
         self._paced = getattr(inner, "paced", False)
-        self._since = 0.0  # paced: when the first result held began
+        self._pace = Pace()
         self._paced_full = False
 
     # -- reading -------------------------------------------------------------
@@ -595,8 +595,8 @@ class Journaled:
             key = admitted.pop(index)[0]
             record(key, index, item, status, value, error, 1, start, end, mode, worker)
             held.append((inner, (index, item, status, value, error, start, end)))
-            if paced:
-                self._pace(start, end)
+            if paced and self._pace.due(len(held), start, end):
+                self._paced_full = True
             if len(held) >= HOLD_AT_MOST or clock() - self._last >= COMMIT_EVERY:
                 self.commit()
 
@@ -632,15 +632,9 @@ class Journaled:
             r.end, r.mode, r.worker,
         )  # fmt: skip
         self._held.append((self.inner.add, (result,)))
-        if self._paced:
-            self._pace(r.start, r.end)
-        self._maybe_commit()
-
-    def _pace(self, start: float, end: float) -> None:
-        if len(self._held) == 1:
-            self._since = start
-        if end - self._since >= PACE:
+        if self._paced and self._pace.due(len(self._held), r.start, r.end):
             self._paced_full = True
+        self._maybe_commit()
 
     def _maybe_commit(self, now: bool = False) -> None:
         if now or len(self._held) >= HOLD_AT_MOST or time.monotonic() - self._last >= COMMIT_EVERY:

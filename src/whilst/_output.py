@@ -90,6 +90,22 @@ class Collect:
 PACE = 0.001
 
 
+class Pace:
+    """When results held for a caller that takes turns with the tasks (sync mode)
+    are due: once what is held took ``PACE`` seconds to run."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since = 0.0  # when the first result held began
+
+    def due(self, held: int, start: float, end: float) -> bool:
+        """Whether a result (``held`` now held, this one included) makes them due."""
+        if held == 1:
+            self.since = start
+        return end - self.since >= PACE
+
+
 def window_for(limit: int) -> int:
     """How many finished results an ``imap`` may hold before the scheduler waits.
 
@@ -232,7 +248,7 @@ class Stream:
         self.paced = paced
         self.held = 0
         self.full = False  # held >= window (or paced); read once a task by each slot
-        self._since = 0.0  # paced: when the first result held began
+        self._pace = Pace()
         self.done = False
         self._chunk = Chunk()
         self._early: dict[int, tuple[int, Callable[..., None], tuple[Any, ...]]] = {}
@@ -261,10 +277,8 @@ class Stream:
             end: float,
         ) -> None:
             held = self.held = self.held + 1
-            if held >= self.window:
+            if held >= self.window or (paced and self._pace.due(held, start, end)):
                 self.full = True
-            elif paced:
-                self._pace(held, start, end)
             if ordered:
                 if index != self._next:  # waits aside for its turn
                     early[index] = (1, put, (index, item, status, value, error, start, end))
@@ -294,13 +308,7 @@ class Stream:
 
     def add(self, result: Result) -> None:
         self._put(result.index, 1, self._chunk.put_result, (result,))
-        if self.paced and not self.full:
-            self._pace(self.held, result.start, result.end)
-
-    def _pace(self, held: int, start: float, end: float) -> None:
-        if held == 1:
-            self._since = start
-        if end - self._since >= PACE:
+        if self.paced and self._pace.due(self.held, result.start, result.end):
             self.full = True
 
     def _put(self, first: int, n: int, put: Callable[..., None], args: tuple[Any, ...]) -> None:
