@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
@@ -180,22 +181,45 @@ async def arun_batch(
 
 
 def json_line(fields: dict[str, Any]) -> str:
-    """A result as one line of strict JSON, whatever its value: a field JSON cannot
-    hold (a tuple-keyed dict, a cycle, NaN, a huge int) as its repr, and a repr
-    that raises as the value's type, so one odd value never stops the output."""
+    """A result as one line of strict JSON, whatever its values (see ``jsonable``),
+    so one odd value never stops the output."""
     try:
-        return json.dumps(fields, default=_repr, ensure_ascii=False, allow_nan=False)
+        return _dumps({k: _plain(v) for k, v in fields.items()})
     except (TypeError, ValueError, RecursionError):
-        fields = {k: _field(v) for k, v in fields.items()}
-        return json.dumps(fields, default=_repr, ensure_ascii=False, allow_nan=False)
+        return _dumps({k: jsonable(v) for k, v in fields.items()})
 
 
-def _field(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON other tools read: a dataclass (``whilst run``'s jobs) as
+    its fields, bytes as text, NaN and infinities as their names; what JSON cannot
+    hold otherwise (a set, a tuple-keyed dict, a cycle, a huge int, an object) as
+    its repr, and a repr that raises as the value's type."""
     try:
-        json.dumps(value, default=_repr, allow_nan=False)
+        plain = _plain(value)
+        _dumps(plain)
     except (TypeError, ValueError, RecursionError):
         return _repr(value)
-    return value
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict) and all(type(k) is str for k in value):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return _repr(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
 def _repr(value: Any) -> str:

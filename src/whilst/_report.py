@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import collections
 import csv
-import dataclasses
 import json
-import math
 import sys
 from collections.abc import Sequence
 
+from ._batch import json_line, jsonable
 from ._result import Result
 
 FIELDS = ("index", "item", "status", "attempts", "start", "end", "duration", "mode", "worker")
@@ -19,40 +18,21 @@ def _row(r: Result) -> dict[str, object]:
     row: dict[str, object] = {name: getattr(r, name) for name in FIELDS}
     row["status"] = r.status.value
     row["error"] = None if r.error is None else str(r.error)
-    row["value"] = _plain(r.value) if r.ok else None
+    row["value"] = r.value if r.ok else None
     return row
-
-
-def _plain(value: object) -> object:
-    """A value as JSON other tools read: a dataclass (``whilst run``'s jobs) as
-    its fields, bytes as text, NaN and infinities as their names (JSON has none),
-    anything else unknown as its repr."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if value is None or isinstance(value, (str, int, float)):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    return repr(value)
 
 
 def print_records(results: Sequence[Result], fmt: str) -> None:
     """One record per task on stdout, as JSON lines or CSV."""
     if fmt == "jsonl":
         for r in results:
-            sys.stdout.write(json.dumps(_row(r), allow_nan=False) + "\n")
+            sys.stdout.write(json_line(_row(r)) + "\n")
         return
     writer = csv.DictWriter(sys.stdout, fieldnames=[*FIELDS, "error", "value"])
     writer.writeheader()
     for r in results:
         row = _row(r)
-        row["value"] = json.dumps(row["value"], allow_nan=False)
+        row["value"] = json.dumps(jsonable(row["value"]), ensure_ascii=False)
         writer.writerow(row)
 
 
