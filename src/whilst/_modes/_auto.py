@@ -68,7 +68,7 @@ class AutoMode(Mode):
         return "threads" if worker.startswith("thread-") else self.active.name
 
     def note_for(self, worker: str) -> str:
-        return (self.threads if worker.startswith("thread-") else self.active).timeout_note
+        return (self.threads if self.mode_of(worker) == "threads" else self.active).timeout_note
 
     @property
     def timeout_note(self) -> str:  # type: ignore[override]
