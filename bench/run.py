@@ -828,6 +828,19 @@ def hand_journal(path: Path, values: list[int], mode: str) -> list[int]:
     return values
 
 
+def bare_rows(path: Path, values: list[int]) -> list[int]:
+    """The least a journal with a row per task can cost: one integer a row, in one
+    transaction, in the journal's own WAL mode; nothing about the task kept."""
+    db = sqlite3.connect(fresh(path))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE t (i INTEGER PRIMARY KEY)")
+    with db:
+        db.executemany("INSERT INTO t VALUES (?)", ((i,) for i in range(len(values))))
+    db.close()
+    return values
+
+
 def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
     """What journaling costs: no-op tasks with and without ``journal=``, against the
     same run writing its results to SQLite by hand; and how soon a resume of a
@@ -846,6 +859,7 @@ def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> Non
                 "peer_journal": lambda: hand_journal(
                     db, guarded_gather(echo, items, None, limit=POLICY_LIMIT), "async"
                 ),
+                "floor": lambda: bare_rows(db, whilst.map(echo, items, mode="async")),
             },
             "threads": {
                 "whilst_plain": lambda: whilst.map(noop, items, mode="threads"),
@@ -855,6 +869,7 @@ def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> Non
                 "peer_journal": lambda: hand_journal(
                     db, list(ThreadPoolExecutor(workers).map(noop, items)), "threads"
                 ),
+                "floor": lambda: bare_rows(db, whilst.map(noop, items, mode="threads")),
             },
         }
         peers = {"async": "gather + Semaphore(100)", "threads": "ThreadPoolExecutor.map"}
@@ -880,6 +895,15 @@ def bench_journal(report: Report, sizes: Sizes, args: argparse.Namespace) -> Non
                 secs(m["whilst_journal"]),
                 secs(m["peer_journal"]),
                 paired(samples, "whilst_journal", "peer_journal"),
+            )
+            report.add(
+                "journal",
+                "",
+                f"  ref: the least a row a task adds: without, then {n // 1000}k one-integer "
+                "rows into SQLite / without",
+                secs(m["floor"]),
+                secs(m["whilst_plain"]),
+                paired(samples, "floor", "whilst_plain"),
             )
 
         # Resume: 99% of the tasks done; how soon does the first one left start?

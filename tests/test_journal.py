@@ -616,6 +616,38 @@ SIGINT_RUN = textwrap.dedent(
 )
 
 
+def test_only_tasks_running_for_a_commit_interval_are_marked_running(tmp_path: Path) -> None:
+    """Thousands of tiny tasks in flight (batches handed to workers) are written once,
+    when they end, not marked ``running`` at every commit first; a task running
+    for ``COMMIT_EVERY`` is marked, once."""
+    from whilst._journal import COMMIT_EVERY, Journaled, JournalWriter
+    from whilst._output import Collect
+
+    db = tmp_path / "run.db"
+    writer = JournalWriter(db, function="m:f", options={})
+    journal = Journaled(writer, Collect(), on_error=lambda exc: None)
+    marks: list[int] = []  # tasks marked at each commit
+    commit = writer.commit
+
+    def counted_commit(running: Any = (), mark: str = "running") -> None:
+        marks.append(len(running := list(running)))
+        commit(running, mark)
+
+    writer.commit = counted_commit  # type: ignore[method-assign]
+    for i in range(5000):
+        assert journal.admit(i, i) is None
+    journal.commit()
+    journal.commit()
+    time.sleep(COMMIT_EVERY * 1.5)
+    journal.commit()  # every task has now run for COMMIT_EVERY
+    journal.commit()
+    with sqlite3.connect(db) as ro:
+        running = ro.execute("SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()
+    journal.close()
+    assert marks == [0, 0, 5000, 0, 5000, 0]  # the close marks them interrupted, then ends
+    assert running == (5000,)
+
+
 def test_ctrl_c_journals_running_tasks_interrupted_and_a_resume_runs_them(tmp_path: Path) -> None:
     """reliability.md 9: nothing new starts, the running tasks are cancelled (their
     finally blocks run), journaled interrupted, the program ends by SIGINT within the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -425,10 +426,8 @@ class JournalWriter:
         ]
         try:
             with self._db:
-                if self.rows:
-                    self._db.executemany(_UPSERT + _UNLESS_OK, self.rows)
-                if marks:
-                    self._db.executemany(_UPSERT + _UNLESS_ENDED, marks)
+                _upsert(self._db, self.rows, _UNLESS_OK)
+                _upsert(self._db, marks, _UNLESS_ENDED)
         except sqlite3.Error as exc:
             raise WhilstError(
                 f"journal {self.path} could not be written ({exc}); the run stopped, so that "
@@ -472,12 +471,25 @@ _COLUMNS = [
     "value_format",
     "run",
 ]
-_UPSERT = (
-    f"INSERT INTO tasks VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT(key) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
-)
 _UNLESS_ENDED = f" WHERE tasks.run != excluded.run OR tasks.status = '{RUNNING}'"
 _UNLESS_OK = " WHERE tasks.run != excluded.run OR tasks.status != 'ok' OR excluded.status = 'ok'"
+#: Rows an INSERT statement writes at once (fewer calls into SQLite than one a row).
+_ROWS_AT_ONCE = 64
+
+
+@functools.cache
+def _upsert_sql(rows: int, unless: str) -> str:
+    """Insert ``rows`` records; one for a key already there replaces it ``unless``
+    says not to. Rows are written in order, so of two with one key the later counts."""
+    values = ", ".join([f"({', '.join('?' * len(_COLUMNS))})"] * rows)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
+    return f"INSERT INTO tasks VALUES {values} ON CONFLICT(key) DO UPDATE SET {updates}{unless}"
+
+
+def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]], unless: str) -> None:
+    for k in range(0, len(rows), _ROWS_AT_ONCE):
+        block = rows[k : k + _ROWS_AT_ONCE]
+        db.execute(_upsert_sql(len(block), unless), [v for row in block for v in row])
 
 
 class Journaled:
@@ -507,8 +519,8 @@ class Journaled:
         # by index, until it ends: (key, item, when it started or 0.0 if not yet)
         self._admitted: dict[int, tuple[str, Any, float]] = {}
         self._held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []  # (hand on, args)
-        self._before: set[int] = set()  # admitted at the last commit
         self._marked: set[int] = set()  # marked running in the file
+        self._marks_due = time.monotonic() + COMMIT_EVERY  # when to look for tasks to mark
         self._waiting: set[int] = set()  # admitted, not started yet: never marked running
         self._last = time.monotonic()  # when the last commit was made
         window = getattr(inner, "window", None)
@@ -646,14 +658,20 @@ class Journaled:
         if self.error is not None or self.writer.closed:
             return
         admitted, marked, waiting = self._admitted, self._marked, self._waiting
-        self._last = time.monotonic()
+        self._last = clock = time.monotonic()
+        running: list[tuple[str, Any, float, int]] = []
         if last:  # started and never ended: the run stopped while they ran
             running = [(*admitted[i], i) for i in admitted if i not in waiting]
-        else:  # tasks running since the last commit, once each (tiny ones cost none)
+        elif clock >= self._marks_due:
+            # Tasks running for COMMIT_EVERY, once each, looked for at most that often:
+            # tiny ones cost nothing, even thousands in flight in batches.
+            self._marks_due = clock + COMMIT_EVERY
+            since = time.time() - COMMIT_EVERY
+            marked = self._marked = {i for i in marked if i in admitted}  # ended ones go
             running = [
-                (*admitted[i], i)
-                for i in self._before
-                if i in admitted and i not in marked and i not in waiting
+                (key, item, start, i)
+                for i, (key, item, start) in admitted.items()
+                if 0.0 < start <= since and i not in marked
             ]
         try:
             self.writer.commit(running, INTERRUPTED if last else RUNNING)
@@ -664,8 +682,7 @@ class Journaled:
                 unblock()  # no slot may wait for a reader that waits for held results
             self.on_error(exc)
             return
-        self._marked = {i for i in marked if i in admitted}.union(i for *_, i in running)
-        self._before = set(admitted)
+        marked.update(i for *_, i in running)
         held = self._held.copy()  # cleared in place: recorders hold the list
         self._held.clear()
         self._paced_full = False
