@@ -388,6 +388,37 @@ def test_an_imap_collected_on_its_own_loop_thread_stops_without_a_deadlock() -> 
     assert asyncio.run(main()) == 0
 
 
+SLOW_ONES = {3000, 3004, 3008}
+slow_ran: dict[int, tuple[str, float, float]] = {}  # item: (thread, start, end)
+
+
+def slow_among_tiny(x: int) -> int:
+    if x in SLOW_ONES:
+        start = time.monotonic()
+        time.sleep(0.4)
+        slow_ran[x] = (threading.current_thread().name, start, time.monotonic())
+    return x
+
+
+@pytest.mark.parametrize("mode", ["threads", "auto"])
+@pytest.mark.parametrize("form", ["map", "imap"])
+def test_slow_tasks_batched_among_tiny_ones_run_side_by_side(mode: str, form: str) -> None:
+    """Tiny tasks travel in batches; slow ones in the same batch must not wait for
+    each other (and hold up their batch-mates) while other threads sit idle: idle
+    threads take back what a busy one has not started. Without that, the three
+    slow tasks ran one after another in one thread."""
+    slow_ran.clear()
+    items = range(4000)
+    if form == "map":
+        assert whilst.map(slow_among_tiny, items, mode=mode, limit=4) == list(items)
+    else:
+        results = whilst.imap(slow_among_tiny, items, mode=mode, limit=4)
+        assert [r.value for r in results] == list(items)
+    assert len({thread for thread, _, _ in slow_ran.values()}) == 3
+    latest_start = max(start for _, start, _ in slow_ran.values())
+    assert latest_start < min(end for _, _, end in slow_ran.values())  # all three at once
+
+
 def test_threads_mode_threads_end_after_the_run() -> None:
     before = threading.active_count()
     whilst.map(double, range(100), mode="threads", limit=8)

@@ -4,6 +4,7 @@ and sinks see exactly the results the caller gets."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 
 import pytest
@@ -30,18 +31,20 @@ def test_each_task_is_queued_started_and_finished(mode: str, failing: bool) -> N
     assert sorted(by_index) == list(range(50))
     results = collect.in_order()
     for index, events in by_index.items():
-        assert [e.kind for e in events] == [
-            EventKind.QUEUED,
-            EventKind.STARTED,
-            EventKind.FINISHED,
-        ]
-        assert events[0].time <= events[1].time <= events[2].time + 1e-3
-        finished = events[2].result
+        # Started more than once only where a worker gave back a batch's items it had
+        # not started, for an idle one to run: the last start names the worker.
+        kinds = [e.kind for e in events]
+        assert kinds[0] is EventKind.QUEUED
+        assert kinds[-1] is EventKind.FINISHED
+        assert set(kinds[1:-1]) == {EventKind.STARTED}
+        assert len(kinds) == 3 or mode in ("threads", "auto")
+        assert all(a.time <= b.time + 1e-3 for a, b in itertools.pairwise(events))
+        finished = events[-1].result
         assert finished is not None
         assert finished.index == index
         assert finished.status == results[index].status
         assert finished.value == results[index].value
-        assert events[1].worker == finished.worker
+        assert events[-2].worker == finished.worker
 
 
 def test_no_sinks_no_events() -> None:

@@ -17,7 +17,7 @@ from ._result import Result
 
 class EventKind(enum.StrEnum):
     QUEUED = "queued"  # read from the input and admitted
-    STARTED = "started"  # an attempt began
+    STARTED = "started"  # an attempt began (again, on another worker: one gave it back)
     RETRYING = "retrying"  # an attempt failed and another will follow (result: that attempt)
     FINISHED = "finished"  # the task has its result
 

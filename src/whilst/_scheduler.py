@@ -182,6 +182,10 @@ class Scheduler:
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
         self._unread: collections.deque[tuple[int, list[Any]]] = collections.deque()  # see _take
+        # Batching modes: each slot's batches in flight (first index, items, worker, task),
+        # and runs of items taken back from them for idle slots (see _take_back).
+        self._flying: dict[int, collections.deque[tuple[int, list[Any], str, Any]]] = {}
+        self._given_back: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self._source_done = False  # the last read found the input's end
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
         self.left_unread: str | None = None  # why a halted run left an async input unread
@@ -591,49 +595,86 @@ class Scheduler:
         the round trip (``multiprocessing.Pool`` queues every chunk up front for
         the same reason). One-item batches go one at a time: a long task queued
         behind another would wait while a different worker sat idle.
+
+        A slot with nothing left to read takes back what a busy worker has not
+        started (where the mode can: see :meth:`_take_back`), so a slow task does
+        not hold up the tiny ones batched behind it while other workers sit idle.
         """
-        mode, output = self.mode, self.output
+        mode, output, given_back = self.mode, self.output, self._given_back
         size, rerun = 1, asyncio.Lock()
-        flying: collections.deque[tuple[int, list[Any], str, asyncio.Task[Outcomes]]] = (
-            collections.deque()
-        )
+        flying = self._flying[slot] = collections.deque()
         try:
             while True:
-                while len(flying) < (2 if size > 1 else 1) and not self._exhausted:
+                while len(flying) < (2 if size > 1 else 1) and (given_back or not self._exhausted):
                     if output.full:
                         if flying:  # the batch out may be the one the reader waits for
                             break
-                        await output.room()
-                    first, items = await self._take(size)
+                        if not (given_back or self._take_back()):  # those are read already
+                            await output.room()
+                    again = bool(given_back)
+                    first, items = self._given(size) if again else await self._take(size)
                     if not items:
                         break
                     self._spawn()
-                    flying.append((first, items, *self._hand_over(slot, first, items, rerun)))
+                    handed = self._hand_over(slot, first, items, rerun, again)
+                    flying.append((first, items, *handed))
                 if not flying:
+                    if self._exhausted and self._take_back():
+                        continue
                     return
-                first, items, worker, task = flying.popleft()
+                first, items, worker, task = flying[0]  # in flight until back: see _take_back
                 self._busy(1)
                 try:
                     outcomes = await task
                 finally:
                     self._busy(-1)
-                self._finished_batch(first, items, outcomes, worker)
-                if mode.auto_batch:
-                    size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+                flying.popleft()
+                if (ran := len(outcomes.values)) < len(items):  # the rest were taken back
+                    items = items[:ran]
+                if items:
+                    self._finished_batch(first, items, outcomes, worker)
+                    if mode.auto_batch:
+                        size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
         finally:
+            del self._flying[slot]
             for *_, task in flying:
                 task.cancel()
 
+    def _take_back(self) -> bool:
+        """Take back the items that the batch in flight with the most of them not
+        started yet has not started, for idle slots to share; False if none has any."""
+        mode, most, busiest = self.mode, 0, None
+        for flying in self._flying.values():
+            for first, items, _, _ in flying:
+                if (left := mode.unstarted(items)) > most:
+                    most, busiest = left, (first, items)
+        if busiest is None:
+            return False
+        first, items = busiest
+        taken = mode.take_back(items)
+        if taken:
+            self._given_back.append((first + len(items) - len(taken), taken))
+        return bool(taken)
+
+    def _given(self, n: int) -> tuple[int, list[Any]]:
+        """Up to ``n`` items taken back, and at most half of a run: idle slots share it."""
+        first, items = self._given_back.popleft()
+        k = min(n, max(1, len(items) // 2))
+        if k < len(items):
+            self._given_back.appendleft((first + k, items[k:]))
+        return first, items[:k]
+
     def _hand_over(
-        self, slot: int, first: int, items: list[Any], rerun: asyncio.Lock
+        self, slot: int, first: int, items: list[Any], rerun: asyncio.Lock, again: bool = False
     ) -> tuple[str, asyncio.Task[Outcomes]]:
+        """Hand a batch to ``slot``'s worker (``again``: items taken back from another)."""
         mode = self.mode
         worker = mode.worker(slot)
         if self._journal is not None:
             self._journal.start(first, len(items))
         if self.sinks:
             now = time.time()
-            for kind in (QUEUED, STARTED):  # started: handed to the worker that runs it
+            for kind in (STARTED,) if again else (QUEUED, STARTED):  # started: handed over
                 for k, item in enumerate(items):
                     self._emit(kind, first + k, item, now, worker)
 

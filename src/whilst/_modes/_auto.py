@@ -91,9 +91,10 @@ class AutoMode(Mode):
             self._timer = asyncio.get_running_loop().call_later(PROBE_SECONDS, self._decide)
         outcomes = await self.threads.run_batch(slot, items)
         if self._choosing is None:
-            self._probed.append((items, outcomes.values))
+            ran = len(outcomes.values)  # fewer than items: the rest were taken back
+            self._probed.append((items[:ran], outcomes.values))
             self._cpu += max(outcomes.cpu, 0.0)
-            self._tasks += len(items)
+            self._tasks += ran
             if self._tasks >= PROBE_TASKS:
                 self._decide()
         return outcomes
@@ -144,6 +145,12 @@ class AutoMode(Mode):
         await processes.open()
         self.active = processes
         self.reason = f"auto chose processes: {measured}"
+
+    def unstarted(self, items: list[Any]) -> int:
+        return self.threads.unstarted(items)
+
+    def take_back(self, items: list[Any]) -> list[Any]:
+        return self.threads.take_back(items)
 
     def worker(self, slot: int) -> str:
         return self.active.worker(slot)

@@ -76,6 +76,16 @@ class Mode(abc.ABC):
         """Run one attempt of each item, in order, in ``slot``'s worker."""
         raise NotImplementedError(f"{self.name} mode runs one item at a time")
 
+    def unstarted(self, items: list[Any]) -> int:
+        """How many items of a batch in flight its worker has not started yet."""
+        return 0
+
+    def take_back(self, items: list[Any]) -> list[Any]:
+        """The items of a batch in flight that its worker has not started, which it
+        now never will (the batch's outcomes then cover the items before them);
+        empty where a worker cannot give items back."""
+        return []
+
     async def prepare(self, slot: int) -> None:  # noqa: B027 - most modes are always ready
         """Get ``slot``'s worker ready (started, function loaded), so an attempt's
         timeout counts the task and not the worker's start-up."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import operator
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ._base import Mode, Outcomes
@@ -61,7 +63,7 @@ class _SlotThread(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.fn = fn
         self.done = done
-        self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], list[Any]] | None] = (
+        self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], Iterator[Any]] | None] = (
             queue.SimpleQueue()
         )
         self._runner: asyncio.Runner | None = None
@@ -108,6 +110,9 @@ class ThreadsMode(Mode):
         self._loop = asyncio.get_running_loop()
         self._done = _Completions(self._loop)
         self._threads: dict[int, _SlotThread] = {}
+        # Batches in flight (by id of their items list): what their threads have not
+        # started yet. A thread takes each item from the iterator as it starts it.
+        self._rest: dict[int, Iterator[Any]] = {}
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         thread = self._threads.get(slot)
@@ -115,9 +120,23 @@ class ThreadsMode(Mode):
             thread = self._threads[slot] = _SlotThread(self.fn, self._done, self.worker(slot))
             thread.start()
         fut = thread.job = self._loop.create_future()
-        thread.inbox.put((fut, items))
-        outcomes: Outcomes = await fut  # cancelled (a timeout): the thread runs on
+        rest = self._rest[id(items)] = iter(items)
+        thread.inbox.put((fut, rest))
+        try:
+            outcomes: Outcomes = await fut  # cancelled (a timeout): the thread runs on
+        finally:
+            del self._rest[id(items)]
         return outcomes
+
+    def unstarted(self, items: list[Any]) -> int:
+        rest = self._rest.get(id(items))
+        return 0 if rest is None else operator.length_hint(rest)
+
+    def take_back(self, items: list[Any]) -> list[Any]:
+        # list() drains the iterator in C, holding the GIL: the thread gets every
+        # item before the ones taken, or none of them.
+        rest = self._rest.get(id(items))
+        return [] if rest is None else list(rest)
 
     async def settle(self, slot: int) -> None:
         """A thread cannot be killed: wait until it is done with the abandoned job."""

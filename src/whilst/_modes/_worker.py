@@ -23,7 +23,7 @@ import sys
 import time
 import types
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 FN, RUN = "fn", "run"
@@ -118,7 +118,7 @@ def _await(coro: Any) -> Any:
 
 def run_batch(
     fn: Callable[[Any], Any],
-    items: list[Any],
+    items: Iterable[Any],
     fail: Callable[[BaseException], Any] = _wire,
     await_: Callable[[Any], Any] = _await,
 ) -> tuple[float, array[float], list[Any], dict[int, Any]]:
