@@ -473,8 +473,9 @@ _COLUMNS = [
 ]
 _UNLESS_ENDED = f" WHERE tasks.run != excluded.run OR tasks.status = '{RUNNING}'"
 _UNLESS_OK = " WHERE tasks.run != excluded.run OR tasks.status != 'ok' OR excluded.status = 'ok'"
-#: Rows an INSERT statement writes at once (fewer calls into SQLite than one a row).
-_ROWS_AT_ONCE = 64
+#: Rows an INSERT statement writes at once (fewer calls into SQLite than one a row),
+#: within the 999 parameters older SQLite builds allow a statement.
+_ROWS_AT_ONCE = 999 // len(_COLUMNS)
 
 
 @functools.cache

@@ -629,8 +629,7 @@ class Scheduler:
                 finally:
                     self._busy(-1)
                 flying.popleft()
-                if (ran := len(outcomes.values)) < len(items):  # the rest were taken back
-                    items = items[:ran]
+                items = items[: len(outcomes.values)]  # fewer: the rest were taken back
                 if items:
                     self._finished_batch(first, items, outcomes, worker)
                     if mode.auto_batch:

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import operator
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -52,6 +53,10 @@ class _Completions:
                 waiter = self.settling.pop(fut, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+
+
+#: Whether this interpreter has a GIL (free-threaded builds may run without one).
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def _same(exc: BaseException) -> BaseException:
@@ -134,9 +139,10 @@ class ThreadsMode(Mode):
 
     def take_back(self, items: list[Any]) -> list[Any]:
         # list() drains the iterator in C, holding the GIL: the thread gets every
-        # item before the ones taken, or none of them.
+        # item before the ones taken, or none of them. Without a GIL (a free-threaded
+        # build) both could get one item: nothing is taken back there.
         rest = self._rest.get(id(items))
-        return [] if rest is None else list(rest)
+        return [] if rest is None or not _GIL else list(rest)
 
     async def settle(self, slot: int) -> None:
         """A thread cannot be killed: wait until it is done with the abandoned job."""
