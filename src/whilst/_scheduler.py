@@ -640,8 +640,11 @@ class Scheduler:
                 task.cancel()
 
     def _take_back(self) -> bool:
-        """Take back the items that the batch in flight with the most of them not
-        started yet has not started, for idle slots to share; False if none has any."""
+        """Take back the items not started yet of the batch in flight with the most
+        of them, for idle slots to share; False if none has any, or the run is
+        stopping (it starts nothing more)."""
+        if self._stopping is not None:
+            return False
         mode, most, busiest = self.mode, 0, None
         for flying in self._flying.values():
             for first, items, _, _ in flying:
@@ -1103,6 +1106,7 @@ class Scheduler:
         if self._stopping is None:
             self._stopping = reason
         self._exhausted = True
+        self._given_back.clear()  # taken back, not started: they never will be
         if now and not self._stop_now:
             self._stop_now = True
             self._stopping = reason
