@@ -94,6 +94,28 @@ def test_sync_mode_is_one_after_another() -> None:
     assert all(a.end <= b.start for a, b in itertools.pairwise(results))
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_task_starts_once_its_item_is_read(mode: str) -> None:
+    """A slot going straight on from a list's item to the next starts it as the
+    last one ended; reading a slow input never counts as the next task's time."""
+    fn = anap if mode == "async" else (lambda x: time.sleep(x))
+    with pytest.raises(whilst.TasksFailed) as info:  # every Result, from a map
+        whilst.map(fn, [0.01, 0.01, 0.01, None], mode=mode, limit=1)
+    listed = sorted(info.value.results, key=lambda r: r.index)
+    assert all(a.end == b.start for a, b in itertools.pairwise(listed))
+    read: list[float] = []
+
+    def slow_input() -> Iterator[float]:
+        for _ in range(3):
+            time.sleep(0.2)  # reading each item takes a while
+            read.append(time.time())
+            yield 0.01
+
+    results = list(whilst.imap(fn, slow_input(), mode=mode, limit=1))
+    assert all(r.start >= t for r, t in zip(results, read, strict=True))
+    assert all(r.duration < 0.15 for r in results)
+
+
 @pytest.mark.parametrize("journal", [False, True])
 @pytest.mark.parametrize("policy", [{}, {"retries": 1}])
 @pytest.mark.parametrize("in_loop", [False, True])
