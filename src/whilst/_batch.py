@@ -4,7 +4,6 @@ map onto the scheduler, and the loop that prints results as they come."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -219,6 +218,8 @@ def _plain(value: Any) -> Any:
 
 
 def _dumps(value: Any) -> str:
+    import json  # (only for --results: not at every start-up)
+
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 

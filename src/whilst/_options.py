@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable
@@ -193,6 +192,8 @@ def writable(name: str, path: object, suffix: str) -> Path | None:
 def _unknown(name: str) -> str:
     if name == "ordered":  # map and amap keep input order by nature
         return "ordered= is for imap and aimap: map's values are always in input order"
+    import difflib
+
     known = ["mode", "limit", "ordered", *PolicyOptions.__annotations__]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]}=?" if close else f"the options are {', '.join(known)}"

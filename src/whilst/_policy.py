@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +119,8 @@ class Policy:
         retries of many tasks that failed together spread out."""
         if isinstance(error, Retry) and error.after is not None:
             return error.after
+        import random
+
         ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 64))
         return random.uniform(0.0, ceiling)
 

@@ -49,10 +49,10 @@ from ._progress import EVERY as PROGRESS_EVERY
 from ._progress import Progress
 from ._result import Result, Status, batch_results, failure_status
 from ._summary import Stats, Summary
-from ._timeline import Timeline
 
 if TYPE_CHECKING:
     from ._journal import Journaled
+    from ._timeline import Timeline
 
 #: A batching mode aims for batches that keep a worker busy this long, so the
 #: round trip to it (about 0.1 ms) costs about 1% (joblib's batch_size="auto"
@@ -130,6 +130,8 @@ class Scheduler:
         self.output = output
         self.timeline: Timeline | None = None
         if options.report is not None or options.trace is not None:
+            from ._timeline import Timeline
+
             self.timeline = Timeline()
             sinks = (*sinks, self.timeline)
         self.sinks = tuple(sinks)

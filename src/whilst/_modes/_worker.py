@@ -16,23 +16,27 @@ exception is None when it would not survive the trip back.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import struct
 import sys
 import time
 import types
 from array import array
-from collections.abc import Callable, Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # (typing itself would add a third to a worker's start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
 FN, RUN = "fn", "run"
 HEADER = struct.Struct("!Q")
-PROTOCOL = pickle.HIGHEST_PROTOCOL
+PROTOCOL = 5  # pickle's highest; pickle itself is imported where it is used (not by threads)
 
 
 def dumps(obj: Any) -> bytes:
     """Plain pickle when it can (fast), cloudpickle for lambdas and closures."""
+    import pickle
+
     try:
         return pickle.dumps(obj, PROTOCOL)
     except Exception:
@@ -80,6 +84,7 @@ def as_raised(exc: BaseException) -> BaseException:
 
 def _wire(exc: BaseException) -> tuple[BaseException | None, str, str]:
     """An exception as it travels back: itself when it survives pickling, and its text."""
+    import pickle
     import traceback
 
     tb = "".join(traceback.format_exception(exc))
@@ -102,6 +107,8 @@ def load_function(payload: tuple[list[str], bytes]) -> Any:
     """On a Dask or Ray worker: the run's function as processes mode sends it (by
     name, or by value from ``__main__``), with the caller's ``sys.path`` added so
     that a module of the caller's can be found."""
+    import pickle
+
     path, data = payload
     fn = _loaded.get(data)
     if fn is None:
@@ -167,6 +174,8 @@ def _encode(tag: int, outcomes: tuple[float, array[float], list[Any], dict[int, 
 
 def _load(payload: bytes) -> Any:
     """The run's function, or one that fails every task saying why it could not load."""
+    import pickle
+
     try:
         return pickle.loads(payload)
     except Exception as exc:
@@ -194,6 +203,7 @@ async def _serve_async(read_fd: int, write_fd: int, fn: Any) -> bytes | None:
     so many I/O-bound tasks overlap inside each process. Returns the next message
     that is not a RUN (a new function), or None at end of input."""
     import asyncio
+    import pickle
 
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -236,6 +246,8 @@ async def _serve_async(read_fd: int, write_fd: int, fn: Any) -> bytes | None:
 
 
 def serve(read_fd: int, write_fd: int) -> None:
+    import pickle
+
     fn: Any = None
     data: bytes | None = None
     while True:
