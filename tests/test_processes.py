@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import itertools
 import os
 import subprocess
@@ -179,6 +181,50 @@ def test_a_crash_inside_a_batch_of_tiny_tasks_fails_only_its_task() -> None:
     assert [r.index for r in crashed] == [777]
     assert crashed[0].status is Status.CRASHED
     assert [r.value for r in results if r.ok] == [x for x in range(5_000) if x != 777]
+
+
+SLOW_ONES = {3000, 3004, 3008}
+
+
+def slow_among_tiny(x: int) -> int:
+    if x in SLOW_ONES:
+        time.sleep(0.4)
+    return x
+
+
+def test_slow_tasks_batched_among_tiny_ones_run_side_by_side() -> None:
+    """Tiny tasks travel in batches; slow ones in one batch must not run one after
+    another (holding up their batch-mates) while other workers sit idle: an idle
+    slot asks the busy worker for the items it has not started. Without that, the
+    three ran one after another in one worker."""
+    items = range(4000)
+    results = list(whilst.imap(slow_among_tiny, items, mode="processes", limit=4))
+    assert [r.value for r in results] == list(items)
+    slow = [results[x] for x in sorted(SLOW_ONES)]
+    assert len({r.worker for r in slow}) == 3
+    assert max(r.start for r in slow) < min(r.end for r in slow)  # all three at once
+
+
+def log_and_crash(x: int, log: str, crash: int) -> int:
+    if x == crash:
+        time.sleep(0.5)  # while the rest of its batch is taken back
+        os._exit(3)
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def test_items_taken_back_from_a_batch_that_then_crashes_run_once(tmp_path: Path) -> None:
+    """A worker dies after giving back the rest of its batch: what it gave back runs
+    once, elsewhere; the crash reruns only what the worker kept, one at a time."""
+    log = tmp_path / "ran.log"
+    fn = functools.partial(log_and_crash, log=str(log), crash=3000)
+    results = list(whilst.imap(fn, range(4000), mode="processes", limit=4))
+    assert [r.index for r in results if not r.ok] == [3000]
+    assert results[3000].status is Status.CRASHED
+    ran = collections.Counter(int(line) for line in log.read_text().split())
+    assert all(ran[x] == 1 for x in range(3001, 4000))  # none twice, none lost
+    assert set(ran) == set(range(4000)) - {3000}
 
 
 def slow_at_1000(x: int) -> int:

@@ -189,6 +189,7 @@ class Scheduler:
         # and runs of items taken back from them for idle slots (see _take_back).
         self._flying: dict[int, collections.deque[tuple[int, list[Any], str, Any]]] = {}
         self._given_back: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self._asks: set[asyncio.Future[None]] = set()  # asks of busy workers not answered yet
         self._source_done = False  # the last read found the input's end
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
         self.left_unread: str | None = None  # why a halted run left an async input unread
@@ -618,7 +619,7 @@ class Scheduler:
                     if output.full:
                         if flying:  # the batch out may be the one the reader waits for
                             break
-                        if not (given_back or self._take_back()):  # those are read already
+                        if not (given_back or await self._take_back()):  # read already
                             await output.room()
                     again = bool(given_back)
                     first, items = self._given(size) if again else await self._take(size)
@@ -628,7 +629,8 @@ class Scheduler:
                     handed = self._hand_over(slot, first, items, rerun, again)
                     flying.append((first, items, *handed))
                 if not flying:
-                    if self._exhausted and self._take_back():
+                    idle = self._exhausted  # nothing to read: others may have some to share
+                    if idle and (await self._take_back() or await self._answered() or given_back):
                         continue
                     return
                 first, items, worker, task = flying[0]  # in flight until back: see _take_back
@@ -648,24 +650,49 @@ class Scheduler:
             for *_, task in flying:
                 task.cancel()
 
-    def _take_back(self) -> bool:
+    async def _take_back(self) -> bool:
         """Take back the items not started yet of the batch in flight with the most
-        of them, for idle slots to share; False if none has any, or the run is
-        stopping (it starts nothing more)."""
-        if self._stopping is not None:
-            return False
+        of them, for idle slots to share (the next one, if it had none left after
+        all); False if none has any, or the run is stopping (it starts nothing more)."""
+        waited = False
+        while self._stopping is None:
+            if (busiest := self._busiest()) is None:
+                multi = any(len(b[1]) > 1 for flying in self._flying.values() for b in flying)
+                if waited or not multi:
+                    return False
+                waited = True
+                await asyncio.sleep(0)  # a batch handed over just now reaches its worker
+                continue
+            first, items = busiest
+            asked = asyncio.get_running_loop().create_future()
+            self._asks.add(asked)
+            try:
+                taken = await self.mode.take_back(items)  # (they leave items)
+            finally:
+                self._asks.discard(asked)
+                asked.set_result(None)
+            if taken and self._stopping is None:  # (stopped meanwhile: they never start)
+                self._given_back.append((first + len(items), taken))
+                return True
+        return False
+
+    def _busiest(self) -> tuple[int, list[Any]] | None:
+        """The batch in flight with the most items its worker has not started."""
         mode, most, busiest = self.mode, 0, None
         for flying in self._flying.values():
             for first, items, _, _ in flying:
                 if (left := mode.unstarted(items)) > most:
                     most, busiest = left, (first, items)
-        if busiest is None:
+        return busiest
+
+    async def _answered(self) -> bool:
+        """Whether another slot was asking a busy worker for items (a process
+        answers after a round trip); once one such ask is answered. An idle slot
+        waits for it, as it may bring items to share, rather than end."""
+        if not self._asks:
             return False
-        first, items = busiest
-        taken = mode.take_back(items)
-        if taken:
-            self._given_back.append((first + len(items) - len(taken), taken))
-        return bool(taken)
+        await asyncio.wait(self._asks, return_when=asyncio.FIRST_COMPLETED)
+        return True
 
     def _given(self, n: int) -> tuple[int, list[Any]]:
         """Up to ``n`` items taken back, and at most half of a run: idle slots share it."""

@@ -147,10 +147,11 @@ class AutoMode(Mode):
         self.reason = f"auto chose processes: {measured}"
 
     def unstarted(self, items: list[Any]) -> int:
-        return self.threads.unstarted(items)
+        return self.threads.unstarted(items) or self.active.unstarted(items)
 
-    def take_back(self, items: list[Any]) -> list[Any]:
-        return self.threads.take_back(items)
+    async def take_back(self, items: list[Any]) -> list[Any]:
+        mode = self.threads if self.threads.unstarted(items) else self.active
+        return await mode.take_back(items)
 
     def worker(self, slot: int) -> str:
         return self.active.worker(slot)

@@ -80,10 +80,11 @@ class Mode(abc.ABC):
         """How many items of a batch in flight its worker has not started yet."""
         return 0
 
-    def take_back(self, items: list[Any]) -> list[Any]:
+    async def take_back(self, items: list[Any]) -> list[Any]:
         """The items of a batch in flight that its worker has not started, which it
-        now never will (the batch's outcomes then cover the items before them);
-        empty where a worker cannot give items back."""
+        now never will: they leave ``items``, which keeps those the worker runs
+        (the batch's outcomes cover just those). Empty where a worker cannot give
+        items back."""
         return []
 
     async def prepare(self, slot: int) -> None:  # noqa: B027 - most modes are always ready

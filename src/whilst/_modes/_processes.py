@@ -42,7 +42,7 @@ _BOOT = (
     "import sys, importlib.util as u; "
     "s = u.spec_from_file_location('_whilst_worker', sys.argv[1]); m = u.module_from_spec(s); "
     "sys.modules[s.name] = m; s.loader.exec_module(m); "
-    "m.main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+    "m.main(*map(int, sys.argv[2:6]))"
 )
 _WORKER_FILE = str(Path(_worker.__file__).resolve())
 _tags = itertools.count()
@@ -69,37 +69,37 @@ def _dumps_function(fn: Any) -> bytes:
 
 
 class _Worker:
-    """One worker process and its two pipes."""
+    """One worker process and its three pipes."""
 
     def __init__(self) -> None:
         to_child, from_parent = os.pipe()
         from_child, to_parent = os.pipe()
+        control_child, control = os.pipe()  # asks for a batch's items back
+        ends = (to_child, to_parent, os.getpid(), control_child)
         try:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _BOOT,
-                    _WORKER_FILE,
-                    *map(str, (to_child, to_parent, os.getpid())),
-                ],
-                pass_fds=(to_child, to_parent),
+                [sys.executable, "-c", _BOOT, _WORKER_FILE, *map(str, ends)],
+                pass_fds=(to_child, to_parent, control_child),
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # its own group: killing it kills what its tasks started
             )
         finally:
             os.close(to_child)
             os.close(to_parent)
-        self.send_fd, self.recv_fd = from_parent, from_child
+            os.close(control_child)
+        self.send_fd, self.recv_fd, self.control_fd = from_parent, from_child, control
         # Both ends are used from the loop, which must never block on a full pipe
         # (a worker blocked writing results while we block writing items would
         # deadlock), so writes that do not fit wait in outbox for the pipe to drain.
         os.set_blocking(from_child, False)
         os.set_blocking(from_parent, False)
+        os.set_blocking(control, False)
         self.inbox = bytearray()  # bytes read from the worker, not yet a whole message
         self.outbox = bytearray()  # bytes for the worker the pipe has not taken yet
         self.pending: dict[int, asyncio.Future[list[Any]]] = {}
         self.empty: set[int] = set()  # pending tags of empty runs (has it loaded the function?)
+        # Batches asked back, by tag: the answer's future and the batch's items list.
+        self.asked: dict[int, tuple[asyncio.Future[list[Any]], list[Any]]] = {}
         self.fn_id = -1  # the function it was sent
         self.ready_fn = -1  # the function it has loaded (it answered a run after it)
         self.label = f"pid-{self.proc.pid}"
@@ -112,7 +112,7 @@ class _Worker:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        for fd in (self.send_fd, self.recv_fd):
+        for fd in (self.send_fd, self.recv_fd, self.control_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -159,6 +159,10 @@ class ProcessesMode(Mode):
         self.auto_batch = not self.is_async
         self._nworkers = self.limit if not self.is_async else min(self.limit, cpu_count())
         self._workers: dict[int, _Worker] = {}  # by worker number
+        # Batches of the scheduler's in flight, by id of their items list: their
+        # worker and tag, so that their items not started can be asked back.
+        self._running: dict[int, tuple[_Worker, int]] = {}
+        self._asked: set[int] = set()  # their tags once asked: a batch is asked back once
         self._alone_lock = asyncio.Lock()
         self._fn_id = next(_fn_ids)
 
@@ -231,10 +235,23 @@ class ProcessesMode(Mode):
             with memoryview(inbox) as view:
                 tag, outcomes = pickle.loads(view[start : start + size])
             del inbox[: start + size]
+            if type(outcomes) is int:  # how many items of a batch asked back it gave back
+                self._gave_back(worker, tag, outcomes)
+                continue
             fut = worker.pending.pop(tag, None)
             worker.empty.discard(tag)
             if fut is not None and not fut.done():
                 fut.set_result(outcomes)
+
+    @staticmethod
+    def _gave_back(worker: _Worker, tag: int, n: int) -> None:
+        """The worker will not run the last ``n`` items of batch ``tag``: they leave
+        its items list (whose answer, come or to come, covers the ones before)."""
+        fut, items = worker.asked.pop(tag, (None, []))
+        taken = items[len(items) - n :] if n else []
+        del items[len(items) - len(taken) :]
+        if fut is not None and not fut.done():
+            fut.set_result(taken)
 
     def _lost(self, worker: _Worker) -> None:
         """The worker died: fail what it was running; the next batch gets a new one."""
@@ -265,6 +282,8 @@ class ProcessesMode(Mode):
                 fut.set_exception(exc)
         worker.pending.clear()
         worker.empty.clear()
+        for tag in list(worker.asked):  # a dead worker gives nothing back: its batch fails
+            self._gave_back(worker, tag, 0)
 
     async def prepare(self, slot: int) -> None:
         worker = self._attach(slot % self._nworkers)
@@ -274,7 +293,7 @@ class ProcessesMode(Mode):
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         try:
-            return await self._run_on(self._attach(slot % self._nworkers), items)
+            return await self._run_on(self._attach(slot % self._nworkers), items, mine=True)
         except WorkerCrashed as exc:
             if exc.alone or exc.caught or len(items) > 1:  # (the scheduler splits batches)
                 raise
@@ -286,7 +305,9 @@ class ProcessesMode(Mode):
         async with self._alone_lock:
             return await self._run_on(self._attach(_ALONE), items)
 
-    async def _run_on(self, worker: _Worker, items: list[Any]) -> Outcomes:
+    async def _run_on(self, worker: _Worker, items: list[Any], mine: bool = False) -> Outcomes:
+        """Run ``items`` on ``worker``; ``mine``: the scheduler's own list, which
+        :meth:`take_back` may ask back."""
         tag = next(_tags)
         try:
             message = _worker.dumps((_worker.RUN, tag, items))
@@ -296,6 +317,9 @@ class ProcessesMode(Mode):
         worker.pending[tag] = fut
         if not items:
             worker.empty.add(tag)
+        mine = mine and len(items) > 1 and not self.is_async
+        if mine:
+            self._running[id(items)] = (worker, tag)
         self._send(worker, message)
         try:
             start, ends, values, wired = await fut
@@ -303,7 +327,32 @@ class ProcessesMode(Mode):
             if worker.pending.pop(tag, None) is not None:
                 self._kill(worker)  # the only way to stop what it runs
             raise
+        finally:
+            if mine:
+                del self._running[id(items)]
+                self._asked.discard(tag)
         return Outcomes(start, ends, values, unwire(wired))
+
+    def unstarted(self, items: list[Any]) -> int:
+        # Not known here without asking: all but the one it runs, until asked once.
+        running = self._running.get(id(items))
+        return 0 if running is None or running[1] in self._asked else len(items) - 1
+
+    async def take_back(self, items: list[Any]) -> list[Any]:
+        running = self._running.get(id(items))
+        if running is None or running[1] in self._asked:
+            return []
+        worker, tag = running
+        self._asked.add(tag)
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+        worker.asked[tag] = (fut, items)
+        message = pickle.dumps(tag)
+        try:
+            os.write(worker.control_fd, _worker.HEADER.pack(len(message)) + message)
+        except OSError:  # (a full pipe: a worker that has not read earlier asks)
+            worker.asked.pop(tag, None)
+            return []
+        return await fut
 
     async def _run_picklable(self, worker: _Worker, items: list[Any]) -> Outcomes:
         """Some item cannot be pickled: fail just those (taking no time), run the rest."""

@@ -137,12 +137,14 @@ class ThreadsMode(Mode):
         rest = self._rest.get(id(items))
         return 0 if rest is None else operator.length_hint(rest)
 
-    def take_back(self, items: list[Any]) -> list[Any]:
+    async def take_back(self, items: list[Any]) -> list[Any]:
         # list() drains the iterator in C, holding the GIL: the thread gets every
         # item before the ones taken, or none of them. Without a GIL (a free-threaded
         # build) both could get one item: nothing is taken back there.
         rest = self._rest.get(id(items))
-        return [] if rest is None or not _GIL else list(rest)
+        taken = [] if rest is None or not _GIL else list(rest)
+        del items[len(items) - len(taken) :]
+        return taken
 
     async def settle(self, slot: int) -> None:
         """A thread cannot be killed: wait until it is done with the abandoned job."""

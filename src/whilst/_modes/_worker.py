@@ -5,12 +5,17 @@ only what it needs, so a worker is ready in about 30 ms instead of the 150 ms
 that importing whilst (asyncio, cloudpickle...) would cost; a function pickled
 by value pulls in cloudpickle by itself when it is unpickled.
 
-Protocol: frames of an 8-byte big-endian length and a pickle, over two pipes.
+Protocol: frames of an 8-byte big-endian length and a pickle, over three pipes.
 The parent sends ``(FN, 0, (sys.path, pickled function))`` then
 ``(RUN, tag, items)``; the worker answers each RUN with ``(tag, (start, ends,
 values, errors))``: the columns of :class:`whilst._modes._base.Outcomes`, with
 each error as ``(exception or None, "Type: message", traceback text)``. The
 exception is None when it would not survive the trip back.
+
+On the third pipe the parent may ask for a batch back (``tag``): a thread of the
+worker takes the items of that batch it has not started (when it still runs
+it) and answers ``(tag, n)``: the last ``n`` items are the parent's to run
+elsewhere, and the batch's answer covers the ones before them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from array import array
 
 TYPE_CHECKING = False  # (typing itself would add a third to a worker's start-up)
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Iterable
     from typing import Any
 
@@ -198,7 +204,7 @@ def _is_async(fn: Any) -> bool:
     )
 
 
-async def _serve_async(read_fd: int, write_fd: int, fn: Any) -> bytes | None:
+async def _serve_async(read_fd: int, send: Callable[[bytes], None], fn: Any) -> bytes | None:
     """Serve a coroutine function: every item runs as a task on this worker's loop,
     so many I/O-bound tasks overlap inside each process. Returns the next message
     that is not a RUN (a new function), or None at end of input."""
@@ -227,7 +233,7 @@ async def _serve_async(read_fd: int, write_fd: int, fn: Any) -> bytes | None:
                 values.append(None)
                 errors[i] = _wire(as_raised(exc))
             ends.append(time.time())
-        write_frame(write_fd, _encode(tag, (start, ends, values, errors)))
+        send(_encode(tag, (start, ends, values, errors)))
 
     loop.add_reader(read_fd, readable)
     try:
@@ -245,9 +251,37 @@ async def _serve_async(read_fd: int, write_fd: int, fn: Any) -> bytes | None:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def serve(read_fd: int, write_fd: int) -> None:
+def _give_back(control_fd: int, write_fd: int, running: list[Any], lock: threading.Lock) -> None:
+    """Answer the parent's requests for a batch back: take its items not started
+    yet (``running``: the tag and the item iterator of the batch being run)."""
     import pickle
 
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    while (data := read_frame(control_fd)) is not None:
+        tag = pickle.loads(data)
+        with lock:  # its answer goes out before the batch's own
+            now = running[0]
+            # list() drains the iterator in C, holding the GIL: the worker gets every
+            # item before the ones taken, or none of them (so not without a GIL).
+            n = len(list(now[1])) if gil and now is not None and now[0] == tag else 0
+            write_frame(write_fd, dumps((tag, n)))
+
+
+def serve(read_fd: int, write_fd: int, control_fd: int = -1) -> None:
+    import pickle
+    import threading
+
+    lock = threading.Lock()  # one frame at a time to the parent
+    running: list[Any] = [None]  # (tag, iterator of its items) of the batch being run
+
+    def send(data: bytes) -> None:
+        with lock:
+            write_frame(write_fd, data)
+
+    if control_fd >= 0:
+        threading.Thread(
+            target=_give_back, args=(control_fd, write_fd, running, lock), daemon=True
+        ).start()
     fn: Any = None
     data: bytes | None = None
     while True:
@@ -261,10 +295,13 @@ def serve(read_fd: int, write_fd: int) -> None:
             if _is_async(fn):
                 import asyncio
 
-                if (data := asyncio.run(_serve_async(read_fd, write_fd, fn))) is None:
+                if (data := asyncio.run(_serve_async(read_fd, send, fn))) is None:
                     return
         else:
-            write_frame(write_fd, _encode(tag, run_batch(fn, payload)))
+            running[0] = (tag, rest := iter(payload))
+            outcomes = run_batch(fn, rest)
+            running[0] = None
+            send(_encode(tag, outcomes))
 
 
 def _die_with_parent() -> None:
@@ -280,9 +317,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def main(read_fd: int, write_fd: int, parent: int) -> None:
+def main(read_fd: int, write_fd: int, parent: int, control_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
     if os.getppid() != parent:
         return  # the parent died before we could ask to die with it
-    serve(read_fd, write_fd)
+    serve(read_fd, write_fd, control_fd)
