@@ -654,9 +654,9 @@ class Scheduler:
         """Take back the items not started yet of the batch in flight with the most
         of them, for idle slots to share (the next one, if it had none left after
         all); False if none has any, or the run is stopping (it starts nothing more)."""
-        waited = False
+        waited, tried = False, set[int]()  # (tried: batches that had none after all)
         while self._stopping is None:
-            if (busiest := self._busiest()) is None:
+            if (busiest := self._busiest(tried)) is None:
                 multi = any(len(b[1]) > 1 for flying in self._flying.values() for b in flying)
                 if waited or not multi:
                     return False
@@ -674,14 +674,16 @@ class Scheduler:
             if taken and self._stopping is None:  # (stopped meanwhile: they never start)
                 self._given_back.append((first + len(items), taken))
                 return True
+            tried.add(id(items))
         return False
 
-    def _busiest(self) -> tuple[int, list[Any]] | None:
-        """The batch in flight with the most items its worker has not started."""
+    def _busiest(self, tried: set[int]) -> tuple[int, list[Any]] | None:
+        """The batch in flight with the most items its worker has not started (of
+        those not ``tried``, by id of their items)."""
         mode, most, busiest = self.mode, 0, None
         for flying in self._flying.values():
             for first, items, _, _ in flying:
-                if (left := mode.unstarted(items)) > most:
+                if id(items) not in tried and (left := mode.unstarted(items)) > most:
                     most, busiest = left, (first, items)
         return busiest
 
@@ -725,8 +727,10 @@ class Scheduler:
         try:
             return await mode.run_batch(slot, items)
         except WorkerCrashed as exc:
+            end = time.time()
+            if not items:  # it gave them all back before it died
+                return Outcomes(end, [], [], {})
             if len(items) == 1:
-                end = time.time()
                 return Outcomes(end, [end], [None], {0: exc})
         # Every task of the batch was caught in the crash, but only one caused it:
         # run them again one at a time, so only that one ends crashed (and, under

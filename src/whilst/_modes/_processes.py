@@ -245,10 +245,10 @@ class ProcessesMode(Mode):
 
     @staticmethod
     def _gave_back(worker: _Worker, tag: int, n: int) -> None:
-        """The worker will not run the last ``n`` items of batch ``tag``: they leave
-        its items list (whose answer, come or to come, covers the ones before)."""
+        """The worker will not run the last ``n`` items of batch ``tag`` (-1: any):
+        they leave its items list (whose answer, come or to come, covers the rest)."""
         fut, items = worker.asked.pop(tag, (None, []))
-        taken = items[len(items) - n :] if n else []
+        taken = items[len(items) - n :] if n > 0 else items[:] if n < 0 else []
         del items[len(items) - len(taken) :]
         if fut is not None and not fut.done():
             fut.set_result(taken)
@@ -340,7 +340,7 @@ class ProcessesMode(Mode):
 
     async def take_back(self, items: list[Any]) -> list[Any]:
         running = self._running.get(id(items))
-        if running is None or running[1] in self._asked:
+        if running is None or running[1] in self._asked or running[0].dead:
             return []
         worker, tag = running
         self._asked.add(tag)

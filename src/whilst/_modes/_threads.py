@@ -135,7 +135,7 @@ class ThreadsMode(Mode):
 
     def unstarted(self, items: list[Any]) -> int:
         rest = self._rest.get(id(items))
-        return 0 if rest is None else operator.length_hint(rest)
+        return 0 if rest is None or not _GIL else operator.length_hint(rest)
 
     async def take_back(self, items: list[Any]) -> list[Any]:
         # list() drains the iterator in C, holding the GIL: the thread gets every

@@ -13,9 +13,9 @@ each error as ``(exception or None, "Type: message", traceback text)``. The
 exception is None when it would not survive the trip back.
 
 On the third pipe the parent may ask for a batch back (``tag``): a thread of the
-worker takes the items of that batch it has not started (when it still runs
-it) and answers ``(tag, n)``: the last ``n`` items are the parent's to run
-elsewhere, and the batch's answer covers the ones before them.
+worker takes the items of that batch it has not started and answers ``(tag,
+n)``: the last ``n`` items (-1: all of them) are the parent's to run elsewhere,
+and the batch's answer covers the ones before them.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from array import array
 
 TYPE_CHECKING = False  # (typing itself would add a third to a worker's start-up)
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
 FN, RUN = "fn", "run"
@@ -251,37 +250,58 @@ async def _serve_async(read_fd: int, send: Callable[[bytes], None], fn: Any) -> 
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _give_back(control_fd: int, write_fd: int, running: list[Any], lock: threading.Lock) -> None:
-    """Answer the parent's requests for a batch back: take its items not started
-    yet (``running``: the tag and the item iterator of the batch being run)."""
-    import pickle
+class _Batches:
+    """The batches a worker runs, as the thread that gives items back sees them."""
 
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    while (data := read_frame(control_fd)) is not None:
-        tag = pickle.loads(data)
-        with lock:  # its answer goes out before the batch's own
-            now = running[0]
-            # list() drains the iterator in C, holding the GIL: the worker gets every
-            # item before the ones taken, or none of them (so not without a GIL).
-            n = len(list(now[1])) if gil and now is not None and now[0] == tag else 0
-            write_frame(write_fd, dumps((tag, n)))
+    def __init__(self, write_fd: int) -> None:
+        import threading
+
+        self.write_fd = write_fd
+        self.lock = threading.Lock()  # one frame at a time to the parent; the fields below
+        self.tag = -1  # the batch started last (tags grow: a later one has not started)
+        self.rest: Iterator[Any] = iter(())  # its items not started yet
+        self.skip: set[int] = set()  # batches given back whole before they started
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            write_frame(self.write_fd, data)
+
+    def start(self, tag: int, items: list[Any]) -> Iterator[Any]:
+        """The items of batch ``tag`` to run: none if it was all given back."""
+        with self.lock:
+            self.tag = tag
+            self.rest = iter(() if tag in self.skip else items)
+            self.skip.discard(tag)
+            return self.rest
+
+    def give_back(self, control_fd: int) -> None:
+        """Answer each ask for a batch's items not started: ``(tag, n)``, the last
+        ``n`` of them are the parent's (-1: all, the batch had not started)."""
+        import pickle
+
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        while (data := read_frame(control_fd)) is not None:
+            tag = pickle.loads(data)
+            with self.lock:  # the answer goes out before the batch's own
+                if tag == self.tag:
+                    # list() drains the iterator in C, holding the GIL: the worker gets
+                    # every item before the ones taken, or none of them (so not without).
+                    n = len(list(self.rest)) if gil else 0
+                elif tag > self.tag:  # queued behind the batch running: none of it runs
+                    self.skip.add(tag)
+                    n = -1
+                else:
+                    n = 0  # done already
+                write_frame(self.write_fd, dumps((tag, n)))
 
 
 def serve(read_fd: int, write_fd: int, control_fd: int = -1) -> None:
     import pickle
     import threading
 
-    lock = threading.Lock()  # one frame at a time to the parent
-    running: list[Any] = [None]  # (tag, iterator of its items) of the batch being run
-
-    def send(data: bytes) -> None:
-        with lock:
-            write_frame(write_fd, data)
-
+    batches = _Batches(write_fd)
     if control_fd >= 0:
-        threading.Thread(
-            target=_give_back, args=(control_fd, write_fd, running, lock), daemon=True
-        ).start()
+        threading.Thread(target=batches.give_back, args=(control_fd,), daemon=True).start()
     fn: Any = None
     data: bytes | None = None
     while True:
@@ -295,13 +315,10 @@ def serve(read_fd: int, write_fd: int, control_fd: int = -1) -> None:
             if _is_async(fn):
                 import asyncio
 
-                if (data := asyncio.run(_serve_async(read_fd, send, fn))) is None:
+                if (data := asyncio.run(_serve_async(read_fd, batches.send, fn))) is None:
                     return
         else:
-            running[0] = (tag, rest := iter(payload))
-            outcomes = run_batch(fn, rest)
-            running[0] = None
-            send(_encode(tag, outcomes))
+            batches.send(_encode(tag, run_batch(fn, batches.start(tag, payload))))
 
 
 def _die_with_parent() -> None:
