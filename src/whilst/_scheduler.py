@@ -25,7 +25,7 @@ import itertools
 import math
 import time
 import warnings
-from asyncio import Timeout
+from asyncio import FIRST_COMPLETED, Timeout
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -65,6 +65,12 @@ BATCH_TARGET = 0.02
 #: (medians of 15, alternating): 26.3 ms at 16,384, 28.6 ms at 8,192, Pool.map
 #: 20.8 ms.
 BATCH_BUDGET = 16384
+#: An idle slot asks a busy worker for the items of a batch it has not started
+#: once the batch has been out this long: three times what a batch is sized to
+#: take. A batch going as it should is never split (an ask costs a worker process
+#: a round trip and a turn of its GIL: the tail of 100,000 tiny tasks split up so
+#: took 5% longer), and one held up by a slow task gets help 60 ms later.
+OVERDUE = 3 * BATCH_TARGET
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
 TIMED_OUT, CRASHED, POISONED = Status.TIMED_OUT, Status.CRASHED, Status.POISONED
@@ -185,9 +191,9 @@ class Scheduler:
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
         self._unread: collections.deque[tuple[int, list[Any]]] = collections.deque()  # see _take
-        # Batching modes: each slot's batches in flight (first index, items, worker, task),
-        # and runs of items taken back from them for idle slots (see _take_back).
-        self._flying: dict[int, collections.deque[tuple[int, list[Any], str, Any]]] = {}
+        # Batching modes: each slot's batches in flight (first index, items, worker, task,
+        # when handed over), and runs of items taken back from them for idle slots.
+        self._flying: dict[int, collections.deque[tuple[int, list[Any], str, Any, float]]] = {}
         self._given_back: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self._asks: set[asyncio.Future[None]] = set()  # asks of busy workers not answered yet
         self._source_done = False  # the last read found the input's end
@@ -611,7 +617,7 @@ class Scheduler:
         not hold up the tiny ones batched behind it while other workers sit idle.
         """
         mode, output, given_back = self.mode, self.output, self._given_back
-        size, rerun = 1, asyncio.Lock()
+        size, rerun, clock = 1, asyncio.Lock(), asyncio.get_running_loop().time
         flying = self._flying[slot] = collections.deque()
         try:
             while True:
@@ -627,13 +633,16 @@ class Scheduler:
                         break
                     self._spawn()
                     handed = self._hand_over(slot, first, items, rerun, again)
-                    flying.append((first, items, *handed))
+                    # Items taken back came from a batch held up: more slow ones may
+                    # follow them, so a batch of them may be asked back at once.
+                    flying.append((first, items, *handed, clock() - (OVERDUE if again else 0)))
                 if not flying:
-                    idle = self._exhausted  # nothing to read: others may have some to share
-                    if idle and (await self._take_back() or await self._answered() or given_back):
+                    if self._exhausted and (  # nothing to read: others may have some to share
+                        await self._take_back(wait=True) or await self._answered() or given_back
+                    ):
                         continue
                     return
-                first, items, worker, task = flying[0]  # in flight until back: see _take_back
+                first, items, worker, task, _ = flying[0]  # in flight until back: _take_back
                 self._busy(1)
                 try:
                     outcomes = await task
@@ -647,21 +656,23 @@ class Scheduler:
                         size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
         finally:
             del self._flying[slot]
-            for *_, task in flying:
+            for _, _, _, task, _ in flying:
                 task.cancel()
 
-    async def _take_back(self) -> bool:
-        """Take back the items not started yet of the batch in flight with the most
-        of them, for idle slots to share (the next one, if it had none left after
-        all); False if none has any, or the run is stopping (it starts nothing more)."""
-        waited, tried = False, set[int]()  # (tried: batches that had none after all)
-        while self._stopping is None:
-            if (busiest := self._busiest(tried)) is None:
-                multi = any(len(b[1]) > 1 for flying in self._flying.values() for b in flying)
-                if waited or not multi:
+    async def _take_back(self, wait: bool = False) -> bool:
+        """Take back the items not started yet of the overdue batch in flight with
+        the most of them (the next one, if it had none left after all), for idle
+        slots to share; with ``wait``, wait for a batch out to be overdue. False if
+        there are none, or the run is stopping (it starts nothing more)."""
+        clock, tried = asyncio.get_running_loop().time, set[int]()  # (tried: had none)
+        while self._stopping is None and not self._given_back:
+            busiest, due, young = self._overdue(tried, clock())
+            if busiest is None:
+                if not wait or not young:
                     return False
-                waited = True
-                await asyncio.sleep(0)  # a batch handed over just now reaches its worker
+                # Until one is overdue or one is back (then the rest may be going as
+                # they should, and this slot ends: nothing to take back from them).
+                await asyncio.wait(young, timeout=due - clock(), return_when=FIRST_COMPLETED)
                 continue
             first, items = busiest
             asked = asyncio.get_running_loop().create_future()
@@ -673,19 +684,26 @@ class Scheduler:
                 asked.set_result(None)
             if taken and self._stopping is None:  # (stopped meanwhile: they never start)
                 self._given_back.append((first + len(items), taken))
-                return True
             tried.add(id(items))
-        return False
+        return bool(self._given_back) and self._stopping is None
 
-    def _busiest(self, tried: set[int]) -> tuple[int, list[Any]] | None:
-        """The batch in flight with the most items its worker has not started (of
-        those not ``tried``, by id of their items)."""
-        mode, most, busiest = self.mode, 0, None
+    def _overdue(
+        self, tried: set[int], now: float
+    ) -> tuple[tuple[int, list[Any]] | None, float, list[asyncio.Task[Outcomes]]]:
+        """The overdue batch in flight with the most items its worker has not
+        started (of those not ``tried``, by id of their items list); when the next
+        one of more than one item will be overdue, and the tasks running those."""
+        mode, most, busiest, due, young = self.mode, 0, None, math.inf, []
         for flying in self._flying.values():
-            for first, items, _, _ in flying:
-                if id(items) not in tried and (left := mode.unstarted(items)) > most:
+            for first, items, _, task, since in flying:
+                if id(items) in tried or len(items) < 2 or task.done():
+                    continue
+                if now < since + OVERDUE:
+                    due = min(due, since + OVERDUE)
+                    young.append(task)
+                elif (left := mode.unstarted(items)) > most:
                     most, busiest = left, (first, items)
-        return busiest
+        return busiest, due, young
 
     async def _answered(self) -> bool:
         """Whether another slot was asking a busy worker for items (a process
@@ -693,7 +711,7 @@ class Scheduler:
         waits for it, as it may bring items to share, rather than end."""
         if not self._asks:
             return False
-        await asyncio.wait(self._asks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(self._asks, return_when=FIRST_COMPLETED)
         return True
 
     def _given(self, n: int) -> tuple[int, list[Any]]:
