@@ -65,11 +65,12 @@ BATCH_TARGET = 0.02
 #: (medians of 15, alternating): 26.3 ms at 16,384, 28.6 ms at 8,192, Pool.map
 #: 20.8 ms.
 BATCH_BUDGET = 16384
-#: An idle slot asks a busy worker for the items of a batch it has not started
-#: once the batch has been out this long: three times what a batch is sized to
-#: take. A batch going as it should is never split (an ask costs a worker process
-#: a round trip and a turn of its GIL: the tail of 100,000 tiny tasks split up so
-#: took 5% longer), and one held up by a slow task gets help 60 ms later.
+#: An idle slot asks a busy worker process for the items of a batch it has not
+#: started once the batch has been out this long: three times what a batch is
+#: sized to take. A batch going as it should is never split (an ask costs the
+#: process a round trip and a turn of its GIL: the tail of 100,000 tiny tasks
+#: split up so took 5% longer), and one held up by a slow task gets help 60 ms
+#: later. A thread's items are taken back at once: that costs nothing.
 OVERDUE = 3 * BATCH_TARGET
 
 OK, FAILED, CANCELLED = Status.OK, Status.FAILED, Status.CANCELLED
@@ -664,15 +665,19 @@ class Scheduler:
         the most of them (the next one, if it had none left after all), for idle
         slots to share; with ``wait``, wait for a batch out to be overdue. False if
         there are none, or the run is stopping (it starts nothing more)."""
-        clock, tried = asyncio.get_running_loop().time, set[int]()  # (tried: had none)
+        clock, tried, waited = asyncio.get_running_loop().time, set[int](), False
         while self._stopping is None and not self._given_back:
             busiest, due, young = self._overdue(tried, clock())
             if busiest is None:
-                if not wait or not young:
+                if wait and young:
+                    # Until one is overdue or one is back (then the rest may be going as
+                    # they should, and this slot ends: nothing to take back from them).
+                    await asyncio.wait(young, timeout=due - clock(), return_when=FIRST_COMPLETED)
+                    continue
+                if waited or not any(not b[3].done() for f in self._flying.values() for b in f):
                     return False
-                # Until one is overdue or one is back (then the rest may be going as
-                # they should, and this slot ends: nothing to take back from them).
-                await asyncio.wait(young, timeout=due - clock(), return_when=FIRST_COMPLETED)
+                waited = True
+                await asyncio.sleep(0)  # a batch handed over just now reaches its worker
                 continue
             first, items = busiest
             asked = asyncio.get_running_loop().create_future()
@@ -684,7 +689,7 @@ class Scheduler:
                 asked.set_result(None)
             if taken and self._stopping is None:  # (stopped meanwhile: they never start)
                 self._given_back.append((first + len(items), taken))
-            tried.add(id(items))
+            tried.add(id(items))  # (tried: it had none after all)
         return bool(self._given_back) and self._stopping is None
 
     def _overdue(
@@ -692,14 +697,17 @@ class Scheduler:
     ) -> tuple[tuple[int, list[Any]] | None, float, list[asyncio.Task[Outcomes]]]:
         """The overdue batch in flight with the most items its worker has not
         started (of those not ``tried``, by id of their items list); when the next
-        one of more than one item will be overdue, and the tasks running those."""
+        one will be overdue, and the tasks running those not overdue yet. A batch
+        is overdue at once where taking items back costs nothing (threads)."""
         mode, most, busiest, due, young = self.mode, 0, None, math.inf, []
+        asks = mode.take_back_asks  # (auto: as the mode it runs now)
+        overdue, least = (OVERDUE, 2) if asks else (0.0, 1)  # a process: one item runs alone
         for flying in self._flying.values():
             for first, items, _, task, since in flying:
-                if id(items) in tried or len(items) < 2 or task.done():
+                if id(items) in tried or len(items) < least or task.done():
                     continue
-                if now < since + OVERDUE:
-                    due = min(due, since + OVERDUE)
+                if now < since + overdue:
+                    due = min(due, since + overdue)
                     young.append(task)
                 elif (left := mode.unstarted(items)) > most:
                     most, busiest = left, (first, items)

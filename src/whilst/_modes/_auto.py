@@ -146,6 +146,10 @@ class AutoMode(Mode):
         self.active = processes
         self.reason = f"auto chose processes: {measured}"
 
+    @property
+    def take_back_asks(self) -> bool:  # type: ignore[override]
+        return self.active.take_back_asks
+
     def unstarted(self, items: list[Any]) -> int:
         return self.threads.unstarted(items) or self.active.unstarted(items)
 

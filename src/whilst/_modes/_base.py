@@ -57,6 +57,9 @@ class Mode(abc.ABC):
     auto_batch: bool = False  # batches may grow past one item when tasks are quick
     stoppable: bool = True  # a running attempt can be stopped (else it is only marked)
     abandons: bool = False  # a stopped attempt runs on, abandoned, until it returns
+    #: Taking items back means asking a worker (a round trip and a turn of its GIL),
+    #: not just taking them (a thread's): worth it only for a batch held up.
+    take_back_asks: bool = False
     #: What a timeout did to the attempt, for its TaskTimeout message.
     timeout_note: str = "it was cancelled"
 

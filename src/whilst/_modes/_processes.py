@@ -152,6 +152,7 @@ class ProcessesMode(Mode):
 
     name = "processes"
     batching = True
+    take_back_asks = True
     timeout_note = "its worker process was killed and replaced"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -295,7 +296,7 @@ class ProcessesMode(Mode):
         try:
             return await self._run_on(self._attach(slot % self._nworkers), items, mine=True)
         except WorkerCrashed as exc:
-            if exc.alone or exc.caught or len(items) > 1:  # (the scheduler splits batches)
+            if exc.alone or exc.caught or len(items) != 1:  # (the scheduler splits batches)
                 raise
         # The worker died running other work too (coroutines of other slots, or
         # this slot's next batch), so any of it may have killed it: run this
