@@ -650,8 +650,7 @@ class Scheduler:
                 finally:
                     self._busy(-1)
                 flying.popleft()
-                items = items[: len(outcomes.values)]  # fewer: the rest were taken back
-                if items:
+                if items:  # (fewer than handed over, or none: the rest were taken back)
                     self._finished_batch(first, items, outcomes, worker)
                     if mode.auto_batch:
                         size = self._next_size(size, outcomes.ends[-1] - outcomes.start)

@@ -161,9 +161,8 @@ class ProcessesMode(Mode):
         self._nworkers = self.limit if not self.is_async else min(self.limit, cpu_count())
         self._workers: dict[int, _Worker] = {}  # by worker number
         # Batches of the scheduler's in flight, by id of their items list: their
-        # worker and tag, so that their items not started can be asked back.
+        # worker and tag, until their items not started are asked back (once).
         self._running: dict[int, tuple[_Worker, int]] = {}
-        self._asked: set[int] = set()  # their tags once asked: a batch is asked back once
         self._alone_lock = asyncio.Lock()
         self._fn_id = next(_fn_ids)
 
@@ -330,21 +329,18 @@ class ProcessesMode(Mode):
             raise
         finally:
             if mine:
-                del self._running[id(items)]
-                self._asked.discard(tag)
+                self._running.pop(id(items), None)
         return Outcomes(start, ends, values, unwire(wired))
 
     def unstarted(self, items: list[Any]) -> int:
         # Not known here without asking: all but the one it runs, until asked once.
-        running = self._running.get(id(items))
-        return 0 if running is None or running[1] in self._asked else len(items) - 1
+        return len(items) - 1 if id(items) in self._running else 0
 
     async def take_back(self, items: list[Any]) -> list[Any]:
-        running = self._running.get(id(items))
-        if running is None or running[1] in self._asked or running[0].dead:
+        running = self._running.pop(id(items), None)
+        if running is None or running[0].dead:
             return []
         worker, tag = running
-        self._asked.add(tag)
         fut: asyncio.Future[list[Any]] = self._loop.create_future()
         worker.asked[tag] = (fut, items)
         message = pickle.dumps(tag)

@@ -7,14 +7,13 @@ import collections
 import contextlib
 import operator
 import queue
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from ._base import Mode, Outcomes
-from ._worker import run_batch
+from ._worker import GIL, run_batch
 
 
 class _Completions:
@@ -53,10 +52,6 @@ class _Completions:
                 waiter = self.settling.pop(fut, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
-
-
-#: Whether this interpreter has a GIL (free-threaded builds may run without one).
-_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def _same(exc: BaseException) -> BaseException:
@@ -135,14 +130,14 @@ class ThreadsMode(Mode):
 
     def unstarted(self, items: list[Any]) -> int:
         rest = self._rest.get(id(items))
-        return 0 if rest is None or not _GIL else operator.length_hint(rest)
+        return 0 if rest is None or not GIL else operator.length_hint(rest)
 
     async def take_back(self, items: list[Any]) -> list[Any]:
         # list() drains the iterator in C, holding the GIL: the thread gets every
         # item before the ones taken, or none of them. Without a GIL (a free-threaded
         # build) both could get one item: nothing is taken back there.
         rest = self._rest.get(id(items))
-        taken = [] if rest is None or not _GIL else list(rest)
+        taken = [] if rest is None or not GIL else list(rest)
         del items[len(items) - len(taken) :]
         return taken
 

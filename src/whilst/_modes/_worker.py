@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 FN, RUN = "fn", "run"
 HEADER = struct.Struct("!Q")
 PROTOCOL = 5  # pickle's highest; pickle itself is imported where it is used (not by threads)
+#: Whether this interpreter has a GIL (free-threaded builds may run without one),
+#: which makes list() of an iterator take its items all at once.
+GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def dumps(obj: Any) -> bytes:
@@ -279,14 +282,13 @@ class _Batches:
         ``n`` of them are the parent's (-1: all, the batch had not started)."""
         import pickle
 
-        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
         while (data := read_frame(control_fd)) is not None:
             tag = pickle.loads(data)
             with self.lock:  # the answer goes out before the batch's own
                 if tag == self.tag:
                     # list() drains the iterator in C, holding the GIL: the worker gets
                     # every item before the ones taken, or none of them (so not without).
-                    n = len(list(self.rest)) if gil else 0
+                    n = len(list(self.rest)) if GIL else 0
                 elif tag > self.tag:  # queued behind the batch running: none of it runs
                     self.skip.add(tag)
                     n = -1
