@@ -398,16 +398,19 @@ def test_an_imap_collected_on_its_own_loop_thread_stops_without_a_deadlock() -> 
         gc.collect()  # on the helper loop's thread: the dropped runs are freed here
         return x
 
-    async def main() -> int:
-        before = threading.active_count()
+    async def main() -> set[threading.Thread]:
+        # The runs' own threads: one an earlier test left ending may end meanwhile.
+        before = set(threading.enumerate())
         for _ in range(3):
             run = whilst.imap(collecting, range(1000), mode="async", limit=4)
             next(run)
             del run  # a cycle (the run and its results): only the collector frees it
-        await asyncio.sleep(0.5)
-        return threading.active_count() - before
+        deadline = time.time() + 5
+        while set(threading.enumerate()) - before and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        return set(threading.enumerate()) - before
 
-    assert asyncio.run(main()) == 0
+    assert asyncio.run(main()) == set()
 
 
 SLOW_ONES = {3000, 3004, 3008}
