@@ -405,8 +405,9 @@ def test_an_imap_collected_on_its_own_loop_thread_stops_without_a_deadlock() -> 
             run = whilst.imap(collecting, range(1000), mode="async", limit=4)
             next(run)
             del run  # a cycle (the run and its results): only the collector frees it
-        deadline = time.time() + 5
-        while set(threading.enumerate()) - before and time.time() < deadline:
+        for _ in range(100):  # up to 5 s
+            if not set(threading.enumerate()) - before:
+                break
             await asyncio.sleep(0.05)
         return set(threading.enumerate()) - before
 
