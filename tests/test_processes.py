@@ -183,6 +183,23 @@ def test_a_crash_inside_a_batch_of_tiny_tasks_fails_only_its_task() -> None:
     assert [r.value for r in results if r.ok] == [x for x in range(5_000) if x != 777]
 
 
+def pid_unless_777(x: int) -> int:
+    if x == 777:
+        os._exit(3)
+    return os.getpid()
+
+
+def test_results_after_a_crash_name_the_worker_that_ran_them() -> None:
+    """The tasks a crash caught run again, one at a time, on a new worker: their
+    results name it, not the dead one (so the timeline puts them where they ran)."""
+    results = list(whilst.imap(pid_unless_777, range(5_000), mode="processes", limit=2))
+    ok = [r for r in results if r.ok]
+    assert len(ok) == 4_999
+    assert [r for r in ok if r.worker != f"pid-{r.value}"] == []
+    dead = results[777].worker
+    assert not psutil.pid_exists(int(dead.removeprefix("pid-")))
+
+
 SLOW_ONES = {3000, 3004, 3008}
 
 

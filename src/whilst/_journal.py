@@ -619,9 +619,9 @@ class Journaled:
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None:
         admitted, record, errors = self._admitted, self.writer.record, outcomes.errors
-        start = outcomes.start
-        for index, (item, value, end) in enumerate(
-            zip(items, outcomes.values, outcomes.ends, strict=True), first
+        start, workers = outcomes.start, outcomes.workers or [worker] * len(items)
+        for index, (item, value, end, worker) in enumerate(
+            zip(items, outcomes.values, outcomes.ends, workers, strict=True), first
         ):
             key = admitted.pop(index)[0]
             if errors and (error := errors.get(index - first)) is not None:

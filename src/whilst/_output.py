@@ -182,7 +182,8 @@ class Chunk:
         self.starts.append(outcomes.start)
         self.starts.extend(outcomes.ends[:-1])
         self.ends.extend(outcomes.ends)
-        self.sources.extend([source] * n)
+        workers = outcomes.workers
+        self.sources.extend([(source[0], w) for w in workers] if workers else [source] * n)
 
     def put_result(self, result: Result) -> None:
         """A result made already (the policy path): kept whole; the columns hold

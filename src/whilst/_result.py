@@ -110,7 +110,9 @@ def batch_results(
 ) -> list[Result]:
     """One Result per item of a batch a mode ran (see :class:`Outcomes`)."""
     start, errors, results = outcomes.start, outcomes.errors, []
-    for k, (item, value, end) in enumerate(zip(items, outcomes.values, outcomes.ends, strict=True)):
+    workers = outcomes.workers or [worker] * len(items)
+    columns = zip(items, outcomes.values, outcomes.ends, workers, strict=True)
+    for k, (item, value, end, worker) in enumerate(columns):
         index = first + k
         if k in errors:
             error = errors[k]

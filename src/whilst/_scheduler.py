@@ -760,11 +760,16 @@ class Scheduler:
         # Every task of the batch was caught in the crash, but only one caused it:
         # run them again one at a time, so only that one ends crashed (and, under
         # the lock, nothing else of this slot's is at the worker then).
+        alone, workers = [], []
         async with rerun:
-            alone = [await self._run_batch(slot, [item], rerun) for item in items]
+            for item in items:
+                workers.append(mode.worker(slot))  # as at a hand-over: where it goes
+                alone.append(outcomes := await self._run_batch(slot, [item], rerun))
+                workers[-1] = outcomes.workers[0] if outcomes.workers else workers[-1]
         errors = {k: o.errors[0] for k, o in enumerate(alone) if o.errors}
         ends = [o.ends[0] for o in alone]
-        return Outcomes(alone[0].start, ends, [o.values[0] for o in alone], errors)
+        values = [o.values[0] for o in alone]
+        return Outcomes(alone[0].start, ends, values, errors, workers=workers)
 
     def _busy(self, n: int) -> None:
         """``n`` more (or fewer) attempts or batches running now."""
@@ -781,7 +786,7 @@ class Scheduler:
         self.output.add_batch(first, items, outcomes, name, worker)
         if self.sinks:
             for r in batch_results(first, items, outcomes, name, worker):
-                self._emit(FINISHED, r.index, r.item, r.end, worker, r)
+                self._emit(FINISHED, r.index, r.item, r.end, r.worker, r)
 
     def _telling(self, record: Record, mode: str, worker: str) -> Record:
         """``record``, also telling the sinks each task's result."""
@@ -985,7 +990,7 @@ class Scheduler:
             else:
                 task = _Task(r.index, r.item)
                 task.attempts, task.start = 1, r.start
-                self._ended(task, r.status, None, r.error, r.end, worker)
+                self._ended(task, r.status, None, r.error, r.end, r.worker)
 
     async def _retry_batch(self, slot: int, tasks: list[_Task], rerun: asyncio.Lock) -> float:
         """Run one attempt of each task, in one batch; the seconds the worker was busy."""

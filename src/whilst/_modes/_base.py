@@ -26,6 +26,9 @@ class Outcomes(NamedTuple):
     values: list[Any]  # None where the item failed
     errors: dict[int, BaseException]  # by position in the batch
     cpu: float = -1.0  # CPU seconds the worker thread spent on it (threads mode), else -1
+    #: Where each item ran, when not all in the worker the batch was handed to
+    #: (after a crash its items run again one at a time, maybe on new workers).
+    workers: Sequence[str] = ()
 
 
 def unwire(wired: dict[int, tuple[BaseException | None, str, str]]) -> dict[int, BaseException]:

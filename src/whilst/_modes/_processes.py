@@ -303,7 +303,8 @@ class ProcessesMode(Mode):
         # Only what kills a worker alone ends crashed; the others get results.
         # (The wait for that worker counts toward the attempt's timeout.)
         async with self._alone_lock:
-            return await self._run_on(self._attach(_ALONE), items)
+            alone = self._attach(_ALONE)
+            return (await self._run_on(alone, items))._replace(workers=[alone.label])
 
     async def _run_on(self, worker: _Worker, items: list[Any], mine: bool = False) -> Outcomes:
         """Run ``items`` on ``worker``; ``mine``: the scheduler's own list, which
