@@ -89,13 +89,19 @@ CLEAN = textwrap.dedent(
 )
 
 
-def doctor(tmp_path: Path, program: str, *args: str) -> tuple[int, dict[str, Any], str]:
+USERS_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}  # as users run
+
+
+def doctor(
+    tmp_path: Path, program: str, *args: str, cpus: set[int] | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """``whilst doctor --json`` on ``program``; ``cpus``: the CPUs it may run on."""
     script = tmp_path / "program.py"
     script.write_text(program)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}  # as users run
     run = subprocess.run(
         [sys.executable, "-m", "whilst", "doctor", "--json", *args, str(script)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=USERS_ENV,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )  # fmt: skip
     return run.returncode, json.loads(run.stdout.splitlines()[-1]), run.stdout
 
@@ -197,6 +203,26 @@ def test_a_cpu_bound_loop_is_named_with_the_functions_that_used_it(tmp_path: Pat
     assert "processes" in cpu["fix"]
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_cpu_loop_is_named_as_one_on_a_cpu_shared_with_another_program(tmp_path: Path) -> None:
+    """Another program busy on the same CPU gets it half the time: the loop thread's
+    wait for the CPU counts as computing, not as waiting for I/O."""
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+    try:
+        _, report, _ = doctor(tmp_path, SEED, cpus={cpu})
+    finally:
+        hog.kill()
+        hog.wait()
+    loop = next(f for f in report["findings"] if f["kind"] == "blocking_call" and f["line"] == 21)
+    assert "CPU loop" in loop["detail"]
+    assert "processes" in loop["fix"]
+    assert report["loop_cpu_share"] >= 0.5
+
+
 def test_a_block_just_over_the_threshold_is_found(tmp_path: Path) -> None:
     """A CPU loop of 0.2 s at --threshold 0.1 is a block: counted from when the
     loop was last seen turning, not from a heartbeat posted halfway through it."""
@@ -249,8 +275,9 @@ def test_python_m_whilst_doctor(tmp_path: Path) -> None:
     script = tmp_path / "p.py"
     script.write_text(CLEAN)
     run = subprocess.run(
-        [sys.executable, "-m", "whilst.doctor", str(script)], capture_output=True, text=True
-    )
+        [sys.executable, "-m", "whilst.doctor", str(script)],
+        capture_output=True, text=True, env=USERS_ENV,
+    )  # fmt: skip
     assert run.returncode == 0
     assert "no problems found" in run.stderr
 
@@ -294,10 +321,9 @@ def test_a_blocking_file_read_is_named_and_live_tells_as_it_happens(tmp_path: Pa
     os.mkfifo(fifo)
     script = tmp_path / "program.py"
     script.write_text(FIFO_READ)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
     run = subprocess.run(
         [sys.executable, "-m", "whilst", "doctor", "--json", "--live", str(script), str(fifo)],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True, text=True, timeout=60, env=USERS_ENV,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     [block] = [f for f in json.loads(run.stdout)["findings"] if f["kind"] == "blocking_call"]
