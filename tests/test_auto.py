@@ -12,6 +12,8 @@ import whilst
 from whilst import Status
 from whilst._options import cpu_count
 
+from conftest import max_overlap
+
 
 def crunch(n: int) -> int:
     return sum(i * i for i in range(n))
@@ -31,10 +33,9 @@ def timed(
     return time.perf_counter() - began, run, results
 
 
-def test_cpu_heavy_work_moves_to_processes_and_runs_faster_than_threads() -> None:
+def test_cpu_heavy_work_moves_to_processes_and_runs_on_every_core() -> None:
     items = [400_000] * 64
-    threads_took, _, _ = timed(crunch, items, "threads")
-    auto_took, run, results = timed(crunch, items, "auto")
+    _, run, results = timed(crunch, items, "auto")
     assert run.summary is not None
     assert run.summary.mode == "processes"
     assert run.summary.mode_reason.startswith("auto chose processes: the first")
@@ -43,7 +44,8 @@ def test_cpu_heavy_work_moves_to_processes_and_runs_faster_than_threads() -> Non
     modes = [r.mode for r in results]
     assert modes[0] == "threads"  # measured there first
     assert modes[-1] == "processes"
-    assert auto_took < 0.9 * threads_took  # two cores, not one lock
+    # Two at once, not one at a time behind one lock (start and end: the workers' clocks).
+    assert max_overlap([r for r in results if r.mode == "processes"]) >= 2
 
 
 def burn(seconds: float) -> float:
@@ -79,10 +81,13 @@ def test_each_result_of_a_moved_run_names_the_mode_its_worker_is_in() -> None:
 def test_an_attempt_cut_in_its_thread_after_the_move_says_so() -> None:
     """The run moved to processes while this attempt ran in a thread: its timeout
     abandoned a thread (it said its worker process was killed)."""
+    before = set(threading.enumerate())
     (r,) = list(whilst.imap(burn, [1.5], timeout=1))
     assert r.status is Status.TIMED_OUT
     assert (r.mode, r.worker) == ("threads", "thread-0")
     assert "thread still running" in str(r.error)
+    for thread in set(threading.enumerate()) - before:  # the abandoned one burns on:
+        thread.join(5)  # the next tests measure threads' CPU share, with no lock taken
 
 
 def test_waiting_work_stays_in_threads() -> None:
