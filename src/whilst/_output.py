@@ -16,25 +16,26 @@ Record = Callable[[int, Any, Status, Any, "BaseException | None", float, float],
 class Collect:
     """Keeps every result, for ``map``: memory grows with the input, by its nature.
 
-    Results stay in the columns they were recorded in (a :class:`Chunk` per slot,
-    or per batch as a mode returned it); a Result per task is built only if one
-    is asked for (a task failed), so a ``map`` whose tasks all succeed pays for
-    its values and little more (a Result kept per task would also be walked by
-    the garbage collector, over and over, as a big ``map`` grows).
+    Results stay in the columns they were recorded in (one :class:`Chunk` all
+    slots append to, or a batch as a mode returned it); a Result per task is
+    built only if one is asked for (a task failed), so a ``map`` whose tasks all
+    succeed pays for its values and little more (a Result kept per task would
+    also be walked by the garbage collector, over and over, as a big ``map``
+    grows). One chunk, not one a slot: at limit 1000, a task appending to lists
+    of its slot's own touched memory no other task had warmed (100k no-op
+    coroutines: 2.85x a raw worker pool's time, against 2.06x with one chunk).
     """
 
     bounded = full = False  # never holds the scheduler back
     on_room: Callable[[], None] | None = None
 
     def __init__(self) -> None:
-        self._columns: list[Chunk] = []  # one per slot
+        self._chunk = Chunk()
         self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
         self._results: list[Result] = []  # from the policy path, built already
 
     def recorder(self, mode: str, worker: str) -> Record:
-        columns = Chunk()
-        self._columns.append(columns)
-        return columns.recorder((mode, worker))
+        return self._chunk.recorder((mode, worker))
 
     def add_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
@@ -48,29 +49,27 @@ class Collect:
     def failed(self) -> bool:
         """Whether any task did not succeed."""
         return (
-            any(c.failures for c in self._columns)
+            bool(self._chunk.failures)
             or any(b[2].errors for b in self._batches)
             or any(not r.ok for r in self._results)
         )
 
     def values(self) -> list[Any]:
         """Every task's value, in input order."""
-        n = sum(len(c.indexes) for c in self._columns) + sum(len(b[1]) for b in self._batches)
+        chunk = self._chunk
+        n = len(chunk.indexes) + sum(len(b[1]) for b in self._batches)
         out: list[Any] = [None] * (n + len(self._results))
         for r in self._results:
             out[r.index] = r.value
-        for columns in self._columns:
-            for index, value in zip(columns.indexes, columns.values, strict=True):
-                out[index] = value
+        for index, value in zip(chunk.indexes, chunk.values, strict=True):
+            out[index] = value
         for first, items, outcomes, _, _ in self._batches:
             out[first : first + len(items)] = outcomes.values
         return out
 
     def in_order(self) -> list[Result]:
         """Every task's Result, in input order."""
-        results: dict[int, Result] = {}
-        for columns in self._columns:
-            results.update((r.index, r) for r in columns.results())
+        results: dict[int, Result] = {r.index: r for r in self._chunk.results()}
         for batch in self._batches:
             results.update((r.index, r) for r in batch_results(*batch))
         results.update((r.index, r) for r in self._results)
@@ -117,8 +116,8 @@ def window_for(limit: int) -> int:
 
 
 class Chunk:
-    """Finished tasks in columns: a slot's for ``map``, or what a stream hands its
-    reader at once. A Result object is built only when one is asked for (for
+    """Finished tasks in columns: every slot's for ``map``, or what a stream hands
+    its reader at once. A Result object is built only when one is asked for (for
     ``imap``, as the reader takes each), so it dies young: results waiting here
     are no objects for the garbage collector (a Result kept per waiting task set
     off a collection every 700 tasks, each walking every task in flight: a fifth
