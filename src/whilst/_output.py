@@ -142,8 +142,8 @@ class Chunk:
 
     def recorder(self, source: tuple[str, str]) -> Record:
         """Appends the tasks one worker (``source``: mode, worker) finished."""
-        indexes, items, values = self.indexes.append, self.items.append, self.values.append
-        starts, ends, sources = self.starts.append, self.ends.append, self.sources.append
+        indexes, items, values = self.indexes, self.items, self.values
+        starts, ends, sources = self.starts, self.ends, self.sources
         failures, ok = self.failures, Status.OK
 
         def record(
@@ -156,13 +156,13 @@ class Chunk:
             end: float,
         ) -> None:
             if status is not ok:
-                failures[len(self.indexes)] = (status, error)
-            indexes(index)
-            items(item)
-            values(value)
-            starts(start)
-            ends(end)
-            sources(source)
+                failures[len(indexes)] = (status, error)
+            indexes.append(index)
+            items.append(item)
+            values.append(value)
+            starts.append(start)
+            ends.append(end)
+            sources.append(source)
 
         return record
 
@@ -263,9 +263,9 @@ class Stream:
         put = chunk.recorder(source)  # for a result that waits aside for its turn
         # A result in its turn goes into the chunk's columns here, as put would:
         # one call a task instead of two (the per-task path of every imap).
-        indexes, items, values = chunk.indexes.append, chunk.items.append, chunk.values.append
-        starts, ends, sources = chunk.starts.append, chunk.ends.append, chunk.sources.append
-        failures, column, ok, paced = chunk.failures, chunk.indexes, Status.OK, self.paced
+        indexes, items, values = chunk.indexes, chunk.items, chunk.values
+        starts, ends, sources = chunk.starts, chunk.ends, chunk.sources
+        failures, ok, paced = chunk.failures, Status.OK, self.paced
 
         def record(
             index: int,
@@ -285,13 +285,13 @@ class Stream:
                     return
                 self._next = index + 1
             if status is not ok:
-                failures[len(column)] = (status, error)
-            indexes(index)
-            items(item)
-            values(value)
-            starts(start)
-            ends(end)
-            sources(source)
+                failures[len(indexes)] = (status, error)
+            indexes.append(index)
+            items.append(item)
+            values.append(value)
+            starts.append(start)
+            ends.append(end)
+            sources.append(source)
             if early:
                 self._flush_early()
             if self._reader is not None:
