@@ -200,6 +200,26 @@ def test_results_after_a_crash_name_the_worker_that_ran_them() -> None:
     assert not psutil.pid_exists(int(dead.removeprefix("pid-")))
 
 
+def pid_failing_once(x: int, marks: str) -> int:
+    """Every tenth item fails its first attempt; the retry of 500 kills its worker."""
+    mark = os.path.join(marks, str(x))
+    if x % 10 == 0 and not os.path.exists(mark):
+        open(mark, "w").close()
+        raise ValueError("first attempt")
+    if x == 500:
+        os._exit(3)
+    return os.getpid()
+
+
+def test_retried_tasks_after_a_crash_name_the_worker_that_ran_them(tmp_path: Path) -> None:
+    fn = functools.partial(pid_failing_once, marks=str(tmp_path))
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(fn, range(2_000), mode="processes", limit=2, retries=3, backoff=0.0)
+    results = caught.value.results
+    assert [r.index for r in results if not r.ok] == [500]
+    assert [r for r in results if r.ok and r.worker != f"pid-{r.value}"] == []
+
+
 SLOW_ONES = {3000, 3004, 3008}
 
 

@@ -461,7 +461,8 @@ def _thread_cpu(native: int) -> float:
     try:
         with open(f"/proc/self/task/{native}/schedstat", "rb") as f:
             on_cpu, ready, _ = f.read().split()
-        return (int(on_cpu) + int(ready)) / 1e9
+        if int(on_cpu):  # (all zeros: a kernel that keeps no schedstat)
+            return (int(on_cpu) + int(ready)) / 1e9
     except (OSError, ValueError):
         pass
     try:

@@ -54,6 +54,8 @@ class WorkerCrashed(WhilstError):
     #: False when the worker died while running other tasks too: any of them
     #: may have killed it (the mode runs this one again on a worker of its own).
     alone: bool = True
+    #: The worker that died, where the mode knows better than the slot's name.
+    worker: str = ""
 
     def __init__(self, exitcode: int | None) -> None:
         self.exitcode = exitcode

@@ -756,7 +756,8 @@ class Scheduler:
             if not items:  # it gave them all back before it died
                 return Outcomes(end, [], [], {})
             if len(items) == 1:
-                return Outcomes(end, [end], [None], {0: exc})
+                workers = [exc.worker] if exc.worker else []
+                return Outcomes(end, [end], [None], {0: exc}, workers=workers)
         # Every task of the batch was caught in the crash, but only one caused it:
         # run them again one at a time, so only that one ends crashed (and, under
         # the lock, nothing else of this slot's is at the worker then).
@@ -1002,16 +1003,16 @@ class Scheduler:
         for task in tasks:
             task.attempts += 1
         outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
-        errors = outcomes.errors
-        for k, (task, value, end) in enumerate(
-            zip(tasks, outcomes.values, outcomes.ends, strict=True)
+        errors, workers = outcomes.errors, outcomes.workers or [worker] * len(tasks)
+        for k, (task, value, end, ran_in) in enumerate(
+            zip(tasks, outcomes.values, outcomes.ends, workers, strict=True)
         ):
             error = errors.get(k)
             if error is None:
-                self._ended(task, OK, value, None, end, worker)
+                self._ended(task, OK, value, None, end, ran_in)
             else:
                 status = failure_status(error)
-                self._ended(task, status, None, error, end, worker)
+                self._ended(task, status, None, error, end, ran_in)
         return outcomes.ends[-1] - outcomes.start
 
     def _started(self, task: _Task, worker: str) -> None:

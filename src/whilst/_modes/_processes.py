@@ -304,7 +304,12 @@ class ProcessesMode(Mode):
         # (The wait for that worker counts toward the attempt's timeout.)
         async with self._alone_lock:
             alone = self._attach(_ALONE)
-            return (await self._run_on(alone, items))._replace(workers=[alone.label])
+            try:
+                outcomes = await self._run_on(alone, items)
+            except WorkerCrashed as exc:
+                exc.worker = alone.label  # it killed a worker of its own: the culprit
+                raise
+            return outcomes._replace(workers=[alone.label])
 
     async def _run_on(self, worker: _Worker, items: list[Any], mine: bool = False) -> Outcomes:
         """Run ``items`` on ``worker``; ``mine``: the scheduler's own list, which
