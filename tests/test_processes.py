@@ -220,6 +220,23 @@ def test_retried_tasks_after_a_crash_name_the_worker_that_ran_them(tmp_path: Pat
     assert [r for r in results if r.ok and r.worker != f"pid-{r.value}"] == []
 
 
+async def apid_unless_bad(x: int) -> int:
+    await asyncio.sleep(0.0005 * (x % 5))
+    if x in (5, 77, 300):
+        os._exit(3)
+    return os.getpid()
+
+
+def test_coroutines_with_a_policy_after_a_crash_name_the_worker_that_ran_them() -> None:
+    """Coroutines share a worker; those a crash caught run again alone on another
+    worker, and their results (one attempt each, as a policy runs them) name it."""
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(apid_unless_bad, range(600), mode="processes", limit=4, retries=2)
+    results = caught.value.results
+    assert [r.index for r in results if not r.ok] == [5, 77, 300]
+    assert [r for r in results if r.ok and r.worker != f"pid-{r.value}"] == []
+
+
 SLOW_ONES = {3000, 3004, 3008}
 
 

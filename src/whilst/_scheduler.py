@@ -227,6 +227,7 @@ class Scheduler:
         if not options.policy.plain:
             output.on_room = self._wake_all  # a slot may nap while the window is full
         self._scopes: dict[int, Timeout | None] = {}  # each slot's running attempt
+        self._ran_in: dict[int, str] = {}  # a slot's attempt that ran on another worker
         # Seconds the loop stood still while a sync imap's caller was away with
         # results (see resumed): all of them, and those not yet added to timeouts.
         self._paused = self._unpaid = 0.0
@@ -900,6 +901,9 @@ class Scheduler:
                 del self._scopes[slot]
                 if running:
                     self._busy(-1)
+            worker = self._ran_in.pop(slot, worker)  # where it ran, if not the slot's worker
+            if isinstance(error, WorkerCrashed) and error.worker:
+                worker = error.worker
             took = loop.time() - began - (self._paused - paused)
             if timeout is not None and took > timeout and status is OK and late_is_timed_out:
                 # It could not be stopped (a sync call, a coroutine that blocked the
@@ -1032,10 +1036,12 @@ class Scheduler:
         mode = self.mode
         if not mode.batching:
             return mode.caller(slot)
-        run_batch = mode.run_batch
+        run_batch, ran_in = mode.run_batch, self._ran_in
 
         async def attempt(item: Any) -> Any:
             outcomes = await run_batch(slot, [item])
+            if outcomes.workers:  # not the slot's worker (run alone after a crash)
+                ran_in[slot] = outcomes.workers[0]
             if outcomes.errors:
                 raise outcomes.errors[0]
             return outcomes.values[0]
