@@ -619,7 +619,7 @@ class Journaled:
         self, first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
     ) -> None:
         admitted, record, errors = self._admitted, self.writer.record, outcomes.errors
-        start, workers = outcomes.start, outcomes.workers or [worker] * len(items)
+        start, workers = outcomes.start, outcomes.where(worker)
         for index, (item, value, end, worker) in enumerate(
             zip(items, outcomes.values, outcomes.ends, workers, strict=True), first
         ):

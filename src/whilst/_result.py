@@ -110,8 +110,7 @@ def batch_results(
 ) -> list[Result]:
     """One Result per item of a batch a mode ran (see :class:`Outcomes`)."""
     start, errors, results = outcomes.start, outcomes.errors, []
-    workers = outcomes.workers or [worker] * len(items)
-    columns = zip(items, outcomes.values, outcomes.ends, workers, strict=True)
+    columns = zip(items, outcomes.values, outcomes.ends, outcomes.where(worker), strict=True)
     for k, (item, value, end, worker) in enumerate(columns):
         index = first + k
         if k in errors:

@@ -765,9 +765,9 @@ class Scheduler:
         alone, workers = [], []
         async with rerun:
             for item in items:
-                workers.append(mode.worker(slot))  # as at a hand-over: where it goes
+                worker = mode.worker(slot)  # as at a hand-over: where it goes
                 alone.append(outcomes := await self._run_batch(slot, [item], rerun))
-                workers[-1] = outcomes.workers[0] if outcomes.workers else workers[-1]
+                workers.extend(outcomes.where(worker))
         errors = {k: o.errors[0] for k, o in enumerate(alone) if o.errors}
         ends = [o.ends[0] for o in alone]
         values = [o.values[0] for o in alone]
@@ -1007,9 +1007,9 @@ class Scheduler:
         for task in tasks:
             task.attempts += 1
         outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
-        errors, workers = outcomes.errors, outcomes.workers or [worker] * len(tasks)
+        errors = outcomes.errors
         for k, (task, value, end, ran_in) in enumerate(
-            zip(tasks, outcomes.values, outcomes.ends, workers, strict=True)
+            zip(tasks, outcomes.values, outcomes.ends, outcomes.where(worker), strict=True)
         ):
             error = errors.get(k)
             if error is None:

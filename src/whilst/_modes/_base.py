@@ -30,6 +30,10 @@ class Outcomes(NamedTuple):
     #: (after a crash its items run again one at a time, maybe on new workers).
     workers: Sequence[str] = ()
 
+    def where(self, worker: str) -> Sequence[str]:
+        """Where each item ran: ``workers``, or all in ``worker`` (the batch's)."""
+        return self.workers or [worker] * len(self.values)
+
 
 def unwire(wired: dict[int, tuple[BaseException | None, str, str]]) -> dict[int, BaseException]:
     """Errors as they came back from another process (see ``_worker._wire``): the
