@@ -35,6 +35,13 @@ def slow_square(x: int) -> int:
     return x * x
 
 
+def slow_square_where(x: int) -> tuple[int, str]:
+    """The square, and the address of the worker that computed it."""
+    from distributed import get_worker
+
+    return slow_square(x), get_worker().address
+
+
 def pid(_: object) -> int:
     return os.getpid()
 
@@ -158,10 +165,12 @@ def test_a_worker_killed_mid_run_loses_no_result(
                 killed = True
             yield i
 
-    results = list(whilst.imap(slow_square, items(), mode="dask", cluster=address, limit=4))
+    results = list(whilst.imap(slow_square_where, items(), mode="dask", cluster=address, limit=4))
     assert killed
     assert [r.index for r in results] == list(range(200))
-    assert all(r.status is Status.OK and r.value == r.index**2 for r in results)
+    assert all(r.status is Status.OK and r.value[0] == r.index**2 for r in results)
+    # Tasks of the lost worker ran again on the other: results name where they ran.
+    assert [r.worker for r in results] == [r.value[1] for r in results]
 
 
 def test_cluster_addresses_off_this_machine_need_tls_or_consent() -> None:

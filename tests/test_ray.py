@@ -62,6 +62,11 @@ def test_retries_and_the_journal(tmp_path: Path) -> None:
     assert statuses.count(Status.SKIPPED) == 19
 
 
+def test_results_name_the_ray_worker_process_that_ran_them() -> None:
+    results = list(whilst.imap(pid, range(40), mode="ray", limit=2))
+    assert [r.worker for r in results] == [f"ray-pid-{r.value}" for r in results]
+
+
 def test_a_timeout_kills_the_ray_worker_running_it() -> None:
     started = time.monotonic()
     with pytest.raises(whilst.TasksFailed) as caught:

@@ -127,7 +127,8 @@ class DaskMode(ClusterMode):
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(cancelled, CANCEL_WAIT)
         self._where[slot] = where  # where it ran: another worker, if its own was lost
-        return Outcomes(start, ends, values, unwire(wired))
+        # The worker named at hand-over was a guess: say where the batch really ran.
+        return Outcomes(start, ends, values, unwire(wired), workers=[where] * len(values))
 
     def worker(self, slot: int) -> str:
         self._pin(slot)

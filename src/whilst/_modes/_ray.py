@@ -69,7 +69,8 @@ class RayMode(ClusterMode):
         except ray.exceptions.RayTaskError as exc:  # whilst's own code failed there
             raise RemoteError(str(exc)) from None
         self._where[slot] = where
-        return Outcomes(start, ends, values, unwire(wired))
+        # The worker named at hand-over was a guess: say where the batch really ran.
+        return Outcomes(start, ends, values, unwire(wired), workers=[where] * len(values))
 
     def worker(self, slot: int) -> str:
         return self._where.get(slot, f"ray-{slot}")
