@@ -148,6 +148,32 @@ def test_workers_stay_warm_between_runs() -> None:
     assert first & second
 
 
+@pytest.mark.parametrize("exit", ["os._exit(0)", "sys.exit(0)"])
+def test_a_forked_child_leaves_the_parents_warm_workers_alone(tmp_path: Path, exit: str) -> None:
+    """A child forked after a run (a pre-fork server, multiprocessing's fork) gets
+    workers of its own, and neither its runs nor its exit stop the parent's."""
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os, sys, whilst\n"
+        "def ppid(_):\n"
+        "    return os.getppid()\n"
+        "def pid(_):\n"
+        "    return os.getpid()\n"
+        "if __name__ == '__main__':\n"
+        "    before = whilst.map(pid, range(1), mode='processes', limit=1)\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        assert set(whilst.map(ppid, range(50), mode='processes')) == {os.getpid()}\n"
+        f"        {exit}\n"
+        "    assert os.waitpid(child, 0)[1] == 0\n"
+        "    after = whilst.map(pid, range(1), mode='processes', limit=1)\n"
+        "    print(before == after)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"  # the same warm worker, alive
+
+
 @pytest.mark.parametrize("limit", [1, 3])
 def test_limit_is_the_number_of_workers(limit: int) -> None:
     pids = whilst.map(

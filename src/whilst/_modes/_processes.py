@@ -112,6 +112,10 @@ class _Worker:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        self.release()
+
+    def release(self) -> None:
+        """Close this process's ends of the pipes."""
         for fd in (self.send_fd, self.recv_fd, self.control_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -141,9 +145,17 @@ class _Pool:
         while self.idle:
             self.idle.pop().kill()
 
+    def forget(self) -> None:
+        """In a child forked from this process: the workers are the parent's. Close
+        this copy of their pipes and leave them be (no wait, no kill): the child's
+        runs start workers of their own, and its exit stops none of the parent's."""
+        while self.idle:
+            self.idle.pop().release()
+
 
 _pool = _Pool()
 atexit.register(_pool.clear)
+os.register_at_fork(after_in_child=_pool.forget)
 
 
 class ProcessesMode(Mode):
