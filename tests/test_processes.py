@@ -9,8 +9,10 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -146,6 +148,135 @@ def test_workers_stay_warm_between_runs() -> None:
     first = set(whilst.map(lambda _: os.getpid(), range(4), mode="processes", limit=2))
     second = set(whilst.map(lambda _: os.getpid(), range(4), mode="processes", limit=2))
     assert first & second
+
+
+def nap_but_the_first(x: int) -> int:
+    time.sleep(0 if x == 0 else 0.3)
+    return x
+
+
+def test_workers_outlive_the_thread_that_started_them() -> None:
+    """A run's workers are started from whatever thread runs its loop (an imap
+    read first in another thread, a run in ``asyncio.to_thread``, a notebook's
+    helper thread); they must not die with that thread."""
+    run = whilst.imap(nap_but_the_first, range(6), mode="processes", limit=2)
+    reader = threading.Thread(target=lambda: next(run))
+    reader.start()
+    reader.join()  # the thread that started the workers has ended
+    assert [(r.index, r.status) for r in run] == [(i, Status.OK) for i in range(1, 6)]
+
+
+def test_workers_die_with_a_runner_killed_by_sigkill(tmp_path: Path) -> None:
+    """No finally runs in a runner killed -9: its workers stop by themselves, and
+    with them what their tasks started."""
+    marker = f"{os.getpid()}-runner-killed"
+    script = tmp_path / "runner.py"
+    script.write_text(
+        "import subprocess, sys, whilst\n"
+        "def task(marker):\n"
+        f"    subprocess.run({SLEEPER!r} + [marker])\n"
+        "whilst.map(task, [sys.argv[1]] * 2, mode='processes', limit=2)\n"
+    )
+    runner = subprocess.Popen([sys.executable, str(script), marker])
+    deadline = time.monotonic() + 30
+    while len(_sleepers(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = psutil.Process(runner.pid).children()
+    assert len(workers) == 2
+    assert len(_sleepers(marker)) == 2
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 5
+    while (
+        _sleepers(marker) or any(w.is_running() and w.status() != "zombie" for w in workers)
+    ) and (time.monotonic() < deadline):
+        time.sleep(0.05)
+    left = _sleepers(marker) + [w for w in workers if w.is_running() and w.status() != "zombie"]
+    for p in left:
+        p.kill()
+    assert not left
+
+
+class NeedsTwo(Exception):
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(a)
+
+
+def unreadable_on_some(x: int) -> Any:
+    """Values whose pickle cannot be rebuilt in the parent (NeedsTwo's args)."""
+    if x == 2:
+        return NeedsTwo("a", "b")
+    if x == 5:
+        return [1, {"k": NeedsTwo("a", "b")}]
+    return x
+
+
+def test_a_value_that_cannot_be_rebuilt_here_fails_only_its_task() -> None:
+    results = list(whilst.imap(unreadable_on_some, range(3000), mode="processes"))
+    assert [r.index for r in results if not r.ok] == [2, 5]
+    assert all(r.status is Status.FAILED for r in results if r.index in (2, 5))
+    assert "cannot be rebuilt" in str(results[5].error)
+    assert "missing 1 required positional argument" in str(results[5].error)
+    assert [r.value for r in results if r.ok] == [x for x in range(3000) if x not in (2, 5)]
+
+
+def test_a_scripts_own_classes_travel_as_items_and_values(tmp_path: Path) -> None:
+    """Items and values of a class defined in the script (its __main__, which a
+    worker cannot import) go by value, as its functions do; auto moves them too."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import dataclasses, whilst\n"
+        "@dataclasses.dataclass\n"
+        "class Job:\n"
+        "    n: int\n"
+        "def double(job):\n"
+        "    return Job(job.n * 2)\n"
+        "jobs = [Job(i) for i in range(300)]\n"
+        "out = whilst.map(double, jobs, mode='processes')\n"
+        "assert out == [Job(i * 2) for i in range(300)] and type(out[0]) is Job\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+
+
+def test_a_spawned_multiprocessing_child_sends_its_scripts_functions(tmp_path: Path) -> None:
+    """In a spawn (or forkserver) child the script is ``__mp_main__``."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import multiprocessing, whilst\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "def child(n):\n"
+        "    return whilst.map(square, range(n), mode='processes', limit=2)\n"
+        "if __name__ == '__main__':\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        print(pool.map(child, [4]))\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[[0, 1, 4, 9]]"
+
+
+def where_and_what(_: object) -> tuple[str, str | None]:
+    return os.getcwd(), os.environ.get("WHILST_TEST_VAR")
+
+
+def test_warm_workers_take_each_runs_directory_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a thread would: a worker kept from an earlier run sees the caller's
+    working directory and environment as they are now."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        monkeypatch.setenv("WHILST_TEST_VAR", name)
+        assert whilst.map(where_and_what, [0], mode="processes", limit=1) == [
+            (str(tmp_path / name), name)
+        ]
+    monkeypatch.delenv("WHILST_TEST_VAR")
+    assert whilst.map(where_and_what, [0], mode="processes", limit=1)[0][1] is None
 
 
 @pytest.mark.parametrize("exit", ["os._exit(0)", "sys.exit(0)"])

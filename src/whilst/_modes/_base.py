@@ -155,6 +155,6 @@ class ClusterMode(Mode):
         ``_worker.load_function``, which the cluster's workers call)."""
         import sys
 
-        from ._processes import _dumps_function
+        from ._processes import by_value
 
-        return list(sys.path), _dumps_function(self.fn)
+        return list(sys.path), by_value(self.fn)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
+import io
 import itertools
 import os
 import pickle
@@ -28,8 +30,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._errors import UsageTypeError, WorkerCrashed
 from .._options import cpu_count
@@ -50,22 +53,145 @@ _ALONE = -1  # the number of the worker that reruns what a crash caught, one at 
 _fn_ids = itertools.count()
 
 
-def _dumps_function(fn: Any) -> bytes:
-    """A module-level function travels by name (plain pickle, and the worker need
-    not import cloudpickle); one from ``__main__`` (or an object that refers to
-    one, such as a ``functools.partial``), a lambda or a closure by value: a
-    worker cannot import the caller's ``__main__``."""
-    if getattr(fn, "__module__", None) != "__main__":
-        try:
-            data = pickle.dumps(fn, _worker.PROTOCOL)
-        except Exception:
-            pass
-        else:
-            if b"__main__" not in data:
+def by_value(obj: Any) -> bytes:
+    """``obj`` pickled for a worker process: by plain pickle (fast), unless that
+    fails or names something in ``__main__`` (a script's function, lambda or
+    class, or an item or a ``functools.partial`` that refers to one; in a
+    ``multiprocessing`` child, ``__mp_main__``), which a worker cannot import:
+    cloudpickle sends that by value (as Dask does)."""
+    try:
+        data = pickle.dumps(obj, _worker.PROTOCOL)
+    except Exception:
+        pass
+    else:
+        if b"__main__" not in data:
+            if b"__mp_main__" not in data:
                 return data
+            _by_value_in_mp_child()
     import cloudpickle
 
-    return cloudpickle.dumps(fn, _worker.PROTOCOL)  # type: ignore[no-any-return]
+    return cloudpickle.dumps(obj, _worker.PROTOCOL)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _by_value_in_mp_child() -> None:
+    """In a spawned ``multiprocessing`` child the script is ``__mp_main__``, which
+    cloudpickle would send by name: have it send that module's things by value."""
+    import cloudpickle
+
+    module = sys.modules.get("__mp_main__")
+    if module is not None:
+        cloudpickle.register_pickle_by_value(module)
+
+
+class _Unreadable:
+    """Stands in for an object a worker sent back that cannot be rebuilt here (an
+    exception whose ``__init__`` wants other arguments, a class not importable)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+_BUILD = pickle._Unpickler.dispatch[pickle.BUILD[0]]
+
+
+def _unreadable(error: BaseException, *args: Any, **kwargs: Any) -> _Unreadable:
+    return _Unreadable(error)
+
+
+class _Tolerant(pickle._Unpickler):
+    """The pure-Python unpickler, with each object that fails to build replaced by
+    an :class:`_Unreadable`: the rest of a worker's answer survives it."""
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+    stack: list[Any]
+    append: Callable[[Any], None]
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            return functools.partial(_unreadable, exc)
+
+    def _build(self, make: Callable[[], Any]) -> Any:
+        try:
+            return make()
+        except Exception as exc:
+            return _Unreadable(exc)
+
+    def load_reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        func = stack[-1]
+        stack[-1] = self._build(lambda: func(*args))
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._build(lambda: cls.__new__(cls, *args)))
+
+    def load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._build(lambda: cls.__new__(cls, *args, **kwargs)))
+
+    def load_build(self) -> None:
+        try:
+            _BUILD(self)  # type: ignore[arg-type]  # (pops the state, sets it on the object below)
+        except Exception as exc:
+            self.stack[-1] = _Unreadable(exc)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _holds_unreadable(value: Any, depth: int = 0) -> _Unreadable | None:
+    """The first :class:`_Unreadable` in ``value`` (in its containers or its
+    attributes, a few levels down), or None."""
+    if isinstance(value, _Unreadable):
+        return value
+    if depth > 20:
+        return None
+    if isinstance(value, dict):
+        parts: Any = itertools.chain(value.keys(), value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        parts = value
+    else:
+        parts = getattr(value, "__dict__", {}).values()
+    for part in parts:
+        if (found := _holds_unreadable(part, depth + 1)) is not None:
+            return found
+    return None
+
+
+def _read_answer(data: bytes) -> tuple[int, Any]:
+    """A worker's answer ``(tag, outcomes)``: a value or an error that cannot be
+    rebuilt here fails its own task, with why (the others keep theirs); for when
+    plain ``pickle.loads`` failed."""
+    tag, outcomes = _Tolerant(io.BytesIO(data)).load()
+    if type(outcomes) is int:
+        return tag, outcomes
+    start, ends, values, wired = outcomes
+    for i, value in enumerate(values):
+        if (bad := _holds_unreadable(value)) is not None:
+            values[i] = None
+            kind = "" if value is bad else f" of type {type(value).__name__}"
+            wired[i] = (
+                None,
+                f"TypeError: the task returned a value{kind} that cannot be rebuilt here "
+                f"from the worker's pickle ({type(bad.error).__name__}: {bad.error})",
+                "",
+            )
+    for i, (error, text, tb) in wired.items():
+        if _holds_unreadable(error) is not None:
+            wired[i] = (None, text, tb)  # its text (a RemoteError) instead
+    return tag, (start, ends, values, wired)
 
 
 class _Worker:
@@ -181,14 +307,17 @@ class ProcessesMode(Mode):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            payload = _dumps_function(self.fn)
+            payload = by_value(self.fn)
         except Exception as exc:
             raise UsageTypeError(
                 f"mode='processes' must send the function to worker processes, but it cannot "
                 f"be pickled ({type(exc).__name__}: {exc}); define it at module level without "
                 "references to open files, locks or sockets, or use mode='threads'"
             ) from exc
-        self._fn_message = pickle.dumps((_worker.FN, 0, (list(sys.path), payload)))
+        # A worker stays warm between runs: it takes this run's sys.path, working
+        # directory and environment, as a thread would see them.
+        setting = (list(sys.path), payload, os.getcwd(), dict(os.environ))
+        self._fn_message = pickle.dumps((_worker.FN, 0, setting))
 
     def _attach(self, number: int) -> _Worker:
         worker = self._workers.get(number)
@@ -245,7 +374,10 @@ class ProcessesMode(Mode):
             if len(inbox) < start + size:
                 return
             with memoryview(inbox) as view:
-                tag, outcomes = pickle.loads(view[start : start + size])
+                try:
+                    tag, outcomes = pickle.loads(view[start : start + size])
+                except Exception:  # something in it cannot be rebuilt here
+                    tag, outcomes = _read_answer(bytes(view[start : start + size]))
             del inbox[: start + size]
             if type(outcomes) is int:  # how many items of a batch asked back it gave back
                 self._gave_back(worker, tag, outcomes)
@@ -328,7 +460,7 @@ class ProcessesMode(Mode):
         :meth:`take_back` may ask back."""
         tag = next(_tags)
         try:
-            message = _worker.dumps((_worker.RUN, tag, items))
+            message = by_value((_worker.RUN, tag, items))
         except Exception:
             return await self._run_picklable(worker, items)
         fut = self._loop.create_future()
@@ -374,7 +506,7 @@ class ProcessesMode(Mode):
         errors: dict[int, BaseException] = {}
         for i, item in enumerate(items):
             try:
-                _worker.dumps(item)
+                by_value(item)
             except Exception as exc:
                 errors[i] = UsageTypeError(
                     f"mode='processes' must send each item to a worker, but an item of type "

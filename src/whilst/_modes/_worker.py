@@ -6,7 +6,8 @@ the 150 ms that importing whilst (asyncio, cloudpickle...) would cost; a
 function pickled by value pulls in cloudpickle by itself when it is unpickled.
 
 Protocol: frames of an 8-byte big-endian length and a pickle, over three pipes.
-The parent sends ``(FN, 0, (sys.path, pickled function))`` then
+The parent sends ``(FN, 0, (sys.path, pickled function, working directory,
+environment))`` (a warm worker takes the new run's) then
 ``(RUN, tag, items)``; the worker answers each RUN with ``(tag, (start, ends,
 values, errors))``: the columns of :class:`whilst._modes._base.Outcomes`, with
 each error as ``(exception or None, "Type: message", traceback text)``. The
@@ -295,6 +296,11 @@ class _Batches:
                 else:
                     n = 0  # done already
                 write_frame(self.write_fd, dumps((tag, n)))
+        # End of file: the parent is gone, even by kill -9 (the kernel closed its
+        # end). Stop now, and what this worker's task started with it, as the
+        # parent would. (Not PR_SET_PDEATHSIG: that fires when the *thread* that
+        # started the worker ends, and warm workers outlive the run's threads.)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def serve(read_fd: int, write_fd: int, control_fd: int = -1) -> None:
@@ -312,8 +318,16 @@ def serve(read_fd: int, write_fd: int, control_fd: int = -1) -> None:
         op, tag, payload = pickle.loads(data)
         data = None
         if op == FN:
-            sys.path[:] = payload[0]
-            fn = _load(payload[1])
+            path, pickled, cwd, environ = payload
+            sys.path[:] = path
+            try:  # noqa: SIM105 - contextlib would add to a worker's start-up
+                os.chdir(cwd)
+            except OSError:  # (gone since: stay where it is)
+                pass
+            if os.environ != environ:
+                os.environ.clear()
+                os.environ.update(environ)
+            fn = _load(pickled)
             if _is_async(fn):
                 import asyncio
 
@@ -323,22 +337,12 @@ def serve(read_fd: int, write_fd: int, control_fd: int = -1) -> None:
             batches.send(_encode(tag, run_batch(fn, batches.start(tag, payload))))
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this worker when the parent dies, even by kill -9."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def main(read_fd: int, write_fd: int, parent: int, control_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _die_with_parent()
+    for fd in (read_fd, write_fd, control_fd):
+        # Not for a command a task runs: one left running would hold the pipes open,
+        # and the parent would not see this worker's end until it ended too.
+        os.set_inheritable(fd, False)
     if os.getppid() != parent:
-        return  # the parent died before we could ask to die with it
+        return  # the parent died already
     serve(read_fd, write_fd, control_fd)
