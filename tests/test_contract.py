@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +153,22 @@ def test_processes_run_in_other_processes() -> None:
     pids = whilst.map(lambda _: os.getpid(), range(40), mode="processes", limit=2)
     assert os.getpid() not in pids
     assert 1 <= len(set(pids)) <= 2
+
+
+def test_a_first_run_in_an_atexit_handler(tmp_path: Path) -> None:
+    """whilst's first run may come at exit (an atexit handler flushing work):
+    nothing it imports then may need to register for exit itself."""
+    script = tmp_path / "at_exit.py"
+    script.write_text(
+        "import atexit, whilst\n"
+        "async def aabs(x):\n"
+        "    return abs(x)\n"
+        "@atexit.register\n"
+        "def at_exit():\n"
+        "    for mode in ('sync', 'threads', 'processes'):\n"
+        "        print(whilst.map(abs, [-2, -1], mode=mode))\n"
+        "    print(whilst.map(aabs, [-2, -1], mode='async'))\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n") == ["[2, 1]"] * 4 + [""]

@@ -51,7 +51,7 @@ async def _stop(task: asyncio.Task[Any]) -> None:
 def new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
-    except ImportError:
+    except (ImportError, RuntimeError):  # (RuntimeError: first imported at exit, by atexit)
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
