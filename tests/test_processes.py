@@ -259,6 +259,50 @@ def test_a_spawned_multiprocessing_child_sends_its_scripts_functions(tmp_path: P
     assert run.stdout.strip() == "[[0, 1, 4, 9]]"
 
 
+def test_a_forked_child_that_leaves_a_run_open_stops_none_of_the_parents(
+    tmp_path: Path,
+) -> None:
+    """A child forked in the middle of an imap inherits the open run; its exit
+    must neither stop the parent's workers nor touch the parent's event loop."""
+    script = tmp_path / "fork_mid_run.py"
+    script.write_text(
+        "import os, sys, time, whilst\n"
+        "def work(x):\n"
+        "    time.sleep(0.01 if x == 0 else 0.3)\n"
+        "    return x\n"
+        "if __name__ == '__main__':\n"
+        "    got = []\n"
+        "    for r in whilst.imap(work, range(6), mode='processes', limit=2):\n"
+        "        got.append((r.index, r.status.value))\n"
+        "        if r.index == 0:\n"
+        "            child = os.fork()\n"
+        "            if child == 0:\n"
+        "                sys.exit(0)  # leaves the run open: its finally blocks run\n"
+        "            os.waitpid(child, 0)\n"
+        "    print(got)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str([(i, "ok") for i in range(6)])
+
+
+def test_close_from_another_thread_ends_the_readers_loop_at_once() -> None:
+    """``run.close()`` from another thread while the reader waits for a result:
+    the reader's loop ends (no error), the tasks running are stopped."""
+    run = whilst.imap(nap_long, range(10), mode="processes", limit=2)
+    closer = threading.Timer(0.3, run.close)
+    closer.start()
+    started = time.monotonic()
+    assert list(run) == []
+    assert time.monotonic() - started < 2.5
+    closer.join()
+
+
+def nap_long(x: int) -> int:
+    time.sleep(5)
+    return x
+
+
 def where_and_what(_: object) -> tuple[str, str | None]:
     return os.getcwd(), os.environ.get("WHILST_TEST_VAR")
 

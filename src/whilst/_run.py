@@ -113,6 +113,9 @@ class _Feed:
         except BaseException:
             self.shutdown()
             raise
+        if self.closed:  # by close() from another thread, while this one waited
+            runner.close()
+            return None
         if chunk:
             return chunk
         main = runner.main

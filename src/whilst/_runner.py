@@ -24,6 +24,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -72,6 +73,7 @@ class Runner:
         self.signum = 0  # the first signal that stopped the run
         self.caller_cancelled = False  # the caller's task was cancelled (asyncio.run's Ctrl-C)
         self._grace: asyncio.TimerHandle | threading.Timer | None = None
+        self._pid = os.getpid()  # (a child forked meanwhile has a copy: see close)
 
     def start(self, scheduler: Scheduler) -> asyncio.Task[Any]:
         """Start the run (it progresses whenever :meth:`call` runs the loop)."""
@@ -233,8 +235,15 @@ class InlineRunner(Runner):
                 signal.pthread_kill(threading.main_thread().ident, signum)  # type: ignore[arg-type]
 
     def close(self) -> None:
+        """Stop the run and close the loop. From another thread while the caller
+        waits for results, only ask the run to stop: the caller's wait then ends,
+        and the caller closes it (see ``_Feed.take``). In a forked child, leave
+        all be: the loop and the workers it drives are the parent's."""
         loop = self.loop
-        if loop.is_closed():
+        if loop.is_closed() or os.getpid() != self._pid:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(self._cancel_main)
             return
         try:
             self._stop_main()
@@ -303,7 +312,7 @@ class ThreadRunner(Runner):
 
     def close(self) -> None:
         loop = self.loop
-        if loop.is_closed():
+        if loop.is_closed() or os.getpid() != self._pid:  # (see InlineRunner.close)
             return
         if threading.current_thread() is self._thread:
             # Dropped on its own loop (the garbage collector ran there): nothing
