@@ -197,6 +197,34 @@ def test_workers_die_with_a_runner_killed_by_sigkill(tmp_path: Path) -> None:
     assert not left
 
 
+def fork_then_die(path: str) -> None:
+    """Leaves a forked copy of the worker (no exec: it keeps every pipe) asleep,
+    then kills the worker."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    Path(path).write_text(str(child))
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_noticed_while_a_fork_it_left_holds_its_pipes(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "forked"
+    started = time.monotonic()
+    results = list(whilst.imap(fork_then_die, [str(pid_file)], mode="processes"))
+    assert time.monotonic() - started < 10  # not the 30 s the fork sleeps
+    assert results[0].status is Status.CRASHED
+    forked = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(forked) and psutil.Process(forked).status() != "zombie":
+        if time.monotonic() > deadline:
+            os.kill(forked, 9)
+            pytest.fail("the fork the worker left lives on")
+        time.sleep(0.05)
+
+
 class NeedsTwo(Exception):
     def __init__(self, a: str, b: str) -> None:
         super().__init__(a)

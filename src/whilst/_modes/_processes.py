@@ -230,6 +230,12 @@ class _Worker:
         self.ready_fn = -1  # the function it has loaded (it answered a run after it)
         self.label = f"pid-{self.proc.pid}"
         self.dead = False
+        # Readable once the process has exited (Linux): its end is noticed even
+        # while something its task started without exec holds its pipes open.
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            self.pidfd = -1
 
     def kill(self) -> None:
         """Kill the worker and every process its tasks left in its group (a command
@@ -242,7 +248,7 @@ class _Worker:
 
     def release(self) -> None:
         """Close this process's ends of the pipes."""
-        for fd in (self.send_fd, self.recv_fd, self.control_fd):
+        for fd in (self.send_fd, self.recv_fd, self.control_fd, self.pidfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -325,6 +331,8 @@ class ProcessesMode(Mode):
             return worker
         worker = _pool.get()
         self._loop.add_reader(worker.recv_fd, self._readable, worker)
+        if worker.pidfd >= 0:
+            self._loop.add_reader(worker.pidfd, self._exited, worker)
         self._workers[number] = worker
         if worker.fn_id != self._fn_id:
             self._send(worker, self._fn_message)
@@ -365,6 +373,19 @@ class ProcessesMode(Mode):
         if gone:
             self._lost(worker)
 
+    def _exited(self, worker: _Worker) -> None:
+        """The worker's process has ended: take what it sent, then its loss."""
+        if not worker.dead:
+            self._readable(worker)
+        if not worker.dead:
+            self._lost(worker)
+
+    def _unwatch(self, worker: _Worker) -> None:
+        self._loop.remove_reader(worker.recv_fd)
+        self._loop.remove_writer(worker.send_fd)
+        if worker.pidfd >= 0:
+            self._loop.remove_reader(worker.pidfd)
+
     def _deliver(self, worker: _Worker) -> None:
         inbox = worker.inbox
         header = _worker.HEADER
@@ -399,8 +420,7 @@ class ProcessesMode(Mode):
 
     def _lost(self, worker: _Worker) -> None:
         """The worker died: fail what it was running; the next batch gets a new one."""
-        self._loop.remove_reader(worker.recv_fd)
-        self._loop.remove_writer(worker.send_fd)
+        self._unwatch(worker)
         try:
             code = worker.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -412,8 +432,7 @@ class ProcessesMode(Mode):
         """Kill a worker to stop the attempt it runs; the next attempt gets a new one.
         Tasks of other slots running on it (coroutine functions share workers) were
         only caught: they run again without using a retry."""
-        self._loop.remove_reader(worker.recv_fd)
-        self._loop.remove_writer(worker.send_fd)
+        self._unwatch(worker)
         worker.kill()
         self._fail_pending(worker, worker.proc.returncode, caught=True)
 
@@ -532,8 +551,7 @@ class ProcessesMode(Mode):
         for worker in self._workers.values():
             if worker.dead:
                 continue
-            self._loop.remove_reader(worker.recv_fd)
-            self._loop.remove_writer(worker.send_fd)
+            self._unwatch(worker)
             if abort or worker.pending or worker.outbox:
                 worker.kill()
             else:
