@@ -79,6 +79,17 @@ def test_a_plain_function_in_async_mode_names_threads() -> None:
     assert "record" in str(info.value)
 
 
+async def agen(x: object) -> object:
+    ran.append(x)
+    yield x
+
+
+@pytest.mark.parametrize("mode", ["auto", "async", "threads"])
+def test_an_async_generator_function_is_refused_in_every_mode(mode: str) -> None:
+    with pytest.raises(TypeError, match=r"async generator function .* return the value"):
+        whilst.map(agen, [1], mode=mode)
+
+
 def test_an_unpicklable_function_in_processes_mode() -> None:
     lock = threading.Lock()
 

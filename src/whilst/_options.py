@@ -121,6 +121,11 @@ def resolve(
         raise UsageError(f"limit must be at least 1, got {limit}; use limit=1 to run one at a time")
     if not isinstance(ordered, bool):
         raise UsageTypeError(f"ordered must be True or False, got {ordered!r}")
+    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):  # noqa: B004
+        raise UsageTypeError(
+            f"{_name(fn)} is an async generator function (async def with yield), but whilst "
+            "awaits one value per item; return the value instead of yielding it"
+        )
     is_async = is_async_callable(fn)
     reason = f"mode={mode!r} was asked for"
     measure = False
