@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -521,3 +522,31 @@ def test_messages_from_a_review_read_well() -> None:
     with pytest.raises(whilst.TasksFailed, match=r"failed: ValueError\)$"):
         whilst.map(empty, [1], mode="sync")
     assert str(whilst.WorkerCrashed(-9)).endswith("died of signal 9")
+
+
+class Unshowable:
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_an_item_whose_repr_raises_is_shown_by_a_placeholder(tmp_path: Path) -> None:
+    from whilst._errors import safe_repr
+
+    huge = 10**5000  # repr raises past Python's 4300-digit limit
+    assert safe_repr(huge) == safe_repr(-huge) == "<int of 5001 digits>"
+    assert safe_repr(Unshowable()) == "<Unshowable object: its repr raised ValueError>"
+
+    def fail(x: Any) -> int:
+        raise KeyError("no")
+
+    with pytest.raises(whilst.TasksFailed, match="item <int of 5001 digits>") as caught:
+        whilst.map(fail, [huge, Unshowable()], mode="threads")
+    assert len(caught.value.results) == 2
+    page, trace, db = tmp_path / "run.html", tmp_path / "run.json", tmp_path / "run.db"
+    values = whilst.map(
+        lambda x: 1, [huge, Unshowable()], mode="threads", report=page, trace=trace, journal=db
+    )
+    assert values == [1, 1]
+    assert "int of 5001 digits" in page.read_text()
+    assert "its repr raised ValueError" in trace.read_text()
+    assert [r.item for r in whilst.Journal(db)] == [safe_repr(huge), safe_repr(Unshowable())]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import os
 import signal
 import sqlite3
@@ -910,3 +911,156 @@ def test_tasks_that_never_started_leave_no_row(tmp_path: Path) -> None:
     with sqlite3.connect(db) as ro:
         rows = ro.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
     assert dict(rows) == {"ok": 5, "failed": 1}
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+def test_a_resume_gives_back_values_of_their_own_type(tmp_path: Path) -> None:
+    """A Counter equals the dict JSON gives back, and an IntEnum the int: equal is
+    not the same, so only values of JSON's own types, all the way down, are JSON."""
+    db = tmp_path / "run.db"
+    made = [
+        collections.Counter("hello"),
+        collections.defaultdict(int, a=1),
+        collections.OrderedDict(a=1),
+        Level.LOW,
+        [Level.LOW],
+        {"a": [1, {"b": None}]},
+    ]
+
+    def task(x: int) -> Any:
+        return made[x]
+
+    whilst.map(task, range(len(made)), mode="threads", journal=db)
+    results = list(whilst.imap(task, range(len(made)), mode="threads", journal=db))
+    assert [r.status for r in results] == [Status.SKIPPED] * len(made)
+    assert [r.value for r in results] == made
+    assert [type(r.value) for r in results] == [type(v) for v in made]
+    assert type(results[4].value[0]) is Level
+    with sqlite3.connect(db) as ro:
+        formats = [f for (f,) in ro.execute("SELECT value_format FROM tasks ORDER BY idx")]
+    assert formats == ["pickle"] * 5 + ["json"]
+
+
+class Renamed:
+    """A value's class, renamed (the test removes it) after its run."""
+
+
+def test_a_value_whose_pickle_no_longer_loads_runs_again_and_reads_as_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from whilst._cli import cli
+
+    db, counter, renamed = tmp_path / "run.db", tmp_path / "count", Renamed
+
+    def task(x: int) -> Any:
+        with open(counter, "a") as f:
+            f.write(f"{x}\n")
+        return renamed() if x == 0 else x
+
+    whilst.map(task, range(2), journal=db)
+    monkeypatch.delitem(globals(), "Renamed")  # as if renamed or moved since
+    first, second = whilst.Journal(db)
+    assert second.value == 1
+    assert "unavailable" in repr(first.value)
+    assert "Renamed" in repr(first.value)  # why: the class it names is gone
+    out = CliRunner().invoke(cli, ["report", str(db), "--format", "jsonl"])
+    assert out.exit_code == 0, out.output
+    assert "Renamed" in json.loads(out.output.splitlines()[0])["value"]
+    results = list(whilst.imap(task, range(2), journal=db))
+    assert [r.status for r in results] == [Status.OK, Status.SKIPPED]
+    assert counted(counter) == Counter({"0": 2, "1": 1})  # only the lost value ran again
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_an_error_whose_str_raises_is_journaled_and_the_run_goes_on(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+
+    def task(x: int) -> int:
+        if x == 0:
+            raise Unprintable
+        return x
+
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(task, range(3), mode="threads", journal=db)
+    assert [r.status for r in caught.value.results] == [Status.FAILED, Status.OK, Status.OK]
+    read = list(whilst.Journal(db))
+    assert [r.status for r in read] == [Status.FAILED, Status.OK, Status.OK]
+    assert str(read[0].error).startswith("Unprintable: ")
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_too_deep_to_keep_is_recorded_unkept_and_the_run_goes_on(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    deep = nested(1200)
+
+    def task(x: int) -> Any:
+        return deep if x == 0 else x
+
+    assert whilst.map(task, range(2), mode="threads", journal=db) == [deep, 1]
+    with sqlite3.connect(db) as ro:
+        formats = [f for (f,) in ro.execute("SELECT value_format FROM tasks ORDER BY idx")]
+    assert formats[0].startswith("unkept: cannot be pickled (RecursionError")
+    assert formats[1] == "json"
+
+
+def test_items_too_big_or_deep_for_their_text_get_a_key_or_say_why_not(tmp_path: Path) -> None:
+    from whilst._journal import item_key
+
+    db, counter = tmp_path / "run.db", tmp_path / "count"
+    huge = 10**5000
+
+    def task(x: Any) -> int:
+        with open(counter, "a") as f:
+            f.write(f"{x if type(x) is int and x < 100 else 'big'}\n")
+        return 1
+
+    assert item_key(12) == "i:12"  # as journals have them
+    assert item_key(huge) != item_key(huge + 1)
+    assert whilst.map(task, [huge, huge + 1, 3], mode="threads", journal=db) == [1, 1, 1]
+    assert whilst.map(task, [huge, huge + 1, 3], mode="threads", journal=db) == [1, 1, 1]
+    assert counted(counter) == Counter({"big": 2, "3": 1})  # nothing ran twice
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(task, [nested(1200), 4], mode="threads", journal=db)
+    (failed,) = caught.value.failed
+    assert failed.attempts == 0
+    notes = "\n".join(getattr(failed.error, "__notes__", []))
+    assert "journal key of item 0" in notes
+    assert "raised by task_id=" not in notes  # none was given
+    assert "task_id=" in str(failed.error)  # how to give it one
+
+
+def test_a_task_id_giving_none_or_an_address_fails_only_that_item(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    rows = [{"id": 1, "v": 10}, {"v": 20}, {"v": 30}]
+
+    def task(row: dict[str, int]) -> int:
+        return row["v"]
+
+    for _ in range(2):  # and again, resuming: never another row's value
+        with pytest.raises(whilst.TasksFailed) as caught:
+            whilst.map(task, rows, mode="threads", journal=db, task_id=lambda r: r.get("id"))
+        results = caught.value.results
+        assert [r.value for r in results] == [10, None, None]
+        assert [r.index for r in caught.value.failed] == [1, 2]
+        assert "task_id= returned None" in str(results[1].error)
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(task, rows, journal=tmp_path / "2.db", task_id=lambda r: object())
+    assert len(caught.value.failed) == 3
+    assert "memory address" in str(caught.value.failed[0].error)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import collections
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import Any, Unpack
 
-from ._errors import TaskCancelled, TasksFailed, UsageTypeError, WhilstError, describe
+from ._errors import TaskCancelled, TasksFailed, UsageTypeError, WhilstError, describe, safe_repr
 from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result
@@ -233,5 +232,5 @@ def _errors(failed: Sequence[Result]) -> list[Exception]:
 
 
 def _short(item: Any, width: int = 60) -> str:
-    text = builtins.repr(item)
+    text = safe_repr(item)
     return text if len(text) <= width else text[: width - 3] + "..."

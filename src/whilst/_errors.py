@@ -117,11 +117,31 @@ def describe(error: BaseException | None) -> str:
     it has no message ("" for None)."""
     if error is None:
         return ""
-    try:
-        text = str(error)
-    except Exception:  # an exception whose __str__ itself raises
-        text = "(its message could not be shown)"
+    text = message(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def message(error: BaseException) -> str:
+    """``str(error)``, or a placeholder for an exception whose __str__ itself raises."""
+    try:
+        return str(error)
+    except Exception:
+        return "(its message could not be shown)"
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder when it raises (an int past Python's
+    4300-digit limit for text, a class whose __repr__ fails): what names an item
+    in a message, a journal or a report must never end the run."""
+    try:
+        return repr(value)
+    except Exception as exc:
+        if isinstance(value, int):
+            size = abs(value)
+            digits = int(math.log10(size)) + 1  # a float near a power of 10: one off
+            digits += (size >= 10**digits) - (size < 10 ** (digits - 1))
+            return f"<{type(value).__name__} of {digits} digits>"
+        return f"<{type(value).__name__} object: its repr raised {type(exc).__name__}>"
 
 
 def after_seconds(value: str) -> float | None:

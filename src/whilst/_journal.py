@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import INTERRUPTED as INTERRUPTED_NOTE
-from ._errors import EarlierFailure, RemoteError, TaskCancelled, UsageError, WhilstError
+from ._errors import (
+    EarlierFailure,
+    RemoteError,
+    TaskCancelled,
+    UsageError,
+    WhilstError,
+    describe,
+    message,
+    safe_repr,
+)
 from ._modes import Outcomes
 from ._output import Pace, Record
 from ._result import Result, Status, failure_status
@@ -84,13 +93,17 @@ _STATUS = {status: status.value for status in Status} | {Status.CANCELLED: INTER
 def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
     """The default identity of an item: itself for a number or a short string, else
     a hash of its content (typed JSON with sorted keys and sets, else its pickle).
-    An item whose only text names a memory address has no stable identity: a
-    TypeError asks for ``task_id=``. Schema 1 journals hashed plain JSON, in which
-    a tuple and a list (or ``{1: x}`` and ``{"1": x}``) were one item: they keep
-    their keys, so that a resume finds their records."""
+    An item whose only text names a memory address, or nested too deeply for its
+    pickle or repr, has no stable identity: a TypeError asks for ``task_id=``.
+    Schema 1 journals hashed plain JSON, in which a tuple and a list (or ``{1: x}``
+    and ``{"1": x}``) were one item: they keep their keys, so that a resume finds
+    their records."""
     kind = type(item)
     if kind is int:  # most inputs: numbers, names, URLs
-        return f"i:{item}"
+        try:
+            return f"i:{item}"
+        except ValueError:  # past Python's 4300-digit limit for an int's text
+            return _digest(b"I" + item.to_bytes(item.bit_length() // 8 + 1, signed=True))
     if kind is str and len(item) < 64 and (item.isascii() or _utf8(item)):
         return f"s:{item}"
     if isinstance(item, bytes):
@@ -101,16 +114,20 @@ def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
         try:
             typed = _typed(item) if schema > 1 else item
             data = b"j" + json.dumps(typed, sort_keys=True, default=_sorted_set).encode()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):  # a deep item's pickle may still do
             try:
                 data = b"p" + pickle.dumps(item, 4)
-            except Exception:
-                text = repr(item)
-                if " at 0x" in text:
+            except Exception as exc:
+                try:
+                    text = repr(item)
+                except Exception:
+                    text = ""
+                if not text or " at 0x" in text:
+                    why = "names a memory address" if text else "raised too"
                     raise TypeError(
-                        f"item {text[:80]} has no stable identity for the journal (it cannot "
-                        "be pickled and its repr names a memory address); pass task_id= to "
-                        "say what identifies an item"
+                        f"item {safe_repr(item)[:80]} has no stable identity for the journal "
+                        f"(it cannot be pickled ({describe(exc)[:200]}) and its repr {why}); "
+                        "pass task_id= to say what identifies an item"
                     ) from None
                 data = b"r" + text.encode("utf-8", "surrogatepass")
     return _digest(data)
@@ -118,8 +135,20 @@ def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
 
 def id_key(task_id: Any) -> str:
     """The key of a task whose identity ``task_id=`` gave: its text (hashed if it is
-    not valid Unicode, which SQLite would refuse)."""
+    not valid Unicode, which SQLite would refuse). None, or a value whose text names
+    a memory address, identifies nothing: items giving it would share one record, so
+    a TypeError says so."""
+    if task_id is None:
+        raise TypeError(
+            "task_id= returned None for this item; return what identifies it (an id, a "
+            "name, a URL), or the item itself when it has no such field"
+        )
     key = str(task_id)
+    if " at 0x" in key and not isinstance(task_id, str):
+        raise TypeError(
+            f"task_id= returned {key[:80]}, which has no stable identity (its text names a "
+            "memory address); return what identifies the item: a string or a number"
+        )
     if key.isascii() or _utf8(key):
         return key
     return "u:" + _digest(key.encode("utf-8", "surrogatepass"))
@@ -245,18 +274,41 @@ def _encode(value: Any, pickles: bool) -> tuple[str | bytes | None, str]:
     try:  # the JSON of an int (most values) is its repr
         data = repr(value) if type(value) is int else _to_json(value)
         fmt = "json"
-        if type(value) not in (int, str, float, bool) and json.loads(data) != value:
-            raise ValueError("JSON would change it")  # a tuple, a dict with int keys
-    except (TypeError, ValueError):
+        if type(value) not in (int, str, float, bool) and not _json_as_is(value):
+            raise ValueError("JSON would change it")
+    except (TypeError, ValueError, RecursionError):
         if not pickles:
             return None, "unkept: not JSON"
         try:
             data, fmt = pickle.dumps(value, 4), "pickle"
-        except Exception:
-            return None, "unkept: cannot be pickled"
+        except Exception as exc:
+            return None, f"unkept: cannot be pickled ({describe(exc)[:200]})"
     if len(data) > VALUE_CAP:
         return None, f"unkept: {len(data)} bytes, over the {VALUE_CAP} byte cap"
     return data, fmt
+
+
+_JSON_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+def _json_as_is(value: Any) -> bool:
+    """Whether JSON gives ``value`` back as it is: every type in it, all the way
+    down, is exactly one of JSON's, and every key a str. Equal is not the same: a
+    Counter equals the dict JSON gives back, an IntEnum the int. Only for a value
+    JSON encoded (so with no cycle)."""
+    todo = [value]
+    while todo:  # a loop, not recursion: a value JSON encoded may be nested deep
+        v = todo.pop()
+        kind = type(v)
+        if kind is list:
+            todo.extend(v)
+        elif kind is dict:
+            if any(type(k) is not str for k in v):
+                return False
+            todo.extend(v.values())
+        elif kind not in _JSON_SCALARS:
+            return False
+    return True
 
 
 class JournalWriter:
@@ -367,13 +419,26 @@ class JournalWriter:
 
     # -- during the run ------------------------------------------------------
 
-    def key(self, item: Any) -> str:
+    def key(self, item: Any, index: int) -> str:
+        """The key of ``item`` at ``index``; what raises computing it has a note
+        saying what did: ``task_id=``, or the default key (none was given)."""
         if self.task_id is None:
-            return item_key(item, self.schema)
-        return id_key(self.task_id(item))
+            try:
+                return item_key(item, self.schema)
+            except Exception as exc:
+                exc.add_note(f"whilst: raised computing the journal key of item {index}")
+                raise
+        try:
+            task_id = self.task_id(item)
+        except Exception as exc:
+            exc.add_note(f"whilst: raised by task_id= on item {index}")
+            raise
+        return id_key(task_id)  # (its own errors say what task_id= returned)
 
-    def stored(self, key: str, index: int, item: Any) -> Result:
-        """The record of a task a resume skips, as the result of ``item`` at ``index``."""
+    def stored(self, key: str, index: int, item: Any) -> Result | None:
+        """The record of a task a resume skips, as the result of ``item`` at ``index``;
+        None when its value cannot be given back after all (its pickle no longer
+        loads): the task runs again, as one whose value was not kept."""
         record = self.done[key]  # kept: an identical item later in the input shares it
         _, status, attempts, start, end, mode, worker, etype, text, value, fmt = record
         if status != "ok":  # resume="unfinished": a failure stays a failure
@@ -382,6 +447,9 @@ class JournalWriter:
                 index, item, Status(status), None, error, attempts, start, end, mode, worker
             )
         value = _decode(value, fmt, self.owned)
+        if isinstance(value, Unavailable):
+            del self.done[key]
+            return None
         return Result(index, item, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
 
     def record(
@@ -404,7 +472,7 @@ class JournalWriter:
         self.rows.append((
             key, index, _short(item), _STATUS[status], attempts, start, end, mode, worker,
             None if error is None else type(error).__name__,
-            None if error is None else _text(str(error)[:10_000]),
+            None if error is None else _text(message(error)[:10_000]),
             data, fmt, self.run,
         ))  # fmt: skip
 
@@ -540,13 +608,12 @@ class Journaled:
         (set aside, or read ahead) until :meth:`start`."""
         writer = self.writer
         try:
-            key = writer.key(item)
+            key = writer.key(item, index)
         except Exception as exc:
-            exc.add_note(f"whilst: raised by task_id= on item {index}")
             now = time.time()
             return Result(index, item, Status.FAILED, None, exc, 0, now, now, "", "")
-        if key in writer.done:
-            return writer.stored(key, index, item)
+        if key in writer.done and (stored := writer.stored(key, index, item)) is not None:
+            return stored
         self._admitted[index] = (key, item, time.time() if started else 0.0)
         if not started:
             self._waiting.add(index)
@@ -566,7 +633,7 @@ class Journaled:
     def lookup(self, index: int, item: Any) -> Result | None:
         """The stored result of an item done by an earlier run, without admitting it."""
         with contextlib.suppress(Exception):
-            key = self.writer.key(item)
+            key = self.writer.key(item, index)
             if key in self.writer.done:
                 return self.writer.stored(key, index, item)
         return None
@@ -714,6 +781,17 @@ class Journaled:
             raise self.error
 
 
+class Unavailable:
+    """Stands in for a kept value that cannot be given back: its pickle no longer
+    loads (its class was renamed or moved since, say). Its text says why."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"<value unavailable: {self.why}>"
+
+
 def _decode(value: bytes | None, fmt: str, owned: bool) -> Any:
     """A kept value; pickles only from a file private to this user (never run a
     pickle someone else could have written)."""
@@ -722,7 +800,10 @@ def _decode(value: bytes | None, fmt: str, owned: bool) -> Any:
     if fmt == "json":
         return json.loads(value)
     if fmt == "pickle" and owned:
-        return pickle.loads(value)  # written by this user, in a file only they can write
+        try:
+            return pickle.loads(value)  # written by this user, in a file only they can write
+        except Exception as exc:  # its code changed since: the record stays readable
+            return Unavailable(f"its pickle no longer loads ({describe(exc)[:200]})")
     return None
 
 
@@ -800,7 +881,7 @@ def _text(text: str) -> str:
 
 
 def _short(item: Any, width: int = 200) -> str:
-    text = _text(repr(item))
+    text = _text(safe_repr(item))
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -816,7 +897,8 @@ class Journal:
     item's text (its ``repr``, cut to 200 characters); a task recorded
     ``interrupted`` (its run was stopped while it ran) or still running is
     ``cancelled``, and its error says which. Values are restored when they were
-    kept (JSON, or pickled in a file private to this user)."""
+    kept (JSON, or pickled in a file private to this user); one whose pickle no
+    longer loads is an ``Unavailable`` whose text says why."""
 
     def __init__(self, path: str | os.PathLike[str], *, values: bool = True) -> None:
         self.path = Path(path)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import INTERRUPTED, TaskCancelled, describe
+from ._errors import INTERRUPTED, TaskCancelled, describe, safe_repr
 from ._events import Event, EventKind
 from ._result import Result, Status
 from ._summary import Stats, Summary
@@ -87,7 +87,7 @@ class Timeline:
         end = r.end if r.end > start else start
         text = self.items.get(index)
         if text is None:
-            text = repr(r.item)
+            text = safe_repr(r.item)
             if len(text) > ITEM_TEXT:
                 text = _short(text, ITEM_TEXT)
         worker = r.worker or (opened[1] if opened else "")
@@ -98,7 +98,7 @@ class Timeline:
         each is drawn until ``end``, cancelled, as the journal records it."""
         stopped = TaskCancelled(INTERRUPTED)
         for index, (start, worker, item) in self._open.items():
-            text = self.items.get(index) or _short(repr(item), ITEM_TEXT)
+            text = self.items.get(index) or _short(safe_repr(item), ITEM_TEXT)
             until = max(end, start)
             self.add(worker, start, until, Status.CANCELLED, index, 1, text, stopped)
             result = Result(index, item, Status.CANCELLED, None, stopped, 1, start, until)
