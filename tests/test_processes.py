@@ -128,20 +128,26 @@ def test_closures_and_lambdas_travel_by_value() -> None:
     assert whilst.map(lambda x: x * offset, range(3), mode="processes") == [0, 10, 20]
 
 
+def run_script(path: Path, text: str) -> str:
+    """Run ``text`` as a program of its own (it must exit 0): what it printed."""
+    path.write_text(text)
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
 def test_a_partial_of_a_scripts_function_travels_by_value(tmp_path: Path) -> None:
     """A functools.partial pickles its function by name; one from a script's
     __main__ cannot be imported by a worker, so it travels by value too."""
-    script = tmp_path / "script.py"
-    script.write_text(
+    out = run_script(
+        tmp_path / "script.py",
         "import functools, whilst\n"
         "def scale(x, k):\n"
         "    return x * k\n"
         "if __name__ == '__main__':\n"
-        "    print(whilst.map(functools.partial(scale, k=3), [1, 2], mode='processes'))\n"
+        "    print(whilst.map(functools.partial(scale, k=3), [1, 2], mode='processes'))\n",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[3, 6]"
+    assert out == "[3, 6]"
 
 
 def test_workers_stay_warm_between_runs() -> None:
@@ -251,8 +257,8 @@ def test_a_value_that_cannot_be_rebuilt_here_fails_only_its_task() -> None:
 def test_a_scripts_own_classes_travel_as_items_and_values(tmp_path: Path) -> None:
     """Items and values of a class defined in the script (its __main__, which a
     worker cannot import) go by value, as its functions do; auto moves them too."""
-    script = tmp_path / "script.py"
-    script.write_text(
+    out = run_script(
+        tmp_path / "script.py",
         "import dataclasses, whilst\n"
         "@dataclasses.dataclass\n"
         "class Job:\n"
@@ -262,17 +268,15 @@ def test_a_scripts_own_classes_travel_as_items_and_values(tmp_path: Path) -> Non
         "jobs = [Job(i) for i in range(300)]\n"
         "out = whilst.map(double, jobs, mode='processes')\n"
         "assert out == [Job(i * 2) for i in range(300)] and type(out[0]) is Job\n"
-        "print('ok')\n"
+        "print('ok')\n",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "ok"
+    assert out == "ok"
 
 
 def test_a_spawned_multiprocessing_child_sends_its_scripts_functions(tmp_path: Path) -> None:
     """In a spawn (or forkserver) child the script is ``__mp_main__``."""
-    script = tmp_path / "script.py"
-    script.write_text(
+    out = run_script(
+        tmp_path / "script.py",
         "import multiprocessing, whilst\n"
         "def square(x):\n"
         "    return x * x\n"
@@ -280,11 +284,9 @@ def test_a_spawned_multiprocessing_child_sends_its_scripts_functions(tmp_path: P
         "    return whilst.map(square, range(n), mode='processes', limit=2)\n"
         "if __name__ == '__main__':\n"
         "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
-        "        print(pool.map(child, [4]))\n"
+        "        print(pool.map(child, [4]))\n",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[[0, 1, 4, 9]]"
+    assert out == "[[0, 1, 4, 9]]"
 
 
 def test_a_forked_child_that_leaves_a_run_open_stops_none_of_the_parents(
@@ -292,8 +294,8 @@ def test_a_forked_child_that_leaves_a_run_open_stops_none_of_the_parents(
 ) -> None:
     """A child forked in the middle of an imap inherits the open run; its exit
     must neither stop the parent's workers nor touch the parent's event loop."""
-    script = tmp_path / "fork_mid_run.py"
-    script.write_text(
+    out = run_script(
+        tmp_path / "fork_mid_run.py",
         "import os, sys, time, whilst\n"
         "def work(x):\n"
         "    time.sleep(0.01 if x == 0 else 0.3)\n"
@@ -307,11 +309,9 @@ def test_a_forked_child_that_leaves_a_run_open_stops_none_of_the_parents(
         "            if child == 0:\n"
         "                sys.exit(0)  # leaves the run open: its finally blocks run\n"
         "            os.waitpid(child, 0)\n"
-        "    print(got)\n"
+        "    print(got)\n",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == str([(i, "ok") for i in range(6)])
+    assert out == str([(i, "ok") for i in range(6)])
 
 
 def test_close_from_another_thread_ends_the_readers_loop_at_once() -> None:
@@ -355,8 +355,8 @@ def test_warm_workers_take_each_runs_directory_and_environment(
 def test_a_forked_child_leaves_the_parents_warm_workers_alone(tmp_path: Path, exit: str) -> None:
     """A child forked after a run (a pre-fork server, multiprocessing's fork) gets
     workers of its own, and neither its runs nor its exit stop the parent's."""
-    script = tmp_path / "fork.py"
-    script.write_text(
+    out = run_script(
+        tmp_path / "fork.py",
         "import os, sys, whilst\n"
         "def ppid(_):\n"
         "    return os.getppid()\n"
@@ -370,11 +370,9 @@ def test_a_forked_child_leaves_the_parents_warm_workers_alone(tmp_path: Path, ex
         f"        {exit}\n"
         "    assert os.waitpid(child, 0)[1] == 0\n"
         "    after = whilst.map(pid, range(1), mode='processes', limit=1)\n"
-        "    print(before == after)\n"
+        "    print(before == after)\n",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "True"  # the same warm worker, alive
+    assert out == "True"  # the same warm worker, alive
 
 
 @pytest.mark.parametrize("limit", [1, 3])
