@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import enum
 import os
 import signal
@@ -754,6 +755,44 @@ def test_a_schema_1_journal_keeps_its_keys_so_a_resume_finds_its_records(tmp_pat
     with contextlib.closing(sqlite3.connect(db)) as con:
         assert con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone() == ("1",)
         assert con.execute("SELECT key FROM tasks WHERE idx = 3").fetchone() == (item_key((5,), 1),)
+
+
+def test_an_item_holding_a_set_of_strings_keeps_its_key_across_hash_seeds(
+    tmp_path: Path,
+) -> None:
+    """An item that is not JSON (a date in it) is known by its pickle, in which a
+    set of strings would be in the order of that process's hash seed."""
+    db = tmp_path / "run.db"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import datetime, sys, whilst\n"
+        "item = (datetime.date(2020, 1, 1), frozenset({'red', 'green', 'blue', 'cyan'}))\n"
+        "print([r.status.value for r in whilst.imap(len, [item], journal=sys.argv[1])])\n"
+    )
+    statuses = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, str(script), str(db)], capture_output=True, text=True, env=env
+        )
+        assert run.returncode == 0, run.stderr
+        statuses.append(run.stdout.strip())
+    assert statuses == ["['ok']", "['skipped']", "['skipped']"]
+
+
+def test_a_schema_2_journal_keeps_its_keys_so_a_resume_finds_its_records(tmp_path: Path) -> None:
+    from whilst._journal import item_key
+
+    db = tmp_path / "run.db"
+    items: list[Any] = [(datetime.date(2020, 1, 1), {"a", "b"}), 7]
+    whilst.map(repr, items, journal=db)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # as schema 2 wrote it
+        keys = [row[0] for row in con.execute("SELECT key FROM tasks ORDER BY idx")]
+        for key, item in zip(keys, items, strict=True):
+            con.execute("UPDATE tasks SET key = ? WHERE key = ?", (item_key(item, 2), key))
+        con.execute("UPDATE meta SET value = '2' WHERE name = 'schema'")
+    statuses = [r.status for r in whilst.imap(repr, items, journal=db)]
+    assert statuses == [Status.SKIPPED, Status.SKIPPED]
 
 
 def test_items_and_errors_that_are_not_valid_unicode_are_journaled(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -46,7 +47,7 @@ from ._modes import Outcomes
 from ._output import Pace, Record
 from ._result import Result, Status, failure_status
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Values larger than this (bytes, encoded) are not kept; the record says so.
 VALUE_CAP = 1 << 20
 #: Seconds between commits while tasks finish.
@@ -96,8 +97,9 @@ def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
     An item whose only text names a memory address, or nested too deeply for its
     pickle or repr, has no stable identity: a TypeError asks for ``task_id=``.
     Schema 1 journals hashed plain JSON, in which a tuple and a list (or ``{1: x}``
-    and ``{"1": x}``) were one item: they keep their keys, so that a resume finds
-    their records."""
+    and ``{"1": x}``) were one item, and schema 2 the plain pickle of an item that
+    is not JSON, in which a set of strings changed from one process to the next:
+    they keep their keys, so that a resume finds their records."""
     kind = type(item)
     if kind is int:  # most inputs: numbers, names, URLs
         try:
@@ -116,7 +118,10 @@ def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
             data = b"j" + json.dumps(typed, sort_keys=True, default=_sorted_set).encode()
         except (TypeError, ValueError, RecursionError):  # a deep item's pickle may still do
             try:
-                data = b"p" + pickle.dumps(item, 4)
+                data = pickle.dumps(item, 4)
+                if schema > 2 and (b"\x8f" in data or b"\x91" in data):  # a set, maybe
+                    data = _stable_pickle(item)
+                data = b"p" + data
             except Exception as exc:
                 try:
                     text = repr(item)
@@ -131,6 +136,24 @@ def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
                     ) from None
                 data = b"r" + text.encode("utf-8", "surrogatepass")
     return _digest(data)
+
+
+class _StablePickler(pickle._Pickler):
+    """Pickles a set or frozenset with its members in a fixed order: a set's own
+    order (of strings, say) changes with the hash seed from one process to the next.
+    (The pure-Python pickler: the C one pickles sets before it asks reducer_override.)"""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is set or kind is frozenset:
+            return kind, (sorted(obj, key=_stable_pickle),)
+        return NotImplemented
+
+
+def _stable_pickle(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _StablePickler(buffer, 4).dump(obj)
+    return buffer.getvalue()
 
 
 def id_key(task_id: Any) -> str:
