@@ -36,12 +36,11 @@ def default_limit(mode: str) -> int:
     return cpu_count()
 
 
-def is_async_callable(fn: Callable[..., Any]) -> bool:
+def is_async_callable(fn: Callable[..., Any], test: Any = inspect.iscoroutinefunction) -> bool:
     """True when calling ``fn`` returns a coroutine (``async def``, its partials and
-    objects whose ``__call__`` is ``async def``)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - a callable object's async __call__
-    )
+    objects whose ``__call__`` is ``async def``); with ``test``, another kind of
+    function (an async generator's)."""
+    return bool(test(fn) or test(getattr(fn, "__call__", None)))  # noqa: B004 - an object's __call__
 
 
 class PolicyOptions(TypedDict, total=False):
@@ -121,7 +120,7 @@ def resolve(
         raise UsageError(f"limit must be at least 1, got {limit}; use limit=1 to run one at a time")
     if not isinstance(ordered, bool):
         raise UsageTypeError(f"ordered must be True or False, got {ordered!r}")
-    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None)):  # noqa: B004
+    if is_async_callable(fn, inspect.isasyncgenfunction):
         raise UsageTypeError(
             f"{_name(fn)} is an async generator function (async def with yield), but whilst "
             "awaits one value per item; return the value instead of yielding it"
