@@ -729,6 +729,18 @@ def test_items_plain_json_cannot_tell_apart_keep_records_of_their_own(tmp_path: 
     assert [r.status for r in whilst.Journal(db)] == [Status.OK] * len(items)
 
 
+def as_written_by_schema(db: Path, items: list[Any], version: int) -> None:
+    """Rewrite a journal of ``items`` (one record each, in order) as an older
+    schema wrote it: that schema's keys, and its number."""
+    from whilst._journal import item_key
+
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        keys = [row[0] for row in con.execute("SELECT key FROM tasks ORDER BY idx")]
+        for key, item in zip(keys, items, strict=True):
+            con.execute("UPDATE tasks SET key = ? WHERE key = ?", (item_key(item, version), key))
+        con.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(version),))
+
+
 def test_a_schema_1_journal_keeps_its_keys_so_a_resume_finds_its_records(tmp_path: Path) -> None:
     """Journals written before items were typed hashed plain JSON: their records
     are found again (not run twice), and new runs of theirs go on the same way."""
@@ -743,11 +755,7 @@ def test_a_schema_1_journal_keeps_its_keys_so_a_resume_finds_its_records(tmp_pat
 
     items: list[Any] = [[1, 2], {"a": {3}}, "short"]
     whilst.map(task, items, journal=db)
-    with contextlib.closing(sqlite3.connect(db)) as con, con:  # as schema 1 wrote it
-        keys = [row[0] for row in con.execute("SELECT key FROM tasks ORDER BY idx")]
-        for key, item in zip(keys, items, strict=True):
-            con.execute("UPDATE tasks SET key = ? WHERE key = ?", (item_key(item, 1), key))
-        con.execute("UPDATE meta SET value = '1' WHERE name = 'schema'")
+    as_written_by_schema(db, items, 1)
     assert item_key({"a": {3}}, 1) != item_key({"a": {3}})  # typed keys differ, hence the care
     ran.clear()
     assert whilst.map(task, [*items, (5,)], journal=db) == [repr(i) for i in [*items, (5,)]]
@@ -781,16 +789,10 @@ def test_an_item_holding_a_set_of_strings_keeps_its_key_across_hash_seeds(
 
 
 def test_a_schema_2_journal_keeps_its_keys_so_a_resume_finds_its_records(tmp_path: Path) -> None:
-    from whilst._journal import item_key
-
     db = tmp_path / "run.db"
     items: list[Any] = [(datetime.date(2020, 1, 1), {"a", "b"}), 7]
     whilst.map(repr, items, journal=db)
-    with contextlib.closing(sqlite3.connect(db)) as con, con:  # as schema 2 wrote it
-        keys = [row[0] for row in con.execute("SELECT key FROM tasks ORDER BY idx")]
-        for key, item in zip(keys, items, strict=True):
-            con.execute("UPDATE tasks SET key = ? WHERE key = ?", (item_key(item, 2), key))
-        con.execute("UPDATE meta SET value = '2' WHERE name = 'schema'")
+    as_written_by_schema(db, items, 2)
     statuses = [r.status for r in whilst.imap(repr, items, journal=db)]
     assert statuses == [Status.SKIPPED, Status.SKIPPED]
 
