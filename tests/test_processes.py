@@ -482,8 +482,10 @@ def test_slow_tasks_batched_among_tiny_ones_run_side_by_side() -> None:
     results = list(whilst.imap(slow_among_tiny, items, mode="processes", limit=4))
     assert [r.value for r in results] == list(items)
     slow = [results[x] for x in sorted(SLOW_ONES)]
-    assert len({r.worker for r in slow}) == 3
-    assert max(r.start for r in slow) < min(r.end for r in slow)  # all three at once
+    t0 = min(r.start for r in results)
+    seen = [(r.index, r.worker, round(r.start - t0, 3), round(r.end - t0, 3)) for r in slow]
+    assert len({r.worker for r in slow}) == 3, seen
+    assert max(r.start for r in slow) < min(r.end for r in slow), seen  # all three at once
 
 
 def slow_at_3000(x: int) -> int:

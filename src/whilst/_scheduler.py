@@ -197,6 +197,7 @@ class Scheduler:
         self._flying: dict[int, collections.deque[tuple[int, list[Any], str, Any, float]]] = {}
         self._given_back: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self._asks: set[asyncio.Future[None]] = set()  # asks of busy workers not answered yet
+        self._again: asyncio.Future[None] | None = None  # done when items taken back go out
         self._source_done = False  # the last read found the input's end
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
         self.left_unread: str | None = None  # why a halted run left an async input unread
@@ -627,8 +628,8 @@ class Scheduler:
                     if output.full:
                         if flying:  # the batch out may be the one the reader waits for
                             break
-                        if not (given_back or await self._take_back()):  # read already
-                            await output.room()
+                        if not given_back:  # (items read already run as soon as a slot is free)
+                            await self._room_or_take_back()
                     again = bool(given_back)
                     first, items = self._given(size) if again else await self._take(size)
                     if not items:
@@ -660,19 +661,43 @@ class Scheduler:
             for _, _, _, task, _ in flying:
                 task.cancel()
 
-    async def _take_back(self, wait: bool = False) -> bool:
+    async def _room_or_take_back(self) -> None:
+        """Wait for room in the output, or take back the items a batch in flight has
+        not started once it is overdue, whichever comes first. In order, a slow task
+        is what holds the output full until it ends: the tiny tasks batched behind it
+        must go to idle slots, not wait for it (nor may the output's being full
+        before that batch is overdue keep them there)."""
+        room = asyncio.ensure_future(self.output.room())
+        try:
+            if not await self._take_back(wait=True, until=room):
+                await room
+        finally:
+            room.cancel()
+
+    async def _take_back(
+        self, wait: bool = False, until: asyncio.Future[None] | None = None
+    ) -> bool:
         """Take back the items not started yet of the overdue batch in flight with
         the most of them (the next one, if it had none left after all), for idle
-        slots to share; with ``wait``, wait for a batch out to be overdue. False if
-        there are none, or the run is stopping (it starts nothing more)."""
+        slots to share; with ``wait``, wait for a batch out to be overdue (unless
+        ``until`` is done first). False if there are none, or the run is stopping
+        (it starts nothing more)."""
         clock, tried, waited = asyncio.get_running_loop().time, set[int](), False
         while self._stopping is None and not self._given_back:
             busiest, due, young = self._overdue(tried, clock())
             if busiest is None:
-                if wait and young:
+                if wait and (young or until is not None):
                     # Until one is overdue or one is back (then the rest may be going as
-                    # they should, and this slot ends: nothing to take back from them).
-                    await asyncio.wait(young, timeout=due - clock(), return_when=FIRST_COMPLETED)
+                    # they should, and this slot ends: nothing to take back from them);
+                    # or, with ``until``, until items taken back go out again, in a
+                    # batch overdue at once (more slow ones may be among them).
+                    awaited: list[asyncio.Future[Any]] = [*young]
+                    if until is not None:
+                        awaited += (until, self._handed_again())
+                    timeout = due - clock() if young else None
+                    await asyncio.wait(awaited, timeout=timeout, return_when=FIRST_COMPLETED)
+                    if until is not None and until.done():
+                        return bool(self._given_back) and self._stopping is None
                     continue
                 if waited or not any(not b[3].done() for f in self._flying.values() for b in f):
                     return False
@@ -691,6 +716,12 @@ class Scheduler:
                 self._given_back.append((first + len(items), taken))
             tried.add(id(items))  # (tried: it had none after all)
         return bool(self._given_back) and self._stopping is None
+
+    def _handed_again(self) -> asyncio.Future[None]:
+        """Done when a slot next hands over items taken back from another."""
+        if self._again is None or self._again.done():
+            self._again = asyncio.get_running_loop().create_future()
+        return self._again
 
     def _overdue(
         self, tried: set[int], now: float
@@ -736,6 +767,8 @@ class Scheduler:
         """Hand a batch to ``slot``'s worker (``again``: items taken back from another)."""
         mode = self.mode
         worker = mode.worker(slot)
+        if again and self._again is not None and not self._again.done():
+            self._again.set_result(None)
         if self._journal is not None:
             self._journal.start(first, len(items))
         if self.sinks:
