@@ -20,6 +20,7 @@ import fcntl
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import pickle
@@ -88,7 +89,6 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 RUNNING = "running"  # an attempt started and the run has not recorded its end
 INTERRUPTED = "interrupted"  # a running record found by the next run: the runner died
-_STATUS = {status: status.value for status in Status} | {Status.CANCELLED: INTERRUPTED}
 
 
 def item_key(item: Any, schema: int = SCHEMA_VERSION) -> str:
@@ -286,6 +286,8 @@ def function_name(fn: Any) -> str:
 
 
 _to_json = json.JSONEncoder(allow_nan=True).encode
+#: An int within this has a short repr, the same as its JSON.
+_SHORT_INT = 10**18
 
 
 def _encode(value: Any, pickles: bool) -> tuple[str | bytes | None, str]:
@@ -293,6 +295,8 @@ def _encode(value: Any, pickles: bool) -> tuple[str | bytes | None, str]:
     (only in a file private to this user), else nothing and why."""
     if value is None:
         return "null", "json"
+    if type(value) is int and -_SHORT_INT < value < _SHORT_INT:  # most values: at once
+        return repr(value), "json"
     data: str | bytes
     try:  # the JSON of an int (most values) is its repr
         data = repr(value) if type(value) is int else _to_json(value)
@@ -492,8 +496,9 @@ class JournalWriter:
         """Keep how a task ended, for the next commit. A task stopped because the
         run stopped is ``interrupted``: a resume runs it again, whatever ``resume``."""
         data, fmt = _encode(value, self.owned) if status is Status.OK else (None, "none")
+        word = INTERRUPTED if status is Status.CANCELLED else status._value_
         self.rows.append((
-            key, index, _short(item), _STATUS[status], attempts, start, end, mode, worker,
+            key, index, _short(item), word, attempts, start, end, mode, worker,
             None if error is None else type(error).__name__,
             None if error is None else _text(message(error)[:10_000]),
             data, fmt, self.run,
@@ -581,7 +586,7 @@ def _upsert_sql(rows: int, unless: str) -> str:
 def _upsert(db: sqlite3.Connection, rows: list[tuple[Any, ...]], unless: str) -> None:
     for k in range(0, len(rows), _ROWS_AT_ONCE):
         block = rows[k : k + _ROWS_AT_ONCE]
-        db.execute(_upsert_sql(len(block), unless), [v for row in block for v in row])
+        db.execute(_upsert_sql(len(block), unless), [*itertools.chain.from_iterable(block)])
 
 
 class Journaled:
@@ -904,6 +909,8 @@ def _text(text: str) -> str:
 
 
 def _short(item: Any, width: int = 200) -> str:
+    if type(item) is int and -_SHORT_INT < item < _SHORT_INT:  # most items: at once
+        return repr(item)
     text = _text(safe_repr(item))
     return text if len(text) <= width else text[: width - 3] + "..."
 
