@@ -304,6 +304,47 @@ def test_async_iterables_are_read_too() -> None:
     assert whilst.map(adouble, items(), mode="async") == [x * 2 for x in range(30)]
 
 
+@pytest.mark.parametrize("mode", ["threads", "processes", "auto"])
+def test_an_async_input_item_runs_as_it_comes_in_a_batching_mode(mode: str) -> None:
+    """Each item of this input comes only once the result before it is out (a
+    feed that answers what it is told), so a batch that waited to fill, or a slot
+    that read on before collecting the batch it had out, would wait forever."""
+
+    async def main() -> list[int]:
+        seen: list[int] = []
+        answered = asyncio.Event()
+
+        async def feed():  # type: ignore[no-untyped-def]
+            for i in range(6):
+                yield i
+                await answered.wait()
+                answered.clear()
+
+        async for r in whilst.aimap(abs, feed(), mode=mode):
+            seen.append(r.value)
+            answered.set()
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == list(range(6))
+
+
+def test_a_fast_async_input_still_fills_batches() -> None:
+    """Items that are there at once (or a turn of the loop later) go in batches:
+    reading ahead only what a batch wants does not cut them to one item each."""
+
+    async def items():  # type: ignore[no-untyped-def]
+        for i in range(20_000):
+            if i % 2:
+                await asyncio.sleep(0)
+            yield i
+
+    results = list(whilst.imap(abs, items(), mode="threads", limit=2))
+    assert [r.value for r in results] == list(range(20_000))
+    # In a batch each task starts as the one before it ends (the same float).
+    batches = 1 + sum(a.end != b.start for a, b in itertools.pairwise(results))
+    assert batches < 2_000  # batches, not one by one
+
+
 def test_closing_imap_early_stops_the_run() -> None:
     started = []
 

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -475,6 +476,30 @@ def test_a_job_starts_as_its_line_comes_on_a_stream() -> None:
     proc.wait(30)
     proc.stdout.close()
     assert proc.returncode == 0
+
+
+def test_each_job_of_a_stream_is_printed_as_it_ends() -> None:
+    """`tail -f | whilst run` at the default -j: each line goes in only once the job
+    before it printed, so a job whose output waited for more lines would hang here
+    (the watchdog kills it after 30 s)."""
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "echo done {}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        for n in range(1, 6):
+            proc.stdin.write(f"{n}\n".encode())
+            proc.stdin.flush()
+            assert proc.stdout.readline() == f"done {n}\n".encode()
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.stdout.close()
 
 
 def test_no_shell_says_why_a_program_cannot_run_and_finds_a_moved_one(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from ._output import Record, window_for
 from ._policy import POISON_DEATHS, KeyLimit, RateLimit
 from ._progress import EVERY as PROGRESS_EVERY
 from ._progress import Progress
+from ._readahead import ReadAhead
 from ._result import Result, Status, batch_results, failure_status
 from ._summary import Stats, Summary
 
@@ -189,6 +190,8 @@ class Scheduler:
             self._instant = type(items) in (list, tuple, range)  # each next item at once
             self._items = source if plain or self._instant else self._guarded(source)
         self._aitems = source if isinstance(source, AsyncIterator) else None
+        if self._aitems is not None and self.mode.batching and not hasattr(source, "came"):
+            self._aitems = ReadAhead(self._aitems)  # a batch must not wait to be full
         self._lock = asyncio.Lock()  # async iterables cannot be pulled concurrently
         self._exhausted = False
         self._unread: collections.deque[tuple[int, list[Any]]] = collections.deque()  # see _take
@@ -276,6 +279,8 @@ class Scheduler:
             for handle in (timer, self._retry_timer, self._progress_timer):
                 if handle is not None:
                     handle.cancel()
+            if isinstance(self._aitems, ReadAhead):
+                await self._aitems.stop()
             self.ended = time.time()
             try:
                 if self._journal is not None:  # commits what is pending, even after Ctrl-C
@@ -494,6 +499,11 @@ class Scheduler:
             self._stop_pulling()
         return run
 
+    def _came(self, n: int) -> bool:
+        """Whether the next batch can be taken without waiting for an async input
+        (which then reads the next ``n`` items meanwhile)."""
+        return self._aitems is None or self._aitems.came(n) > 0  # type: ignore[attr-defined]
+
     async def _read_items(self, n: int, stop: bool = True) -> tuple[int, list[Any]]:
         """Up to ``n`` items of the input and the index of the first; fewer at its
         end, and then (if ``stop``) nothing more is read. An async input with a
@@ -506,8 +516,11 @@ class Scheduler:
         else:
             items = []
             ready = getattr(self._aitems, "ready", None)
+            ahead = self._aitems if isinstance(self._aitems, ReadAhead) else None
             async with self._lock:  # one batch's items are consecutive
                 first = self._pulled
+                if ahead is not None:
+                    ahead.want = n
                 while len(items) < n and not self._exhausted:
                     try:
                         items.append(await anext(self._aitems))  # type: ignore[arg-type]
@@ -520,7 +533,16 @@ class Scheduler:
                         break
                     if ready is not None:
                         items.extend(ready(n - len(items)))
+                        # Items that come in the turns of the loop just after (the input
+                        # awaits what is done at once) join while each turn brings more.
+                        while ahead is not None and len(items) < n and ahead.reading:
+                            await asyncio.sleep(0)
+                            if not (more := ready(n - len(items))):
+                                break
+                            items.extend(more)
                         break
+                if ahead is not None:
+                    ahead.want = 0
             self._source_done = self._input_ended or (len(items) < n and ready is None)
         self._pulled = first + len(items)
         if self._source_done and stop:
@@ -630,6 +652,8 @@ class Scheduler:
                             break
                         if not given_back:  # (items read already run as soon as a slot is free)
                             await self._room_or_take_back()
+                    if flying and not given_back and not self._came(size):
+                        break  # the batch out comes back first: the input may keep us waiting
                     again = bool(given_back)
                     first, items = self._given(size) if again else await self._take(size)
                     if not items:

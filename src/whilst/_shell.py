@@ -210,6 +210,10 @@ class LineFeed:
             raise StopAsyncIteration
         return args
 
+    def came(self, expect: int) -> int:
+        """How many lines came and wait to be taken (their end counts as one)."""
+        return 0 if self._queue is None else self._queue.qsize()
+
     def ready(self, k: int) -> list[Any]:
         """Up to ``k`` lines that have come already (none waited for)."""
         out: list[Any] = []
