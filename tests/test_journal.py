@@ -151,6 +151,27 @@ def test_a_file_that_is_not_a_journal_gives_one_clear_sentence(tmp_path: Path) -
         whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
 
 
+def test_an_sqlite_database_of_another_program_is_left_as_it_is(tmp_path: Path) -> None:
+    """A user's own database given as the journal: refused, and not changed (no
+    whilst tables added, not switched to WAL)."""
+    db = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(db)) as app, app:
+        app.execute("CREATE TABLE t (x)")
+    before = db.read_bytes()
+    with pytest.raises(whilst.UsageError, match="SQLite file but not a whilst journal"):
+        whilst.map(make_task(tmp_path / "count"), range(3), journal=db)
+    assert db.read_bytes() == before
+    assert not (tmp_path / "count").exists()  # no task ran
+    proc = subprocess.run(
+        [sys.executable, "-m", "whilst", "run", "-q", "--journal", str(db), "echo", ":::", "a"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "not a whilst journal" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert db.read_bytes() == before
+
+
 READ_BACK = textwrap.dedent(
     """
     import sys

@@ -364,6 +364,12 @@ class JournalWriter:
         self.owned = _private(self.path)
         try:
             self._lock()
+            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
+            if tables and not {"meta", "runs", "tasks"} <= tables:  # a database of its own
+                raise UsageError(
+                    f"journal {self.path} is an SQLite file but not a whilst journal; "
+                    "give a new file name (whilst leaves this one as it is)"
+                )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
