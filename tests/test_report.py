@@ -233,6 +233,22 @@ def test_the_summary_peak_counts_tasks_running_at_once(window: int | None) -> No
     assert run.summary.peak == 6
 
 
+def sleepy(x: int) -> int:
+    time.sleep(0.01)
+    return x
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_the_peak_of_a_batching_mode_is_never_more_than_the_tasks(mode: str, n: int) -> None:
+    """An idle slot that takes back a batch's items leaves the slot it took them
+    from waiting on an empty batch: that slot does not count as running."""
+    run = whilst.imap(sleepy, range(n), mode=mode, limit=8)
+    assert [r.value for r in run] == list(range(n))
+    assert run.summary is not None
+    assert 1 <= run.summary.peak <= n
+
+
 @pytest.mark.parametrize("spread", [1e-6, 1e-3, 1.0, 300.0])
 def test_percentiles_are_within_2_percent_and_skip_what_did_not_run(spread: float) -> None:
     durations = [spread * (1 + (k * 7919 % 1000) / 50) for k in range(1000)]  # 1x .. 21x

@@ -320,7 +320,8 @@ class Scheduler:
             mode=self.mode.name,
             mode_reason=self.mode_reason,
             limit=self.options.limit,
-            peak=self.peak,
+            # (a slot waiting on a batch whose items idle slots took back counted too)
+            peak=min(self.peak, self._pulled),
             retries=self.retried,
             left_unread=self.left_unread,
             stopped=self._stopping,
