@@ -176,6 +176,17 @@ def test_every_input_reaches_the_command_as_one_literal_argument(
     assert not (tmp_path / "pwned").exists()
 
 
+def test_the_last_line_says_how_jobs_failed_and_names_the_first() -> None:
+    run = whilst_run("-q", "-k", "--timeout", "0.5", "sleep {}", ":::", "0", "5")
+    assert run.returncode == 1
+    last = run.stderr.decode().splitlines()[-1]
+    assert last.startswith("whilst: 1 of 2 timed out (first: sleep 5, timed out: command ran")
+    run = whilst_run("-q", "--timeout", "0.5", "sleep {}; exit 3", ":::", "0.01", "5")
+    last = run.stderr.decode().splitlines()[-1]
+    assert last.startswith("whilst: 2 of 2 failed (1 failed, 1 timed out; first: sleep 0.01")
+    assert "exit code 3" in last
+
+
 def test_exit_status_output_grouping_and_results_file(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
     script = "for i in 1 2 3; do echo {}-$i; sleep 0.01; done; echo err-{} >&2; exit {}"

@@ -3,15 +3,17 @@ map onto the scheduler, and the loop that prints results as they come."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import shlex
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import describe
+from ._errors import describe, safe_repr
 from ._result import Result, Status
 from ._scheduler import HALTED
 from ._summary import Summary
@@ -76,6 +78,8 @@ class Tally:
     ) -> None:
         self.options, self.show, self.record = options, show, record
         self.failed = self.cancelled = self.total = 0
+        self.failures: collections.Counter[str] = collections.Counter()  # by status word
+        self.first: Result | None = None  # the first job that failed
         self._results = (
             open(options.results, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
             if options.results
@@ -92,6 +96,9 @@ class Tally:
             self.cancelled += 1
         elif not r.ok:
             self.failed += 1
+            self.failures[r.status.value.replace("_", " ")] += 1
+            if self.first is None:
+                self.first = r
 
     def close(self) -> None:
         if self._results is not None:
@@ -107,8 +114,8 @@ class Tally:
             summary = dataclasses.replace(summary, mode_reason=self.options.why)
         if not self.options.quiet and summary is not None:
             summary.print()
-        if self.failed:
-            print(f"whilst: {self.failed} of {self.total} failed", file=sys.stderr)
+        if self.first is not None:
+            print(f"whilst: {self._failures()}", file=sys.stderr)
         # A halt rule met at a success ends the run well, whatever failed before
         # (GNU parallel's --halt now,success=1 exits 0 too); jobs cancelled
         # otherwise are failures.
@@ -119,6 +126,24 @@ class Tally:
             print(f"whilst: {self.cancelled} of {self.total} cancelled", file=sys.stderr)
             return 1
         return 1 if self.failed else 0
+
+    def _failures(self) -> str:
+        """ "2 of 5 failed (1 failed, 1 timed out; first: 'sleep 9', timed out: ...)"."""
+        first, kinds = self.first, self.failures
+        assert first is not None
+        how = first.status.value.replace("_", " ")
+        ran = getattr(first.error, "ran", None)  # a command's: its text says the most
+        if ran is not None:
+            what = ran.command if isinstance(ran.command, str) else shlex.join(ran.command)
+            why = str(first.error)
+        else:
+            what = safe_repr(first.item)
+            why = describe(first.error) if first.error is not None else how
+        named = f"first: {what[:80]}, {how}: {why[:300]}"
+        if len(kinds) == 1:
+            return f"{self.failed} of {self.total} {how} ({named})"
+        counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        return f"{self.failed} of {self.total} failed ({counts}; {named})"
 
 
 def run_batch(
