@@ -345,6 +345,29 @@ def test_a_fast_async_input_still_fills_batches() -> None:
     assert batches < 2_000  # batches, not one by one
 
 
+@pytest.mark.parametrize("mode", ["async", "threads"])
+def test_a_run_left_early_still_has_a_summary(mode: str) -> None:
+    fn = adouble if mode == "async" else double
+    run = whilst.imap(fn, range(1000), mode=mode)
+    for r in run:
+        if r.index == 3:
+            break
+    run.close()
+    assert run.summary is not None
+    assert 4 <= run.summary.counts["ok"] < 1000
+
+    async def main() -> whilst.Summary | None:
+        async with whilst.aimap(fn, range(1000), mode=mode) as arun:
+            async for r in arun:
+                if r.index == 3:
+                    break
+        return arun.summary
+
+    summary = asyncio.run(main())
+    assert summary is not None
+    assert 4 <= summary.counts["ok"] < 1000
+
+
 def test_closing_imap_early_stops_the_run() -> None:
     started = []
 

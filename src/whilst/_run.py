@@ -56,7 +56,8 @@ class Run(Iterator[Result]):
 
     @property
     def summary(self) -> Summary | None:
-        """How the run went, once its results are all out (None until then)."""
+        """How the run went, once its results are all out or it was closed (None
+        until then)."""
         return self._feed.summary
 
     def __iter__(self) -> Iterator[Result]:
@@ -133,6 +134,8 @@ class _Feed:
         self.closed = True
         if self.runner is not None:
             self.runner.close()
+            if self.summary is None and self.scheduler.ended:  # left early: what it gave out
+                self.summary = self.scheduler.summary(self.stats)
 
 
 class AsyncRun(AsyncIterator[Result]):
@@ -184,6 +187,8 @@ class AsyncRun(AsyncIterator[Result]):
         if main is not None and not main.done():
             main.cancel()
             await asyncio.wait([main])
+        if main is not None and self.summary is None:  # left early: what it gave out
+            self.summary = self._scheduler.summary(self._stats)
 
     def __del__(self) -> None:
         # Dropped unfinished (``break`` out of ``async for r in whilst.aimap(...)``):
