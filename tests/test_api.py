@@ -328,6 +328,27 @@ def test_an_async_input_item_runs_as_it_comes_in_a_batching_mode(mode: str) -> N
     assert asyncio.run(asyncio.wait_for(main(), 30)) == list(range(6))
 
 
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_a_halt_stops_waiting_for_an_async_input(mode: str) -> None:
+    """After a failure halts the run, nothing waits for an input that has no more
+    items for now (or ever): the run ends, saying its input was not read to the end."""
+
+    async def feed():  # type: ignore[no-untyped-def]
+        yield 1
+        yield "x"  # abs("x") fails
+        await asyncio.Event().wait()  # never set
+        yield 2
+
+    async def main() -> whilst.Summary | None:
+        run = whilst.aimap(abs, feed(), mode=mode, halt="now,fail=1")
+        assert [r.ok async for r in run] == [True, False]
+        return run.summary
+
+    summary = asyncio.run(asyncio.wait_for(main(), 30))
+    assert summary is not None
+    assert summary.left_unread is not None
+
+
 def test_a_fast_async_input_still_fills_batches() -> None:
     """Items that are there at once (or a turn of the loop later) go in batches:
     reading ahead only what a batch wants does not cut them to one item each."""

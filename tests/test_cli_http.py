@@ -264,7 +264,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
 @pytest.mark.parametrize(
     ("args", "stdin", "words"),
     [
-        (["http"], "ftp://example.com/x", "not an http(s) URL"),
+        (["http", "{tmp}/urls.txt"], "", "not an http(s) URL"),  # (a file: checked first)
         (["http", "-H", "no colon"], "http://127.0.0.1:9/", "Name: value"),
         (["http", "--out", "/proc/version"], "http://127.0.0.1:9/", "--out"),
         (["http", "missing.txt"], "", "cannot be read"),
@@ -279,6 +279,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
 def test_bad_input_is_one_sentence_and_exit_2(
     tmp_path: Path, args: list[str], stdin: str, words: str
 ) -> None:
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a\nftp://example.com/x\n")
     (tmp_path / "broken.py").write_text("def f(x):\n    return x +\n")
     (tmp_path / "raising.py").write_text("raise RuntimeError('boom')\n")
     run = whilst(*(a.replace("{tmp}", str(tmp_path)) for a in args), stdin=stdin)
@@ -407,6 +408,44 @@ def test_call_streams_each_line_as_its_result_ends(tmp_path: Path) -> None:
         assert time.monotonic() - began < 2.2  # not after all of them (2.8 s)
         assert json.loads(first)["item"] == "a"
         assert proc.wait(timeout=60) == 0
+
+
+def test_call_runs_each_line_of_a_stream_as_it_comes() -> None:
+    """`tail -f | whilst call`: the next line is sent only once the result of the one
+    before it came, so reading all the input first would hang (the watchdog kills
+    it after 30 s)."""
+    proc = subprocess.Popen(
+        [*WHILST, "call", "-q", "json:dumps"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        for word in ("a", "", "b", "c"):
+            proc.stdin.write(f"{word}\n")
+            proc.stdin.flush()
+            if word:  # (a blank line is no item)
+                assert json.loads(proc.stdout.readline())["item"] == word
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.stdout.close()
+
+
+def test_a_bad_url_on_a_stream_fails_alone(server: Server) -> None:
+    """Lines on a pipe run as they come: a bad one cannot stop the run before it
+    starts, so it is that line's failure, and the others are fetched."""
+    urls = [server.url("/ok/1"), "nope", "# a comment", server.url("/ok/2")]
+    run = whilst("http", "-q", "-k", stdin="\n".join(urls))
+    assert run.returncode == 1
+    lines = run.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["200", "failed", "200"]
+    assert "'nope' is not an http(s) URL" in lines[1]
+    assert "1 of 3 failed" in run.stderr
 
 
 def test_call_results_keep_text_that_is_not_unicode_and_values_json_cannot(

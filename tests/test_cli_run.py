@@ -513,6 +513,52 @@ def test_each_job_of_a_stream_is_printed_as_it_ends() -> None:
         proc.stdout.close()
 
 
+@pytest.mark.parametrize("command", [["run", "-q", "echo"], ["call", "-q", "json:dumps"]])
+def test_ctrl_c_while_a_stream_is_still_open_exits_130(command: list[str]) -> None:
+    """Two signals at once (as `timeout -s INT` sends to the process and its group):
+    the thread reading the pipe is blocked in a read at exit, and Python used to
+    abort taking the lock of sys.stdin's reader ("Fatal Python error", SIGABRT)."""
+    proc = subprocess.Popen(
+        [*WHILST, *command],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(b"a\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline()  # it runs, and waits for more lines
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    signalled = time.monotonic()
+    assert proc.stderr is not None
+    err = proc.stderr.read()  # (stdin left open: the reader stays blocked)
+    assert proc.wait(30) == 130, err
+    assert time.monotonic() - signalled < 4  # nothing ran: no grace (5 s) to wait
+    assert b"Fatal" not in err
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        pipe.close()
+
+
+def test_a_halt_ends_a_run_whose_stream_goes_on() -> None:
+    """`tail -f | whilst run --halt now,fail=1`: the failure ends the run, which
+    used to wait for the next line (or forever) before it could end."""
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "--halt", "now,fail=1", "test {} = ok"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stderr is not None
+    proc.stdin.write(b"ok\nbad\n")
+    proc.stdin.flush()  # and left open
+    try:
+        assert proc.wait(20) == 1
+        assert b"1 of 2 failed" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stdin.close()
+        proc.stderr.close()
+
+
 def test_no_shell_says_why_a_program_cannot_run_and_finds_a_moved_one(tmp_path: Path) -> None:
     """--no-shell reports the real reason (not executable is not "not found"), and a
     program moved to another PATH directory during the run is found there."""

@@ -178,7 +178,7 @@ def run_batch(
 
 async def arun_batch(
     fn: Callable[..., Any],
-    items: Iterable[Any],
+    items: Iterable[Any] | AsyncIterable[Any],
     options: BatchOptions,
     *,
     mode: str,

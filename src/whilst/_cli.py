@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import io
+import itertools
 import os
 import shlex
+import stat
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,9 +345,6 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     combination. Each job's output is printed whole when it ends, never mixed
     with another job's.
     """
-    import os
-    import stat
-
     from ._errors import UsageError
     from ._shell import (
         LineFeed,
@@ -373,7 +374,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     stdin = sys.stdin.buffer
     # From a pipe or a terminal, each job starts as its line comes, and a slow
     # stream never holds up the event loop.
-    stream = not dry_run and not stat.S_ISREG(os.fstat(stdin.fileno()).st_mode)
+    stream = not dry_run and not _is_file(stdin)
     todo = jobs(sources, stdin, null=null, colsep=colsep, stream=stream)
     task_id = "\0".join  # a job's identity in a journal: its arguments
     identity = f"whilst run {shlex.join(command)}"  # a journal's: a changed command is refused
@@ -492,7 +493,7 @@ def http(source: str, **kwargs: Any) -> None:
     import hashlib
 
     from ._errors import UsageError
-    from ._http import Fetcher, check_out, check_url, parse_headers, retryable
+    from ._http import Fetcher, Target, check_out, check_url, parse_headers, retryable
 
     per_host, method, out = kwargs.pop("per_host"), kwargs.pop("method").upper(), kwargs.pop("out")
     data, given_headers = kwargs.pop("data"), kwargs.pop("headers")
@@ -500,8 +501,12 @@ def http(source: str, **kwargs: Any) -> None:
         options = _shared(kwargs)
         headers = parse_headers(given_headers)
         check_out(out)
-        urls = (line.strip() for _, line in _lines(source))
-        targets = [check_url(url) for url in urls if not url.startswith("#")]
+
+        def target(_: int, line: str, strict: bool = False) -> Target | None:
+            url = line.strip()
+            return None if url.startswith("#") else check_url(url, strict)
+
+        targets = _read(source, target, check=functools.partial(target, strict=True))
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     jobs = options.jobs or 100
@@ -565,18 +570,53 @@ def _host(target: Any) -> str:
     return str(target.host)
 
 
-def _lines(source: str) -> list[tuple[int, str]]:
-    """The non-blank lines of a file, or of stdin for ``-``, as they are (spaces
-    kept: a file name may hold them), each with its line number."""
+def _read(
+    source: str,
+    make: Callable[[int, str], Any],
+    check: Callable[[int, str], object] | None = None,
+) -> Iterable[Any] | AsyncIterable[Any]:
+    """The items ``make(number, line)`` makes of the non-blank lines of a file, or
+    of stdin for ``-`` (lines as they are: a file name may hold spaces; None: no
+    item), read as the run goes: ten million lines take no more memory than ten.
+    Lines that come on a pipe or a terminal run as they come (``tail -f |``);
+    those of a file are first read through once with ``check`` (which raises a
+    UsageError for a bad line), so that a bad line stops the run before any
+    item runs."""
+    from ._shell import LineFeed, read_lines
+
     if source == "-":
-        text = sys.stdin.read()
+        stream = sys.stdin.buffer
+        if not _is_file(stream):
+            numbers = itertools.count(1)
+
+            def made(line: str) -> Any:
+                number = next(numbers)  # (every line counts, blank ones too)
+                return make(number, line) if line.strip() else None
+
+            return LineFeed(stream, False, made)
     else:
         try:
-            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+            stream = open(source, "rb")  # noqa: SIM115 - read to the end of the run
         except OSError as exc:
             raise click.UsageError(f"{source} cannot be read: {exc.strerror}") from None
-    lines = (line.removesuffix("\r") for line in text.split("\n"))  # as wc -l counts
-    return [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+
+    def lines() -> Iterator[tuple[int, str]]:
+        return ((n, line) for n, line in enumerate(read_lines(stream, False), 1) if line.strip())
+
+    if check is not None:
+        start = stream.tell()
+        for n, line in lines():
+            check(n, line)
+        stream.seek(start)
+    return (item for n, line in lines() if (item := make(n, line)) is not None)
+
+
+def _is_file(stream: Any) -> bool:
+    """Whether ``stream`` reads a file (not a pipe or a terminal): it can be read twice."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a file descriptor
+        return stream.seekable()  # type: ignore[no-any-return]
 
 
 @cli.command(
@@ -637,8 +677,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     try:
         options = _shared(kwargs)
         fn = _function(target, paths)
-        lines = _lines(source)
-        items = [_json_line(line, n) if jsonl else line for n, line in lines]
+        items = _read(source, _json_line, check=_json_line) if jsonl else _read(source, _line)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -727,7 +766,11 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def _json_line(line: str, number: int) -> Any:
+def _line(_: int, line: str) -> str:
+    return line
+
+
+def _json_line(number: int, line: str) -> Any:
     import json
 
     from ._errors import UsageError

@@ -71,12 +71,16 @@ class Target:
     the report and error messages show."""
 
     url: str
+    problem: str = field(default="", compare=False)  # why it is no URL: its fetch fails so
     shown: str = field(init=False, compare=False)  # redacted, worked out once
     host: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shown", redact(self.url))
-        host = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2].lower()
+        try:
+            host = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2].lower()
+        except ValueError:  # (a problem already)
+            host = ""
         object.__setattr__(self, "host", host)
 
     def __repr__(self) -> str:
@@ -88,14 +92,19 @@ class Target:
         return hashlib.blake2b(self.url.encode(), digest_size=16).hexdigest()
 
 
-def check_url(text: str) -> Target:
-    """A Target, or a UsageError naming what is wrong with the URL."""
+def check_url(text: str, strict: bool = True) -> Target:
+    """A Target, or a UsageError naming what is wrong with the URL; not ``strict``
+    (a line of a stream, come while the run goes), a Target whose fetch fails
+    saying so."""
     try:
         parts = urllib.parse.urlsplit(text)
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"{redact(text)!r} is not an http(s) URL; give one URL per line")
+        problem = f"{redact(text)!r} is not an http(s) URL; give one URL per line"
+        if strict:
+            raise UsageError(problem)
+        return Target(text, problem)
     return Target(text)
 
 
@@ -182,6 +191,8 @@ class Fetcher:
     async def __call__(self, target: Target) -> Fetched:
         import aiohttp
 
+        if target.problem:
+            raise UsageError(target.problem)
         if self._session is None:
             await self.open()
         started = time.perf_counter()

@@ -72,6 +72,16 @@ class ReadAhead:
         """Whether the reader waits on the input for an item now."""
         return self._end is None and self._reader is not None and self._asked is None
 
+    def stop_reading(self) -> None:
+        """The run stops: the input ends here for whoever waits for an item (the
+        reader, if it waits on the input, is cancelled there)."""
+        if self._end is None:
+            self._end = StopAsyncIteration()
+        if self._came is not None and not self._came.done():
+            self._came.set_result(None)
+        if self._reader is not None:
+            self._reader.cancel()
+
     async def stop(self) -> None:
         """Stop reading (the run is over): the reader, if it waits on the input, is
         cancelled there, as the run's own task would have been."""

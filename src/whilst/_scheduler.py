@@ -1251,6 +1251,13 @@ class Scheduler:
         for scope in self._settling.values():
             if not scope.expired():
                 scope.reschedule(-math.inf)
+        stop_reading = getattr(self._aitems, "stop_reading", None)
+        if stop_reading is not None and not self._input_ended:
+            # A slot waiting for an input's next item (a stream that may be long in
+            # coming, or never) stops waiting: the input ends here.
+            if not self.interrupted:
+                self.left_unread = self._stopping
+            stop_reading()
         self._wake_all()
         for fut in self._sleeping:
             _wake(fut)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import itertools
 import math
 import os
@@ -173,8 +174,12 @@ class LineFeed:
     """
 
     def __init__(self, stream: IO[bytes], null: bool, make: Callable[[str], Any]) -> None:
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            # A reader of its own: at exit, Python takes the lock of sys.stdin's, which
+            # a thread blocked reading it holds ("Fatal Python error", exit 134).
+            stream = open(os.dup(stream.fileno()), "rb")  # noqa: SIM115 - read to its end
         self._lines = read_lines(stream, null)
-        self._make = make  # a line into the item to run
+        self._make = make  # a line into the item to run (None: no item)
         self._queue: asyncio.Queue[Any] | None = None
         self._error: BaseException | None = None
 
@@ -189,7 +194,8 @@ class LineFeed:
         def read() -> None:
             try:
                 for line in self._lines:
-                    loop.call_soon_threadsafe(queue.put_nowait, make(line))
+                    if (item := make(line)) is not None:  # (None: the line is no item)
+                        loop.call_soon_threadsafe(queue.put_nowait, item)
             except BaseException as exc:
                 self._error = exc
             finally:
@@ -209,6 +215,11 @@ class LineFeed:
                 raise self._error
             raise StopAsyncIteration
         return args
+
+    def stop_reading(self) -> None:
+        """The run stops: the lines end here for whoever waits for one."""
+        if self._queue is not None:
+            self._queue.put_nowait(None)
 
     def came(self, expect: int) -> int:
         """How many lines came and wait to be taken (their end counts as one)."""
