@@ -272,6 +272,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["call", "json:no_such_function"], "1", "has no"),
         (["call", "json"], "1", "MODULE:FUNCTION"),
         (["call", "--jsonl", "json:dumps"], "{oops", "not JSON"),
+        (["call", "--results", "/proc/no/such.jsonl", "json:dumps"], "1", "cannot be written"),
         (["call", "--path", "{tmp}", "broken:f"], "1", "failed to import: SyntaxError"),
         (["call", "--path", "{tmp}", "raising:f"], "1", "failed to import: RuntimeError: boom"),
     ],

@@ -259,6 +259,21 @@ def test_a_program_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
     assert "no asyncio event loop ran" in run.stderr
 
 
+def test_a_program_that_does_not_compile_shows_its_syntax_error_as_python_would(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "bad.py"
+    script.write_text("x = 1\ndef f(:\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "whilst", "doctor", str(script)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.startswith(f'  File "{script}", line 2\n')
+    assert "SyntaxError" in run.stderr
+    assert "Traceback" not in run.stderr  # none of whilst's frames
+
+
 def test_whilst_watch_in_code() -> None:
     async def main() -> None:
         time.sleep(0.25)

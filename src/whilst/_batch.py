@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import describe, safe_repr
+from ._errors import UsageError, describe, safe_repr
 from ._result import Result, Status
 from ._scheduler import HALTED
 from ._summary import Summary
@@ -80,11 +80,17 @@ class Tally:
         self.failed = self.cancelled = self.total = 0
         self.failures: collections.Counter[str] = collections.Counter()  # by status word
         self.first: Result | None = None  # the first job that failed
-        self._results = (
-            open(options.results, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-            if options.results
-            else None
-        )
+        self._results = None
+        if options.results:
+            try:
+                self._results = open(  # noqa: SIM115 - closed by close()
+                    options.results, "w", encoding="utf-8", errors="backslashreplace"
+                )
+            except OSError as exc:
+                raise UsageError(
+                    f"--results {options.results} cannot be written ({exc.strerror}); "
+                    "give another path"
+                ) from None
 
     def add(self, r: Result) -> None:
         self.total += 1

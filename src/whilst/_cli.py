@@ -905,7 +905,9 @@ def run_doctor(
                 tb = exc.__traceback__  # from the program's own frames on, not whilst's
                 while tb is not None and tb.tb_frame.f_code.co_filename != script_path:
                     tb = tb.tb_next
-                traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
+                if tb is None and not isinstance(exc, SyntaxError):  # (a SyntaxError's
+                    tb = exc.__traceback__  # text names the program's line itself)
+                traceback.print_exception(type(exc), exc, tb)
                 status = 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path

@@ -149,7 +149,8 @@ def resolve(
     cluster, insecure = rest.pop("cluster", None), bool(rest.pop("cluster_insecure", False))
     if cluster is not None and mode not in ("dask", "ray"):
         raise UsageError(
-            f"cluster= is for mode='dask' or 'ray', not mode={mode!r}; add mode='dask'"
+            f"cluster= is for mode='dask' or 'ray', and this run's mode is {mode!r}; "
+            "add mode='dask' (or 'ray')"
         )
     if mode == "dask" and isinstance(cluster, str):
         from ._modes._dask import check_address
