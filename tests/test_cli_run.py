@@ -398,6 +398,19 @@ def test_a_journal_takes_arguments_that_are_not_utf8(tmp_path: Path) -> None:
     assert b"2 skipped" in again.stderr
 
 
+def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> None:
+    """Arguments and output alike: \\xNN, as whilst report exports them (arguments
+    were lone surrogates, which strict JSON readers refuse, and output bytes were
+    lost as U+FFFD)."""
+    results = tmp_path / "r.jsonl"
+    run = whilst_run("-q", "--results", str(results), "printf '%s\\n' {}", stdin=b"a\xfeb\n")
+    assert run.stdout == b"a\xfeb\n"
+    [record] = map(json.loads, results.read_text().splitlines())
+    assert record["args"] == ["a\\xfeb"]
+    assert record["stdout"] == "a\\xfeb\n"
+    assert results.read_bytes().isascii()
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

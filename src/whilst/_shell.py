@@ -738,13 +738,21 @@ def result_record(job: Job, result: Any) -> dict[str, Any]:
     """One line of ``--results FILE.jsonl``."""
     ran = ran_of(result)
 
+    # Bytes that are not UTF-8 (in output, or in arguments read from a file name)
+    # written as \xNN escapes, as whilst report exports them: none lost, all JSON.
     def text(data: bytes) -> str:
-        return data.decode("utf-8", "replace")
+        return data.decode("utf-8", "backslashreplace")
 
+    def escaped(word: str) -> str:
+        return text(word.encode("utf-8", "surrogateescape"))
+
+    command = None if ran is None else ran.command
+    if command is not None:
+        command = escaped(command) if isinstance(command, str) else list(map(escaped, command))
     return {
         "seq": job.seq,
-        "args": list(job.args),
-        "command": None if ran is None else ran.command,
+        "args": [escaped(arg) for arg in job.args],
+        "command": command,
         "status": result.status.value,
         "exit_code": None if ran is None else ran.exit_code,
         "signal": None if ran is None else ran.signal,
