@@ -473,6 +473,32 @@ def test_call_keeps_each_line_as_it_is_and_counts_lines_as_the_file_does() -> No
     assert "line 5 is not JSON" in bad.stderr
 
 
+def test_call_jsonl_null_is_an_item_from_a_file_a_pipe_or_dev_stdin(tmp_path: Path) -> None:
+    data = tmp_path / "n.jsonl"
+    data.write_text("1\nnull\n2\n")
+    for source, stdin in ((str(data), ""), ("-", "1\nnull\n2\n"), ("/dev/stdin", "1\nnull\n2\n")):
+        run = whilst("call", "-q", "-k", "--jsonl", "json:dumps", source, stdin=stdin)
+        assert run.returncode == 0, (source, run.stderr)
+        assert [json.loads(line)["item"] for line in run.stdout.splitlines()] == [1, None, 2]
+
+
+def test_a_file_of_lines_has_a_known_total(tmp_path: Path) -> None:
+    """A file is read through before the run: its number of items is known, so
+    --halt fail=50% counts one failure in ten as 10%, not as half of what ended."""
+    (tmp_path / "fm.py").write_text(
+        "def f(x):\n    if x == 'b':\n        raise ValueError(x)\n    return x\n"
+    )
+    ten = tmp_path / "ten.txt"
+    ten.write_text("".join(f"{c}\n" for c in "abcdefghij"))
+    run = whilst(
+        "call", "-q", "-j", "1", "--halt", "soon,fail=50%", "--path", str(tmp_path), "fm:f",
+        str(ten),
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert len(run.stdout.splitlines()) == 10
+    assert "1 of 10 failed" in run.stderr
+
+
 def test_call_with_jsonl_reports_failures_and_exits_1(tmp_path: Path) -> None:
     (tmp_path / "tools.py").write_text(TOOLS)
     records = "\n".join(json.dumps({"name": n}) for n in ("ada", "bad", "bob"))

@@ -493,7 +493,8 @@ def http(source: str, **kwargs: Any) -> None:
     import hashlib
 
     from ._errors import UsageError
-    from ._http import Fetcher, Target, check_out, check_url, parse_headers, retryable
+    from ._http import Fetcher, check_out, check_url, parse_headers, retryable
+    from ._shell import NO_ITEM
 
     per_host, method, out = kwargs.pop("per_host"), kwargs.pop("method").upper(), kwargs.pop("out")
     data, given_headers = kwargs.pop("data"), kwargs.pop("headers")
@@ -502,9 +503,9 @@ def http(source: str, **kwargs: Any) -> None:
         headers = parse_headers(given_headers)
         check_out(out)
 
-        def target(_: int, line: str, strict: bool = False) -> Target | None:
+        def target(_: int, line: str, strict: bool = False) -> Any:
             url = line.strip()
-            return None if url.startswith("#") else check_url(url, strict)
+            return NO_ITEM if url.startswith("#") else check_url(url, strict)
 
         targets = _read(source, target, check=functools.partial(target, strict=True))
     except UsageError as exc:
@@ -573,42 +574,42 @@ def _host(target: Any) -> str:
 def _read(
     source: str,
     make: Callable[[int, str], Any],
-    check: Callable[[int, str], object] | None = None,
+    check: Callable[[int, str], Any] | None = None,
 ) -> Iterable[Any] | AsyncIterable[Any]:
     """The items ``make(number, line)`` makes of the non-blank lines of a file, or
-    of stdin for ``-`` (lines as they are: a file name may hold spaces; None: no
-    item), read as the run goes: ten million lines take no more memory than ten.
-    Lines that come on a pipe or a terminal run as they come (``tail -f |``);
+    of stdin for ``-`` (lines as they are: a file name may hold spaces; NO_ITEM:
+    no item), read as the run goes: ten million lines take no more memory than
+    ten. Lines that come on a pipe or a terminal run as they come (``tail -f |``);
     those of a file are first read through once with ``check`` (which raises a
-    UsageError for a bad line), so that a bad line stops the run before any
-    item runs."""
-    from ._shell import LineFeed, read_lines
+    UsageError for a bad line; default ``make``), so that a bad line stops the
+    run before any item runs, and their number is known (``--halt fail=P%``)."""
+    from ._shell import NO_ITEM, Counted, LineFeed, read_lines
 
     if source == "-":
         stream = sys.stdin.buffer
-        if not _is_file(stream):
-            numbers = itertools.count(1)
-
-            def made(line: str) -> Any:
-                number = next(numbers)  # (every line counts, blank ones too)
-                return make(number, line) if line.strip() else None
-
-            return LineFeed(stream, False, made)
     else:
         try:
             stream = open(source, "rb")  # noqa: SIM115 - read to the end of the run
         except OSError as exc:
             raise click.UsageError(f"{source} cannot be read: {exc.strerror}") from None
+    if not _is_file(stream):
+        numbers = itertools.count(1)
 
-    def lines() -> Iterator[tuple[int, str]]:
-        return ((n, line) for n, line in enumerate(read_lines(stream, False), 1) if line.strip())
+        def made(line: str) -> Any:
+            number = next(numbers)  # (every line counts, blank ones too)
+            return make(number, line) if line.strip() else NO_ITEM
 
-    if check is not None:
-        start = stream.tell()
-        for n, line in lines():
-            check(n, line)
-        stream.seek(start)
-    return (item for n, line in lines() if (item := make(n, line)) is not None)
+        return LineFeed(stream, False, made)
+
+    def items(make: Callable[[int, str], Any]) -> Iterator[Any]:
+        for n, line in enumerate(read_lines(stream, False), 1):
+            if line.strip() and (item := make(n, line)) is not NO_ITEM:
+                yield item
+
+    start = stream.tell()
+    count = sum(1 for _ in items(check or make))
+    stream.seek(start)
+    return Counted(items(make), count)
 
 
 def _is_file(stream: Any) -> bool:

@@ -134,7 +134,7 @@ class _Feed:
         self.closed = True
         if self.runner is not None:
             self.runner.close()
-            if self.summary is None and self.scheduler.ended:  # left early: what it gave out
+            if self.summary is None and self.scheduler.ended:  # left early: what it took
                 self.summary = self.scheduler.summary(self.stats)
 
 
@@ -187,7 +187,7 @@ class AsyncRun(AsyncIterator[Result]):
         if main is not None and not main.done():
             main.cancel()
             await asyncio.wait([main])
-        if main is not None and self.summary is None:  # left early: what it gave out
+        if main is not None and self.summary is None:  # left early: what it took
             self.summary = self._scheduler.summary(self._stats)
 
     def __del__(self) -> None:

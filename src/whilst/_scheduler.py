@@ -503,7 +503,9 @@ class Scheduler:
     def _came(self, n: int) -> bool:
         """Whether the next batch can be taken without waiting for an async input
         (which then reads the next ``n`` items meanwhile)."""
-        return self._aitems is None or self._aitems.came(n) > 0  # type: ignore[attr-defined]
+        if self._aitems is None or self._unread:  # (runs a journal left read already)
+            return True
+        return self._aitems.came(n) > 0  # type: ignore[attr-defined,no-any-return]
 
     async def _read_items(self, n: int, stop: bool = True) -> tuple[int, list[Any]]:
         """Up to ``n`` items of the input and the index of the first; fewer at its

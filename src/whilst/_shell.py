@@ -166,6 +166,11 @@ def read_lines(stream: IO[bytes], null: bool) -> Iterator[str]:
         yield line.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
 
 
+#: What a LineFeed's ``make`` gives for a line that is no item (None is a value).
+NO_ITEM: Any = object()
+_ENDED: Any = object()  # the end of a LineFeed's lines, in its queue
+
+
 class LineFeed:
     """The lines of a stream (stdin) as an async iterator, read by a thread of its
     own: a job starts as soon as its line comes (``tail -f | whilst run``), and
@@ -179,7 +184,7 @@ class LineFeed:
             # a thread blocked reading it holds ("Fatal Python error", exit 134).
             stream = open(os.dup(stream.fileno()), "rb")  # noqa: SIM115 - read to its end
         self._lines = read_lines(stream, null)
-        self._make = make  # a line into the item to run (None: no item)
+        self._make = make  # a line into the item to run (NO_ITEM: none)
         self._queue: asyncio.Queue[Any] | None = None
         self._error: BaseException | None = None
 
@@ -194,13 +199,13 @@ class LineFeed:
         def read() -> None:
             try:
                 for line in self._lines:
-                    if (item := make(line)) is not None:  # (None: the line is no item)
+                    if (item := make(line)) is not NO_ITEM:
                         loop.call_soon_threadsafe(queue.put_nowait, item)
             except BaseException as exc:
                 self._error = exc
             finally:
                 with contextlib.suppress(RuntimeError):  # the run already ended
-                    loop.call_soon_threadsafe(queue.put_nowait, None)
+                    loop.call_soon_threadsafe(queue.put_nowait, _ENDED)
 
         threading.Thread(target=read, name="whilst-stdin", daemon=True).start()
         return queue
@@ -209,8 +214,8 @@ class LineFeed:
         if self._queue is None:
             self._queue = self._start()
         args = await self._queue.get()
-        if args is None:
-            self._queue.put_nowait(None)  # stays ended
+        if args is _ENDED:
+            self._queue.put_nowait(_ENDED)  # stays ended
             if self._error is not None:
                 raise self._error
             raise StopAsyncIteration
@@ -219,7 +224,7 @@ class LineFeed:
     def stop_reading(self) -> None:
         """The run stops: the lines end here for whoever waits for one."""
         if self._queue is not None:
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(_ENDED)
 
     def came(self, expect: int) -> int:
         """How many lines came and wait to be taken (their end counts as one)."""
@@ -231,8 +236,8 @@ class LineFeed:
         queue = self._queue
         while queue is not None and len(out) < k and not queue.empty():
             args = queue.get_nowait()
-            if args is None:
-                queue.put_nowait(None)
+            if args is _ENDED:
+                queue.put_nowait(_ENDED)
                 break
             out.append(args)
         return out
@@ -278,22 +283,23 @@ def jobs(
     )
     made = (Job(next(seq), args(combo)) for combo in combos)
     if sources and all(kind == ARGS for kind, _ in sources):  # all on the command line
-        return _Counted(made, math.prod(len(given) for _, given in sources))
+        return Counted(made, math.prod(len(given) for _, given in sources))
     return made
 
 
-class _Counted(Iterable["Job"]):
-    """Jobs whose number is known before they are made (``:::`` arguments only),
-    so a progress bar has its total and ``--halt fail=P%`` counts against it."""
+class Counted(Iterable[Any]):
+    """Items whose number is known before they are made (``:::`` arguments, a
+    file read through once), so a progress bar has its total and ``--halt
+    fail=P%`` counts against it."""
 
-    def __init__(self, jobs: Iterator[Job], n: int) -> None:
-        self._jobs, self._n = jobs, n
+    def __init__(self, items: Iterator[Any], n: int) -> None:
+        self._items, self._n = items, n
 
     def __len__(self) -> int:
         return self._n
 
-    def __iter__(self) -> Iterator[Job]:
-        return self._jobs
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
 
 
 def _modify(value: str, how: str) -> str:
