@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -68,3 +71,30 @@ def max_overlap(results: list[Any]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+def line_by_line(
+    args: list[str], lines: list[str], answered: Callable[[str, IO[bytes]], None]
+) -> None:
+    """``whilst *args`` with a pipe for stdin, sent ``lines`` one at a time, each only
+    once ``answered(line, stdout)`` read its answer: a command that waited for more
+    input before it answered would hang (a watchdog kills it after 30 s). Then
+    stdin closes, and the command must exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whilst", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        for line in lines:
+            proc.stdin.write(f"{line}\n".encode())
+            proc.stdin.flush()
+            answered(line, proc.stdout)
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.stdout.close()

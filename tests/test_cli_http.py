@@ -14,10 +14,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from aiohttp import web
+
+from conftest import line_by_line
 
 WHILST = [sys.executable, "-m", "whilst"]
 SECRET = "SEKRET-1234"
@@ -413,28 +415,13 @@ def test_call_streams_each_line_as_its_result_ends(tmp_path: Path) -> None:
 
 def test_call_runs_each_line_of_a_stream_as_it_comes() -> None:
     """`tail -f | whilst call`: the next line is sent only once the result of the one
-    before it came, so reading all the input first would hang (the watchdog kills
-    it after 30 s)."""
-    proc = subprocess.Popen(
-        [*WHILST, "call", "-q", "json:dumps"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    watchdog = threading.Timer(30, proc.kill)
-    watchdog.start()
-    try:
-        for word in ("a", "", "b", "c"):
-            proc.stdin.write(f"{word}\n")
-            proc.stdin.flush()
-            if word:  # (a blank line is no item)
-                assert json.loads(proc.stdout.readline())["item"] == word
-        proc.stdin.close()
-        assert proc.wait(30) == 0
-    finally:
-        watchdog.cancel()
-        proc.kill()
-        proc.stdout.close()
+    before it came, so reading all the input first would hang."""
+
+    def called(word: str, stdout: IO[bytes]) -> None:
+        if word:  # (a blank line is no item)
+            assert json.loads(stdout.readline())["item"] == word
+
+    line_by_line(["call", "-q", "json:dumps"], ["a", "", "b", "c"], called)
 
 
 def test_a_bad_url_on_a_stream_fails_alone(server: Server) -> None:

@@ -11,14 +11,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
+
+from conftest import line_by_line
 
 WHILST = [sys.executable, "-m", "whilst"]
 PARALLEL = shutil.which("parallel")
@@ -504,26 +506,12 @@ def test_a_job_starts_as_its_line_comes_on_a_stream() -> None:
 
 def test_each_job_of_a_stream_is_printed_as_it_ends() -> None:
     """`tail -f | whilst run` at the default -j: each line goes in only once the job
-    before it printed, so a job whose output waited for more lines would hang here
-    (the watchdog kills it after 30 s)."""
-    proc = subprocess.Popen(
-        [*WHILST, "run", "-q", "echo done {}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    watchdog = threading.Timer(30, proc.kill)
-    watchdog.start()
-    try:
-        for n in range(1, 6):
-            proc.stdin.write(f"{n}\n".encode())
-            proc.stdin.flush()
-            assert proc.stdout.readline() == f"done {n}\n".encode()
-        proc.stdin.close()
-        assert proc.wait(30) == 0
-    finally:
-        watchdog.cancel()
-        proc.kill()
-        proc.stdout.close()
+    before it printed, so a job whose output waited for more lines would hang."""
+
+    def printed(n: str, stdout: IO[bytes]) -> None:
+        assert stdout.readline() == f"done {n}\n".encode()
+
+    line_by_line(["run", "-q", "echo done {}"], ["1", "2", "3", "4", "5"], printed)
 
 
 @pytest.mark.parametrize("command", [["run", "-q", "echo"], ["call", "-q", "json:dumps"]])
