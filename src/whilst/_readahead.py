@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -73,8 +72,10 @@ class ReadAhead:
         return self._end is None and self._reader is not None and self._asked is None
 
     def stop_reading(self) -> None:
-        """The run stops: the input ends here for whoever waits for an item (the
-        reader, if it waits on the input, is cancelled there)."""
+        """The run stops: the input ends here for whoever waits for an item, and
+        the reader, if it waits on the input, is cancelled there (as the run's own
+        task would have been)."""
+        self._stopped = True
         if self._end is None:
             self._end = StopAsyncIteration()
         if self._came is not None and not self._came.done():
@@ -83,14 +84,10 @@ class ReadAhead:
             self._reader.cancel()
 
     async def stop(self) -> None:
-        """Stop reading (the run is over): the reader, if it waits on the input, is
-        cancelled there, as the run's own task would have been."""
-        self._stopped = True
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([reader])
+        """:meth:`stop_reading`, and wait for the reader to end (the run is over)."""
+        self.stop_reading()
+        if self._reader is not None and not self._reader.done():
+            await asyncio.wait([self._reader])
 
     def _wake_reader(self) -> None:
         if self._asked is not None and not self._asked.done():
