@@ -668,7 +668,7 @@ class Scheduler:
                     flying.append((first, items, *handed, clock() - (OVERDUE if again else 0)))
                 if not flying:
                     if self._exhausted and (  # nothing to read: others may have some to share
-                        await self._take_back(wait=True) or await self._answered() or given_back
+                        await self._take_back() or await self._answered() or given_back
                     ):
                         continue
                     return
@@ -696,24 +696,22 @@ class Scheduler:
         before that batch is overdue keep them there)."""
         room = asyncio.ensure_future(self.output.room())
         try:
-            if not await self._take_back(wait=True, until=room):
+            if not await self._take_back(until=room):
                 await room
         finally:
             room.cancel()
 
-    async def _take_back(
-        self, wait: bool = False, until: asyncio.Future[None] | None = None
-    ) -> bool:
+    async def _take_back(self, until: asyncio.Future[None] | None = None) -> bool:
         """Take back the items not started yet of the overdue batch in flight with
         the most of them (the next one, if it had none left after all), for idle
-        slots to share; with ``wait``, wait for a batch out to be overdue (unless
-        ``until`` is done first). False if there are none, or the run is stopping
-        (it starts nothing more)."""
+        slots to share, waiting for a batch out to be overdue (unless ``until`` is
+        done first). False if there are none, or the run is stopping (it starts
+        nothing more)."""
         clock, tried, waited = asyncio.get_running_loop().time, set[int](), False
         while self._stopping is None and not self._given_back:
             busiest, due, young = self._overdue(tried, clock())
             if busiest is None:
-                if wait and (young or until is not None):
+                if young or until is not None:
                     # Until one is overdue or one is back (then the rest may be going as
                     # they should, and this slot ends: nothing to take back from them);
                     # or, with ``until``, until items taken back go out again, in a
