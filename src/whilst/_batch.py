@@ -77,7 +77,7 @@ class Tally:
         record: Callable[[Result], dict[str, Any]],
     ) -> None:
         self.options, self.show, self.record = options, show, record
-        self.failed = self.cancelled = self.total = 0
+        self.cancelled = self.total = 0
         self.failures: collections.Counter[str] = collections.Counter()  # by status word
         self.first: Result | None = None  # the first job that failed
         self._results = None
@@ -101,10 +101,13 @@ class Tally:
         if r.status is Status.CANCELLED:
             self.cancelled += 1
         elif not r.ok:
-            self.failed += 1
             self.failures[r.status.value.replace("_", " ")] += 1
             if self.first is None:
                 self.first = r
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
     def close(self) -> None:
         if self._results is not None:
