@@ -246,14 +246,20 @@ def test_a_block_just_over_the_threshold_is_found(tmp_path: Path) -> None:
     assert 0.15 <= block["seconds"] <= 1.0
 
 
-def test_a_program_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
-    script = tmp_path / "boom.py"
-    script.write_text('def f():\n    raise ValueError("boom")\n\nf()\n')
+def doctor_failing(script: Path) -> subprocess.CompletedProcess[str]:
+    """``whilst doctor`` on a program that fails: it exits as the program does (1)."""
     run = subprocess.run(
         [sys.executable, "-m", "whilst", "doctor", str(script)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 1
+    return run
+
+
+def test_a_program_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
+    script = tmp_path / "boom.py"
+    script.write_text('def f():\n    raise ValueError("boom")\n\nf()\n')
+    run = doctor_failing(script)
     assert run.stderr.startswith(f'Traceback (most recent call last):\n  File "{script}", line 4')
     assert "whilst" not in run.stderr.split("ValueError: boom")[0]  # none of whilst's frames
     assert "no asyncio event loop ran" in run.stderr
@@ -264,11 +270,7 @@ def test_a_program_that_does_not_compile_shows_its_syntax_error_as_python_would(
 ) -> None:
     script = tmp_path / "bad.py"
     script.write_text("x = 1\ndef f(:\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "whilst", "doctor", str(script)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 1
+    run = doctor_failing(script)
     assert run.stderr.startswith(f'  File "{script}", line 2\n')
     assert "SyntaxError" in run.stderr
     assert "Traceback" not in run.stderr  # none of whilst's frames
