@@ -104,6 +104,86 @@ def reciprocal(x: int) -> float:
     return 1 / x
 
 
+class CountingClock:
+    """``time`` as the workers' batch loop sees it, counting its clock reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def time(self) -> float:
+        self.reads += 1
+        return time.time()
+
+
+def test_a_plain_map_reads_the_clock_once_a_batch_not_once_a_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clock read costs as much as a tiny task; a map gives values, so no one sees
+    a task's own times. Where they are seen (imap, a summary), each task is timed."""
+    from whilst._modes import _worker
+
+    clock = CountingClock()
+    monkeypatch.setattr(_worker, "time", clock)  # threads run the batch loop in-process
+    n = 20_000
+    assert whilst.map(abs, range(n), mode="threads", limit=2) == list(range(n))
+    assert clock.reads < n / 10
+    clock.reads = 0
+    assert [r.value for r in whilst.imap(abs, range(n), mode="threads", limit=2)] == list(range(n))
+    assert clock.reads >= n
+    clock.reads = 0
+    whilst.map(abs, range(n), mode="threads", limit=2, summary=True)
+    assert clock.reads >= n
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_a_plain_maps_failures_still_come_with_their_times(mode: str) -> None:
+    """Untimed batches keep every value and error in place; their tasks' times are
+    equal shares of the batch's, so they still follow each other without a gap."""
+    with pytest.raises(whilst.TasksFailed) as info:
+        whilst.map(reciprocal, range(-3000, 3000), mode=mode, limit=2)
+    results = info.value.results
+    assert [r.item for r in results if not r.ok] == [0]
+    assert [r.value for r in results if r.ok] == [1 / x for x in range(-3000, 3000) if x]
+    t0 = min(r.start for r in results)
+    assert all(t0 <= r.start <= r.end < t0 + 60 for r in results)
+    for a, b in itertools.pairwise(results):
+        if a.worker == b.worker:
+            assert b.start >= a.end  # one after another, as each worker ran them
+
+
+def test_untimed_batches_run_what_a_lambda_returns_and_keep_errors_in_place() -> None:
+    from whilst._modes._worker import run_batch
+
+    async def double(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return 2 * x
+
+    def fn(x: int) -> Any:
+        if x == 4:
+            raise KeyError(x)
+        return double(x) if x % 2 == 0 else x
+
+    timed = run_batch(fn, range(6), lambda e: type(e).__name__)
+    start, ends, values, errors = run_batch(fn, range(6), lambda e: type(e).__name__, timed=False)
+    assert values == timed[2] == [0, 1, None, 3, None, 5]
+    assert errors == timed[3] == {2: "ValueError", 4: "KeyError"}
+    assert len(ends) == 6  # one clock read, the batch's end, for every task
+    assert len(set(ends)) == 1
+    assert start <= ends[0]
+
+
+def test_an_untimed_batch_gives_each_task_an_equal_share_of_its_time() -> None:
+    from whilst._modes import Outcomes
+    from whilst._result import batch_results
+
+    outcomes = Outcomes(100.0, [104.0] * 4, [1, 2, 3, 4], {}, timed=False)
+    results = batch_results(10, ["a", "b", "c", "d"], outcomes, "threads", "thread-0")
+    assert [(r.index, r.start, r.end) for r in results] == [
+        (10, 100.0, 101.0), (11, 101.0, 102.0), (12, 102.0, 103.0), (13, 103.0, 104.0)
+    ]  # fmt: skip
+
+
 async def sleepy(x: float) -> int:
     await asyncio.sleep(x)
     return os.getpid()

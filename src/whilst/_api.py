@@ -94,7 +94,7 @@ def map(
     """
     options = resolve(fn, mode=mode, limit=limit, policy=policy)
     _check_summary(summary)
-    collect = Collect()
+    collect = Collect(times=summary)
     scheduler = Scheduler(fn, items, options, collect)
     runner = make_runner()
     try:
@@ -129,7 +129,7 @@ async def amap(
     """
     options = resolve(fn, mode=mode, limit=limit, policy=policy)
     _check_summary(summary)
-    collect = Collect()
+    collect = Collect(times=summary)
     scheduler = Scheduler(fn, items, options, collect)
     main = asyncio.get_running_loop().create_task(scheduler.run())
     with LoopStop(scheduler, main) as stop:

@@ -29,7 +29,8 @@ class Collect:
     bounded = full = False  # never holds the scheduler back
     on_room: Callable[[], None] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, *, times: bool = False) -> None:
+        self.times = times  # the run's summary is wanted (it takes durations)
         self._chunk = Chunk()
         self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
         self._results: list[Result] = []  # from the policy path, built already
@@ -241,6 +242,7 @@ class Stream:
     of microseconds), and a ``break`` runs no task more."""
 
     bounded = True
+    times = True  # each Result has its times
 
     def __init__(self, *, ordered: bool, window: int, paced: bool = False) -> None:
         self.ordered = ordered

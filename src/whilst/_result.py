@@ -109,8 +109,11 @@ def batch_results(
     first: int, items: list[Any], outcomes: Outcomes, mode: str, worker: str
 ) -> list[Result]:
     """One Result per item of a batch a mode ran (see :class:`Outcomes`)."""
-    start, errors, results = outcomes.start, outcomes.errors, []
-    columns = zip(items, outcomes.values, outcomes.ends, outcomes.where(worker), strict=True)
+    start, errors, results, ends = outcomes.start, outcomes.errors, [], outcomes.ends
+    if not outcomes.timed and ends:  # only the batch's end is known: equal shares of it
+        step = (ends[-1] - start) / len(ends)
+        ends = [start + step * k for k in range(1, len(ends))] + [ends[-1]]
+    columns = zip(items, outcomes.values, ends, outcomes.where(worker), strict=True)
     for k, (item, value, end, worker) in enumerate(columns):
         index = first + k
         if k in errors:

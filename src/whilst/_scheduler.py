@@ -86,6 +86,7 @@ RETRYING = EventKind.RETRYING
 
 class Output(Protocol):
     bounded: bool  # may ask the scheduler to wait for room (see full and room)
+    times: bool  # its reader sees each task's start and end (not just values)
     on_room: Callable[[], None] | None  # called when the reader has made room
 
     @property
@@ -165,6 +166,9 @@ class Scheduler:
             )
         else:
             self.mode = mode_class(options.mode)(fn, limit=options.limit, is_async=options.is_async)
+        # A batch's tasks are timed one by one only if someone will see it: a plain
+        # map gives values (its tasks' own times only in TasksFailed's results).
+        self.mode.timed = output.times or bool(sinks) or self.policy.journal is not None
         self.interrupted = False
         # Figures for progress and the summary: tasks ended (skipped included), of
         # them not ok; attempts retried; most tasks running at once (in a batching

@@ -75,6 +75,7 @@ class AutoMode(Mode):
         return self.active.timeout_note
 
     async def open(self) -> None:
+        self.threads.timed = self.timed
         await self.threads.open()
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
@@ -142,6 +143,7 @@ class AutoMode(Mode):
         from ._processes import ProcessesMode
 
         processes = ProcessesMode(self.fn, limit=cpu_count(), is_async=self.is_async)
+        processes.timed = self.timed
         await processes.open()
         self.active = processes
         self.reason = f"auto chose processes: {measured}"

@@ -18,7 +18,9 @@ class Outcomes(NamedTuple):
     """How one batch of attempts ended, in columns (cheap to build, send and keep).
 
     Item ``i`` ran from ``ends[i - 1]`` (``start`` for the first) to ``ends[i]``:
-    a worker runs a batch's items one after another.
+    a worker runs a batch's items one after another. Unless ``timed``: then only
+    the batch's end was read (every item's is that), and each item is given an
+    equal share of the batch's time (see :attr:`Mode.timed`).
     """
 
     start: float
@@ -29,6 +31,7 @@ class Outcomes(NamedTuple):
     #: Where each item ran, when not all in the worker the batch was handed to
     #: (after a crash its items run again one at a time, maybe on new workers).
     workers: Sequence[str] = ()
+    timed: bool = True
 
     def where(self, worker: str) -> Sequence[str]:
         """Where each item ran: ``workers``, or all in ``worker`` (the batch's)."""
@@ -69,6 +72,10 @@ class Mode(abc.ABC):
     take_back_asks: bool = False
     #: What a timeout did to the attempt, for its TaskTimeout message.
     timeout_note: str = "it was cancelled"
+    #: Whether a batch's tasks are each timed. The scheduler turns it off when no
+    #: one will look at a task's own times (a ``map`` gives values), for a clock
+    #: read costs as much as a tiny task; set before :meth:`open`.
+    timed: bool = True
 
     def __init__(self, fn: Callable[..., Any], *, limit: int, is_async: bool) -> None:
         self.fn = fn

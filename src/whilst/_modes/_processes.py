@@ -211,7 +211,7 @@ class ProcessesMode(Mode):
             ) from exc
         # A worker stays warm between runs: it takes this run's sys.path, working
         # directory and environment, as a thread would see them.
-        setting = (list(sys.path), payload, os.getcwd(), dict(os.environ))
+        setting = (list(sys.path), payload, os.getcwd(), dict(os.environ), self.timed)
         self._fn_message = pickle.dumps((_worker.FN, 0, setting))
 
     def _attach(self, number: int) -> _Worker:
@@ -388,7 +388,7 @@ class ProcessesMode(Mode):
         finally:
             if mine:
                 self._running.pop(id(items), None)
-        return Outcomes(start, ends, values, unwire(wired))
+        return Outcomes(start, ends, values, unwire(wired), timed=self.timed)
 
     def unstarted(self, items: list[Any]) -> int:
         # Not known here without asking: all but the one it runs, until asked once.
@@ -431,7 +431,7 @@ class ProcessesMode(Mode):
                 if k in ran.errors:
                     errors[i] = ran.errors[k]
             ends[i] = end
-        return Outcomes(start, ends, values, errors)
+        return Outcomes(start, ends, values, errors, timed=self.timed)
 
     def worker(self, slot: int) -> str:
         return self._attach(slot % self._nworkers).label

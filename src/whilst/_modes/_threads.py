@@ -59,9 +59,10 @@ def _same(exc: BaseException) -> BaseException:
 
 
 class _SlotThread(threading.Thread):
-    def __init__(self, fn: Any, done: _Completions, name: str) -> None:
+    def __init__(self, fn: Any, done: _Completions, name: str, timed: bool) -> None:
         super().__init__(name=name, daemon=True)
         self.fn = fn
+        self.timed = timed
         self.done = done
         self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], Iterator[Any]] | None] = (
             queue.SimpleQueue()
@@ -71,15 +72,15 @@ class _SlotThread(threading.Thread):
         self.last_done: asyncio.Future[Any] | None = None  # the last job it finished
 
     def run(self) -> None:
-        get, post, thread_time = self.inbox.get, self.done.post, time.thread_time
+        get, post, thread_time, timed = self.inbox.get, self.done.post, time.thread_time, self.timed
         try:
             while (job := get()) is not None:
                 fut, items = job
                 cpu = thread_time()
-                start, ends, values, errors = run_batch(self.fn, items, _same, self._await)
+                start, ends, values, errors = run_batch(self.fn, items, _same, self._await, timed)
                 cpu = thread_time() - cpu
                 self.last_done = fut  # before post: see ThreadsMode.settle
-                post(fut, Outcomes(start, ends, values, errors, cpu))
+                post(fut, Outcomes(start, ends, values, errors, cpu, timed=timed))
                 del job, fut, items
         finally:
             if self._runner is not None:
@@ -117,7 +118,8 @@ class ThreadsMode(Mode):
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         thread = self._threads.get(slot)
         if thread is None:
-            thread = self._threads[slot] = _SlotThread(self.fn, self._done, self.worker(slot))
+            thread = _SlotThread(self.fn, self._done, self.worker(slot), self.timed)
+            self._threads[slot] = thread
             thread.start()
         fut = thread.job = self._loop.create_future()
         rest = self._rest[id(items)] = iter(items)
