@@ -161,14 +161,14 @@ def test_untimed_batches_run_what_a_lambda_returns_and_keep_errors_in_place() ->
 
     def fn(x: int) -> Any:
         if x == 4:
-            raise KeyError(x)
+            raise StopIteration  # a task's error, not the end of the batch
         return double(x) if x % 2 == 0 else x
 
-    timed = run_batch(fn, range(6), lambda e: type(e).__name__)
-    start, ends, values, errors = run_batch(fn, range(6), lambda e: type(e).__name__, timed=False)
-    assert values == timed[2] == [0, 1, None, 3, None, 5]
-    assert errors == timed[3] == {2: "ValueError", 4: "KeyError"}
-    assert len(ends) == 6  # one clock read, the batch's end, for every task
+    timed = run_batch(fn, range(7), lambda e: type(e).__name__)
+    start, ends, values, errors = run_batch(fn, range(7), lambda e: type(e).__name__, timed=False)
+    assert values == timed[2] == [0, 1, None, 3, None, 5, 12]
+    assert errors == timed[3] == {2: "ValueError", 4: "StopIteration"}
+    assert len(ends) == 7  # one clock read, the batch's end, for every task
     assert len(set(ends)) == 1
     assert start <= ends[0]
 

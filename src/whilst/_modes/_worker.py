@@ -155,15 +155,16 @@ def run_batch(
     rest = iter(items)
     while True:  # one try around the whole loop, re-entered after a failure: no per-item setup
         try:
-            if not timed:
-                values.extend(map(fn, rest))  # (on a failure it holds the values before)
-                break
-            for item in rest:
-                value = fn(item)
-                if type(value) is coroutine:  # a lambda returning a coroutine
-                    value = await_(value)
-                keep(value)
-                end(now())
+            if timed:
+                for item in rest:
+                    value = fn(item)
+                    if type(value) is coroutine:  # a lambda returning a coroutine
+                        value = await_(value)
+                    keep(value)
+                    end(now())
+            else:  # (not extend(map()), which takes a StopIteration fn raises for the end)
+                for item in rest:
+                    keep(fn(item))
             break
         except BaseException as exc:  # the task's error is its result
             errors[len(values)] = fail(as_raised(exc))
