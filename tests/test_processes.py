@@ -151,6 +151,26 @@ def test_a_plain_maps_failures_still_come_with_their_times(mode: str) -> None:
             assert b.start >= a.end  # one after another, as each worker ran them
 
 
+def test_a_coroutine_a_task_returns_is_awaited_before_the_next_task_starts() -> None:
+    """Whatever the first part takes (a lock, a connection), the coroutine gives
+    back before the next task runs: awaited after the batch, this deadlocked."""
+    log: list[tuple[str, int]] = []
+    gate = threading.BoundedSemaphore(1)
+
+    async def second(x: int) -> int:
+        log.append(("async", x))
+        gate.release()
+        return x
+
+    def first(x: int) -> Any:
+        assert gate.acquire(timeout=1), "the coroutine before this task was not awaited"
+        log.append(("sync", x))
+        return second(x)
+
+    assert whilst.map(first, range(50), mode="threads", limit=1) == list(range(50))
+    assert log == [(part, x) for x in range(50) for part in ("sync", "async")]
+
+
 def test_untimed_batches_run_what_a_lambda_returns_and_keep_errors_in_place() -> None:
     from whilst._modes._worker import run_batch
 

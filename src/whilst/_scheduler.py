@@ -844,6 +844,11 @@ class Scheduler:
     def _finished_batch(
         self, first: int, items: list[Any], outcomes: Outcomes, worker: str
     ) -> None:
+        if len(outcomes.values) != len(items):  # (the output would shift every value after)
+            raise RuntimeError(
+                f"whilst bug: a batch of {len(items)} tasks came back with "
+                f"{len(outcomes.values)} values; please report it"
+            )
         name = self.mode.ran_in(outcomes)
         self.done += len(items)
         self.failed += len(outcomes.errors)

@@ -164,7 +164,10 @@ def run_batch(
                     end(now())
             else:  # (not extend(map()), which takes a StopIteration fn raises for the end)
                 for item in rest:
-                    keep(fn(item))
+                    value = fn(item)
+                    if type(value) is coroutine:
+                        value = await_(value)
+                    keep(value)
             break
         except BaseException as exc:  # the task's error is its result
             errors[len(values)] = fail(as_raised(exc))
@@ -172,13 +175,6 @@ def run_batch(
             if timed:
                 end(now())
     if not timed:
-        if coroutine in map(type, values):  # (awaited after the batch, still one by one)
-            for i, value in enumerate(values):
-                if type(value) is coroutine:
-                    try:
-                        values[i] = await_(value)
-                    except BaseException as exc:
-                        values[i], errors[i] = None, fail(as_raised(exc))
         ends = array("d", [now()]) * len(values)
     return start, ends, values, errors
 
