@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import shlex
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import UsageError, describe, safe_repr
 from ._result import Result, Status
 from ._scheduler import HALTED
 from ._summary import Summary
+
+if TYPE_CHECKING:
+    import json
 
 
 @dataclass(frozen=True)
@@ -236,9 +240,12 @@ def jsonable(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # (most values: at once)
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if value is None or isinstance(value, (str, int, float)):
+    if isinstance(value, (str, int, float)):
         return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
@@ -252,9 +259,15 @@ def _plain(value: Any) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    import json  # (only for --results: not at every start-up)
+    return _encoder().encode(value)
 
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+@functools.cache
+def _encoder() -> json.JSONEncoder:
+    """One encoder for every line (``json.dumps`` with options makes one a call)."""
+    import json  # (only for output lines and --results: not at every start-up)
+
+    return json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 
 def _repr(value: Any) -> str:
