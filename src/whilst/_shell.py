@@ -13,6 +13,7 @@ loop's subprocess support (see ``bench/``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import io
@@ -176,6 +177,10 @@ class LineFeed:
     own: a job starts as soon as its line comes (``tail -f | whilst run``), and
     the event loop never blocks on the stream. ``ready(k)`` gives the lines that
     have come already, so a batch of jobs takes those and does not wait for more.
+
+    Lines come to the loop in bursts: the thread wakes the loop once for all the
+    lines that come before the loop takes them, not once a line (a wake-up costs
+    a system call and a turn of the loop: 2.7 µs a line, half a tiny task's time).
     """
 
     def __init__(self, stream: IO[bytes], null: bool, make: Callable[[str], Any]) -> None:
@@ -185,61 +190,83 @@ class LineFeed:
             stream = open(os.dup(stream.fileno()), "rb")  # noqa: SIM115 - read to its end
         self._lines = read_lines(stream, null)
         self._make = make  # a line into the item to run (NO_ITEM: none)
-        self._queue: asyncio.Queue[Any] | None = None
+        self._came: collections.deque[Any] = collections.deque()  # items come, then _ENDED
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once the thread reads
+        self._told = False  # a wake-up is on its way to the loop
+        self._waiter: asyncio.Future[None] | None = None  # __anext__ waiting for an item
         self._error: BaseException | None = None
 
     def __aiter__(self) -> LineFeed:
         return self
 
-    def _start(self) -> asyncio.Queue[Any]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        make = self._make
+    def _start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        make, came = self._make, self._came
 
         def read() -> None:
             try:
                 for line in self._lines:
                     if (item := make(line)) is not NO_ITEM:
-                        loop.call_soon_threadsafe(queue.put_nowait, item)
+                        came.append(item)
+                        self._tell(loop)
             except BaseException as exc:
                 self._error = exc
             finally:
-                with contextlib.suppress(RuntimeError):  # the run already ended
-                    loop.call_soon_threadsafe(queue.put_nowait, _ENDED)
+                came.append(_ENDED)
+                self._tell(loop)
 
         threading.Thread(target=read, name="whilst-stdin", daemon=True).start()
-        return queue
+
+    def _tell(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the reading thread: wake the loop, unless a wake-up is on its way."""
+        if not self._told:
+            self._told = True
+            with contextlib.suppress(RuntimeError):  # the run already ended
+                loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        # Cleared before the waiter goes on: an item that comes after this line
+        # sends a wake-up of its own, so none is left waiting unseen.
+        self._told = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def __anext__(self) -> Any:
-        if self._queue is None:
-            self._queue = self._start()
-        args = await self._queue.get()
-        if args is _ENDED:
-            self._queue.put_nowait(_ENDED)  # stays ended
+        if self._loop is None:
+            self._start()
+        came = self._came
+        while not came:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        item = came.popleft()
+        if item is _ENDED:
+            came.appendleft(_ENDED)  # stays ended
             if self._error is not None:
                 raise self._error
             raise StopAsyncIteration
-        return args
+        return item
 
     def stop_reading(self) -> None:
         """The run stops: the lines end here for whoever waits for one."""
-        if self._queue is not None:
-            self._queue.put_nowait(_ENDED)
+        if self._loop is not None:
+            self._came.append(_ENDED)
+            self._woken()
 
     def came(self, expect: int) -> int:
         """How many lines came and wait to be taken (their end counts as one)."""
-        return 0 if self._queue is None else self._queue.qsize()
+        return len(self._came)
 
     def ready(self, k: int) -> list[Any]:
         """Up to ``k`` lines that have come already (none waited for)."""
         out: list[Any] = []
-        queue = self._queue
-        while queue is not None and len(out) < k and not queue.empty():
-            args = queue.get_nowait()
-            if args is _ENDED:
-                queue.put_nowait(_ENDED)
+        came = self._came
+        while came and len(out) < k:
+            item = came.popleft()
+            if item is _ENDED:
+                came.appendleft(_ENDED)
                 break
-            out.append(args)
+            out.append(item)
         return out
 
 
