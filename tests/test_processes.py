@@ -594,6 +594,27 @@ def slow_at_3000(x: int) -> int:
     return x
 
 
+def test_an_ordered_imap_waiting_on_a_slow_first_task_reads_little_ahead() -> None:
+    """Batches of items taken back from the slow task's batch ran one or two items
+    each, but were sized as full ones: batch sizes (and the results held behind
+    the slow one) grew eightfold a round, to thousands of 1 ms tasks read ahead."""
+    read = 0
+
+    def items() -> Any:
+        nonlocal read
+        for i in itertools.count():
+            read += 1
+            yield i
+
+    def task(x: int) -> int:
+        time.sleep(1.0 if x == 0 else 0.001)
+        return x
+
+    with whilst.imap(task, items(), mode="threads", limit=4) as run:
+        assert next(run).index == 0
+    assert read < 1000  # (about 250 here; it was 8,000)
+
+
 def test_a_batch_queued_behind_a_slow_task_is_given_back_whole() -> None:
     """A slot keeps a second batch queued at its worker while tiny tasks run; when
     the worker is stuck on a slow task, that whole queued batch is given back too,

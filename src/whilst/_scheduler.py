@@ -686,7 +686,8 @@ class Scheduler:
                 if items:  # (fewer than handed over, or none: the rest were taken back)
                     self._finished_batch(first, items, outcomes, worker)
                     if mode.auto_batch:
-                        size = self._next_size(size, outcomes.ends[-1] - outcomes.start)
+                        busy = outcomes.ends[-1] - outcomes.start
+                        size = self._next_size(size, busy, len(outcomes.values))
         finally:
             del self._flying[slot]
             for _, _, _, task, _ in flying:
@@ -890,9 +891,11 @@ class Scheduler:
             for sink in sinks:
                 sink(event)
 
-    def _next_size(self, size: int, busy: float) -> int:
+    def _next_size(self, size: int, busy: float, ran: int) -> int:
+        """The next batch's size: the last one ran ``ran`` items in ``busy`` seconds
+        (fewer than ``size`` when items were taken back, or had not come yet)."""
         if busy < BATCH_TARGET / 2:
-            grown = size * BATCH_TARGET / max(busy, 1e-6)
+            grown = ran * BATCH_TARGET / max(busy, 1e-6)
             size = int(min(grown, size * 8))
         elif busy > BATCH_TARGET * 4:
             size //= 2
@@ -1018,6 +1021,7 @@ class Scheduler:
             held = self._held
             if held:
                 tasks = [held.popleft() for _ in range(min(size, len(held)))]
+                ran = len(tasks)
                 self._busy(1)
                 try:
                     busy = await self._retry_batch(slot, tasks, rerun)
@@ -1034,6 +1038,7 @@ class Scheduler:
                     continue
                 self._spawn()
                 worker, run = self._hand_over(slot, first, items, rerun)
+                ran = len(items)
                 self._busy(1)
                 try:
                     outcomes = await run
@@ -1049,7 +1054,7 @@ class Scheduler:
                 continue
             else:
                 break
-            size = self._next_size(size, busy)
+            size = self._next_size(size, busy, ran)
         self._wake_all()  # nothing left to start: napping slots may end too
 
     def _failed_batch(self, first: int, items: list[Any], outcomes: Outcomes, worker: str) -> None:
