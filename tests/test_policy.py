@@ -453,6 +453,22 @@ def test_an_async_attempt_that_could_not_be_stopped_is_timed_out_when_late(
     assert "it ran to its end, and its value was dropped" in str(results[0].error)
 
 
+async def naps(x: int) -> int:
+    await asyncio.sleep(5)
+    return x
+
+
+def test_a_coroutine_timed_out_in_sync_mode_says_it_was_cancelled() -> None:
+    """Sync mode cancels a coroutine at its timeout: its error must not say it ran
+    to its end, nor send the user to processes mode."""
+    t0 = time.monotonic()
+    [r] = whilst.imap(naps, [1], mode="sync", timeout=0.1)
+    assert time.monotonic() - t0 < 3
+    assert r.status is Status.TIMED_OUT
+    assert "it was cancelled" in str(r.error)
+    assert "processes" not in str(r.error)
+
+
 def test_a_task_raising_timeout_error_itself_is_failed_not_timed_out(mode: str) -> None:
     fn = for_mode(mode, own_timeout, aown_timeout)
     [r] = whilst.imap(fn, [1], mode=mode, timeout=60)

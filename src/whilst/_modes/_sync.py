@@ -28,6 +28,8 @@ class SyncMode(Mode):
         super().__init__(*args, **kwargs)
         self._busy = False
         self.stoppable = self.is_async  # a coroutine can be cancelled; a plain call cannot
+        if self.is_async:
+            self.timeout_note = Mode.timeout_note
 
     def caller(self, slot: int) -> Call:
         fn = self.fn
