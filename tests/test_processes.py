@@ -424,6 +424,8 @@ def test_close_from_another_thread_ends_the_readers_loop_at_once() -> None:
     assert list(run) == []
     assert time.monotonic() - started < 2.5
     closer.join()
+    assert run.summary is not None  # of what it took: nothing had ended
+    assert run.summary.total == 0
 
 
 def nap_long(x: int) -> int:

@@ -116,6 +116,7 @@ class _Feed:
             raise
         if self.closed:  # by close() from another thread, while this one waited
             runner.close()
+            self._summarize()
             return None
         if chunk:
             return chunk
@@ -134,8 +135,13 @@ class _Feed:
         self.closed = True
         if self.runner is not None:
             self.runner.close()
-            if self.summary is None and self.scheduler.ended:  # left early: what it took
-                self.summary = self.scheduler.summary(self.stats)
+            self._summarize()
+
+    def _summarize(self) -> None:
+        """Left early: the summary of what it took, once the run has ended (closed from
+        another thread, it ends when the reading thread closes it)."""
+        if self.summary is None and self.scheduler.ended:
+            self.summary = self.scheduler.summary(self.stats)
 
 
 class AsyncRun(AsyncIterator[Result]):
