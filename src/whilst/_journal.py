@@ -830,6 +830,8 @@ class Unavailable:
 def _decode(value: bytes | None, fmt: str, owned: bool) -> Any:
     """A kept value; pickles only from a file private to this user (never run a
     pickle someone else could have written)."""
+    if fmt.startswith("unkept: "):
+        return Unavailable(f"it was not kept ({fmt.removeprefix('unkept: ')})")
     if value is None:
         return None
     if fmt == "json":
@@ -839,6 +841,11 @@ def _decode(value: bytes | None, fmt: str, owned: bool) -> Any:
             return pickle.loads(value)  # written by this user, in a file only they can write
         except Exception as exc:  # its code changed since: the record stays readable
             return Unavailable(f"its pickle no longer loads ({describe(exc)[:200]})")
+    if fmt == "pickle":
+        return Unavailable(
+            "a pickle is not loaded from a file others could have written (not 0600, "
+            "or not this user's)"
+        )
     return None
 
 
