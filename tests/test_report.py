@@ -180,18 +180,26 @@ def test_an_unwritable_report_path_is_refused_before_anything_runs(
     tmp_path: Path, option: str
 ) -> None:
     ran: list[int] = []
-    for path, words in [
+    cases = [
         (tmp_path / "missing" / "run.html", "does not exist"),
         (tmp_path, "is a directory"),
-    ]:
+        (tmp_path / ("a" * 300 + ".html"), "cannot be written \\(File name too long\\)"),
+    ]
+    if Path("/proc/self").is_dir():  # no file can be made there, not even by root
+        cases.append((Path("/proc/run.html"), "cannot be written"))
+    for path, words in cases:
         with pytest.raises(whilst.UsageError, match=words):
             whilst.map(ran.append, range(3), **{option: path})  # type: ignore[arg-type]
-    if os.getuid() != 0:  # root writes anywhere
+    if os.getuid() != 0:  # root writes anywhere else
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(whilst.UsageError, match="permission denied"):
+        with pytest.raises(whilst.UsageError, match="Permission denied"):
             whilst.map(ran.append, range(3), **{option: locked / "run.html"})  # type: ignore[arg-type]
     assert ran == []
+    run = whilst.imap(ran.append, range(3), **{option: tmp_path / "run.html"})  # type: ignore[arg-type]
+    assert not (tmp_path / "run.html").exists()  # checked, leaving no file until the end
+    assert len(list(run)) == 3
+    assert (tmp_path / "run.html").stat().st_size > 0
 
 
 def test_the_summary_counts_what_happened() -> None:

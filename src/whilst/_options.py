@@ -180,17 +180,23 @@ def writable(name: str, path: object, suffix: str) -> Path | None:
         raise UsageTypeError(f"{name} must be a file name such as run{suffix}, got {path!r}")
     file = Path(path)
     where = file.parent
-    if file.is_dir():
-        raise UsageError(f"{name} {file} is a directory; give a file name such as run{suffix}")
-    if not where.is_dir():
+    try:
+        if file.is_dir():
+            raise UsageError(f"{name} {file} is a directory; give a file name such as run{suffix}")
+        if not where.is_dir():
+            raise UsageError(
+                f"{name} {file} cannot be written: the directory {where} does not exist; "
+                "create it or give another path"
+            )
+        existed = file.exists()
+        with open(file, "ab"):  # (not os.access: it says yes to root, even in /proc)
+            pass
+        if not existed:
+            file.unlink()  # written at the run's end
+    except OSError as exc:
         raise UsageError(
-            f"{name} {file} cannot be written: the directory {where} does not exist; create it "
-            "or give another path"
-        )
-    if not os.access(file if file.exists() else where, os.W_OK):
-        raise UsageError(
-            f"{name} {file} cannot be written (permission denied); give a path this user can write"
-        )
+            f"{name} {file} cannot be written ({exc.strerror}); give a path this user can write"
+        ) from None
     return file
 
 
