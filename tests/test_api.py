@@ -152,6 +152,23 @@ def test_sync_imap_runs_no_task_ahead_of_its_caller(
     assert started == [0, 1, 2, 3]
 
 
+def test_amap_in_sync_mode_runs_the_tasks_in_the_callers_thread() -> None:
+    """What the README gives for a function bound to the caller's thread inside a
+    running loop (map there runs its tasks in a helper thread)."""
+
+    def where(_: int) -> str:
+        return threading.current_thread().name
+
+    async def main() -> tuple[list[str], list[str]]:
+        return await whilst.amap(where, range(3), mode="sync"), whilst.map(
+            where, range(3), mode="sync"
+        )
+
+    mine, helpers = asyncio.run(main())
+    assert mine == [threading.current_thread().name] * 3
+    assert threading.current_thread().name not in helpers
+
+
 def test_sync_mode_lets_tasks_call_asyncio_run() -> None:
     async def inner(x: int) -> int:
         return x + 1
