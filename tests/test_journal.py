@@ -144,6 +144,28 @@ def test_a_journal_in_use_is_refused_naming_the_pid(tmp_path: Path) -> None:
     assert not (tmp_path / "count").exists()  # no task ran
 
 
+def test_a_run_right_after_a_break_out_of_aimap_gets_its_journal(tmp_path: Path) -> None:
+    """``break`` out of ``async for`` stops the run over a few turns of the loop: a
+    run started at once on the same journal waits for it, rather than being told
+    its own process holds it. One still going on the loop is refused."""
+    db = tmp_path / "run.db"
+
+    async def nap(x: int) -> int:
+        await asyncio.sleep(0.05)
+        return x
+
+    async def main() -> list[int]:
+        async for _ in whilst.aimap(nap, range(20), journal=db, limit=2):
+            break
+        async with whilst.aimap(nap, range(20), journal=db, limit=2) as going:
+            await anext(going)
+            with pytest.raises(whilst.UsageError, match=f"in use by pid {os.getpid()}"):
+                await whilst.amap(nap, range(4), journal=db)
+        return await whilst.amap(nap, range(4), journal=db)
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [0, 1, 2, 3]
+
+
 def test_a_file_that_is_not_a_journal_gives_one_clear_sentence(tmp_path: Path) -> None:
     db = tmp_path / "notes.txt"
     db.write_text("hello, this is not SQLite\n")

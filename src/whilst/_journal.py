@@ -15,6 +15,7 @@ tasks run again (GNU parallel's ``--resume`` goes by position instead).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import functools
@@ -338,6 +339,32 @@ def _json_as_is(value: Any) -> bool:
     return True
 
 
+#: Journals runs of this process hold, by real path: the run's task, to tell
+#: whether it is being stopped.
+_held: dict[str, tuple[JournalWriter, asyncio.Task[Any] | None]] = {}
+
+
+async def released(path: str | os.PathLike[str], wait: float = 5.0) -> None:
+    """Wait until no run on this loop that is being stopped holds the journal
+    (``break`` out of ``async for r in whilst.aimap(...)`` stops the run, which
+    takes a few turns of the loop): a run started just after must not be refused
+    for it. A run still going is not waited for (it is refused), nor one on
+    another loop (which may be the one blocked waiting for this run)."""
+    key, deadline = _key(path), time.monotonic() + wait
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < deadline:
+        _, holder = _held.get(key, (None, None))
+        if holder is None or holder.get_loop() is not loop:
+            return
+        if not (holder.cancelling() or holder.done()):
+            return
+        await asyncio.sleep(0.01)
+
+
+def _key(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(path)
+
+
 class JournalWriter:
     """The journal file of one run: opening it (lock, identity check, what a
     resume skips), and committing rows."""
@@ -364,6 +391,11 @@ class JournalWriter:
         self.owned = _private(self.path)
         try:
             self._lock()
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # (no loop: opened by hand)
+                task = None
+            _held[_key(self.path)] = (self, task)
             tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
             if tables and not {"meta", "runs", "tasks"} <= tables:  # a database of its own
                 raise UsageError(
@@ -553,6 +585,8 @@ class JournalWriter:
         finally:
             self._db.close()
             if self._lock_fd >= 0:
+                if _held.get(key := _key(self.path), (None,))[0] is self:
+                    del _held[key]
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = -1
 

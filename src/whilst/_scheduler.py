@@ -254,6 +254,9 @@ class Scheduler:
         mode = self.mode
         try:
             if self.policy.journal is not None:
+                from ._journal import released
+
+                await released(self.policy.journal)
                 self._open_journal()
             await mode.open()
         except BaseException:
