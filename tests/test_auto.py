@@ -110,6 +110,7 @@ def test_cpu_heavy_work_that_cannot_be_pickled_stays_in_threads_and_says_why() -
     assert run.summary is not None
     assert run.summary.mode == "threads"
     assert "cannot be pickled" in run.summary.mode_reason
+    assert "lock" in run.summary.mode_reason  # what pickle tripped on, and the fix
     assert len(results) == 12
 
 

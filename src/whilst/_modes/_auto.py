@@ -125,8 +125,9 @@ class AutoMode(Mode):
         except Exception as exc:
             self.reason = (
                 f"auto kept threads: {measured}, but the function cannot be pickled for "
-                f"processes ({type(exc).__name__}); define it at module level to let auto "
-                "move it to processes"
+                f"processes ({type(exc).__name__}: {str(exc)[:200]}); define it at module "
+                "level, with no reference to locks, open files or sockets, to let auto move "
+                "it to processes"
             )
             return
         try:  # items and values must travel to and from processes too
