@@ -154,20 +154,14 @@ def run_batch(
     start = now()
     rest = iter(items)
     while True:  # one try around the whole loop, re-entered after a failure: no per-item setup
-        try:
-            if timed:
-                for item in rest:
-                    value = fn(item)
-                    if type(value) is coroutine:  # a lambda returning a coroutine
-                        value = await_(value)
-                    keep(value)
+        try:  # (a for loop: extend(map()) would take a StopIteration fn raises for the end)
+            for item in rest:
+                value = fn(item)
+                if type(value) is coroutine:  # a lambda returning a coroutine
+                    value = await_(value)
+                keep(value)
+                if timed:
                     end(now())
-            else:  # (not extend(map()), which takes a StopIteration fn raises for the end)
-                for item in rest:
-                    value = fn(item)
-                    if type(value) is coroutine:
-                        value = await_(value)
-                    keep(value)
             break
         except BaseException as exc:  # the task's error is its result
             errors[len(values)] = fail(as_raised(exc))
