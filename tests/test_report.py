@@ -187,6 +187,8 @@ def test_an_unwritable_report_path_is_refused_before_anything_runs(
     ]
     if Path("/proc/self").is_dir():  # no file can be made there, not even by root
         cases.append((Path("/proc/run.html"), "cannot be written"))
+    os.mkfifo(fifo := tmp_path / "pipe.html")  # no reader: refused, never waited on
+    cases.append((fifo, "cannot be written"))
     for path, words in cases:
         with pytest.raises(whilst.UsageError, match=words):
             whilst.map(ran.append, range(3), **{option: path})  # type: ignore[arg-type]
