@@ -563,7 +563,10 @@ def http(source: str, **kwargs: Any) -> None:
         finally:
             await fetcher.close()
 
-    status = asyncio.run(main())
+    from ._runner import new_loop
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:  # uvloop when installed
+        status = runner.run(main())
     sys.exit(status)
 
 
