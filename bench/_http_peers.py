@@ -3,7 +3,8 @@
 ``python _http_peers.py serve LATENCY`` answers every GET after LATENCY
 seconds and prints its port; ``python _http_peers.py fetch N`` fetches the
 URLs on stdin with one aiohttp session and N requests in flight (an
-``asyncio.Semaphore`` and ``gather``): what a user writes by hand.
+``asyncio.Semaphore`` and ``gather``): what a user writes by hand, run with
+``asyncio.run``; ``fetch-uvloop N`` runs the same on uvloop.
 """
 
 from __future__ import annotations
@@ -47,4 +48,12 @@ async def fetch(limit: int) -> None:
 
 if __name__ == "__main__":
     what, value = sys.argv[1], sys.argv[2]
-    asyncio.run(serve(float(value)) if what == "serve" else fetch(int(value)))
+    if what == "serve":
+        asyncio.run(serve(float(value)))
+    elif what == "fetch-uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(fetch(int(value)))
+    else:
+        asyncio.run(fetch(int(value)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -334,6 +335,38 @@ def test_call_results_lines_carry_each_item_and_value(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted((line["item"], line["value"]) for line in lines) == [("2", 4), ("3", 9)]
+
+
+LEAVING = """
+import atexit, os, sys
+
+def _bye():
+    open(os.path.join(os.path.dirname(__file__), "left"), "w").write("atexit ran")
+    sys.stdout.write("bye")  # buffered: the program's end must flush it
+
+def note(x):
+    atexit.register(_bye)
+    return x
+"""
+
+
+def test_the_program_ends_as_python_would_with_atexit_handlers_and_flushed_output(
+    tmp_path: Path,
+) -> None:
+    """The command leaves without tearing the interpreter down (it is faster), yet
+    a function's atexit handler still runs, buffered output still comes out,
+    and the exit status is the run's."""
+    (tmp_path / "leaving.py").write_text(LEAVING)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    run = subprocess.run(
+        [*WHILST, "call", "-q", "--mode", "sync", "--path", str(tmp_path), "leaving:note"],
+        input="1\n", capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "left").read_text() == "atexit ran"
+    assert run.stdout.endswith("bye")
+    bad = whilst("call", "--path", str(tmp_path), "leaving:no_such", stdin="1\n")
+    assert bad.returncode == 2, bad.stderr
 
 
 ODD = """
