@@ -162,6 +162,10 @@ POLICY_LIMIT = 100  # the policy rows' async limit: whilst's default
 BUSY = 0.1  # cores used by other processes that make a benchmark's figures suspect
 BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")  # of psutil.cpu_times()
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+#: The ``whilst`` command as users run it: the script installed beside this Python
+#: (``python -m whilst`` costs runpy's import on top), else through ``-m``.
+_SCRIPT = Path(sys.executable).with_name("whilst")
+WHILST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "whilst"]
 
 
 # -- timing -------------------------------------------------------------------
@@ -984,7 +988,7 @@ def bench_run(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
     the whole command timed (start-up included), inputs on stdin."""
     n = sizes.run_jobs
     inputs = "".join(f"{i}\n" for i in range(n)).encode()
-    whilst_cmd = [sys.executable, "-m", "whilst", "run", "-j", "8", "-q", "true"]
+    whilst_cmd = [*WHILST, "run", "-j", "8", "-q", "true"]
     commands = {
         "whilst": whilst_cmd,
         "xargs": ["xargs", "-P", "8", "-n", "1", "true"],
@@ -1031,8 +1035,7 @@ def bench_http(report: Report, sizes: Sizes, args: argparse.Namespace) -> None:
         urls = "".join(f"http://127.0.0.1:{port}/{i}\n" for i in range(n)).encode()
         limit = "100"
         commands = {
-            "whilst": [sys.executable, "-m", "whilst", "http", "-j", limit, "--per-host", limit,
-                       "-q"],
+            "whilst": [*WHILST, "http", "-j", limit, "--per-host", limit, "-q"],
             "aiohttp": [sys.executable, str(BENCH / "_http_peers.py"), "fetch", limit],
             "aiohttp_uvloop": [sys.executable, str(BENCH / "_http_peers.py"), "fetch-uvloop",
                                limit],
