@@ -708,9 +708,10 @@ def test_rate_10_on_the_real_clock_with_retries(tmp_path: Path) -> None:
     starts = [e["ts"] / 1e6 for e in events if e["ph"] == "X"]  # every attempt whilst started
     assert len(starts) == 33
     # Spaced 0.1 s apart on the loop's clock; each start may come a little late
-    # (the loop was busy, uvloop's timers tick in ms: 10 ms and more once in a
-    # while on a loaded 2-core machine), the next one on time.
-    assert most_in_window(starts, 1.0 - 0.05, closed=False) <= 10
+    # (the loop was busy, uvloop's timers tick in ms, a thread wakes late: 10 ms
+    # and more once in a while on a loaded 2-core machine, 50 ms seen in CI), the
+    # next one on time. The exact bound is checked on the virtual clock above.
+    assert most_in_window(starts, 1.0 - 0.1, closed=False) <= 10
     assert most_in_window(starts, 1.0, closed=True) <= 10 + 1  # rate * w + burst
     assert max(starts) - min(starts) == pytest.approx(3.2, abs=0.3)  # the rate is used
 
