@@ -7,7 +7,6 @@ import atexit
 import contextlib
 import dataclasses
 import functools
-import gc
 import io
 import itertools
 import os
@@ -33,7 +32,6 @@ EXIT_TERMINATED = 143
 
 def main() -> NoReturn:
     """The ``whilst`` program: runs the command, then ends the process."""
-    gc.freeze()  # what the imports made lives as long as the command: never collect it
     try:
         _command()
     except SystemExit as exc:
@@ -47,17 +45,13 @@ def _leave(code: str | int | None) -> NoReturn:
     ``whilst run true ::: 1``). What leaving must still do is done: the atexit
     handlers run (multiprocessing's among them), and stdout and stderr are
     flushed. While a thread that Python would wait for still runs, or a flush
-    fails, Python's own exit is kept."""
+    fails, or the code is a message to print, Python's own exit is kept."""
     main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    if isinstance(code, str) or any(
+        t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()
+    ):
         sys.exit(code)
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:  # as sys.exit: the message on stderr, status 1
-        print(code, file=sys.stderr)
-        status = 1
+    status = code or 0
     atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
