@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ._errors import TaskTimeout, UsageError, WhilstError, describe
+from ._spawn import Process, spawn
 
 #: ``:::`` takes values from the command line, ``::::`` the lines of files.
 ARGS, FILES = ":::", "::::"
@@ -476,13 +477,6 @@ class CommandTimedOut(TaskTimeout):
         self.ran = ran
 
 
-class Child(subprocess.Popen[bytes]):
-    """A command's process, with the read ends of its stdout and stderr pipes."""
-
-    out: int
-    err: int
-
-
 @dataclass
 class Runner:
     """Runs jobs, one per call, in the calling thread: each command in its own
@@ -502,8 +496,8 @@ class Runner:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(1, self.slots + 1):
             self._free.put(slot)
-        self._live: dict[int, Child] = {}  # by pid: running commands
-        self._left: dict[int, Child] = {}  # ended, their groups not empty
+        self._live: dict[int, Process] = {}  # by pid: running commands
+        self._left: dict[int, Process] = {}  # ended, their groups not empty
         self._programs: dict[str, str | None] = {}  # program name -> its path on PATH
         self._lock = threading.Lock()  # one writer at a time on out and err
         self.stopping = False
@@ -563,7 +557,7 @@ class Runner:
             raise CommandFailed(ran)
         return ran
 
-    def _spawn(self, argv: list[str]) -> Child:
+    def _spawn(self, argv: list[str]) -> Process:
         """Start a command in a session of its own (its pid is its process group's
         id), stdin from /dev/null, stdout and stderr into pipes that are ours to
         read (plain file descriptors: no file objects, and the program's path is
@@ -573,44 +567,16 @@ class Runner:
         if path == "":
             path = self._programs[program] = shutil.which(program) or ""
         try:
-            return self._start(argv, path or None)
+            return spawn(argv, path or None, stdin=_devnull())
         except FileNotFoundError:
             if not path or path == program:
                 raise
             # Moved since it was looked up: subprocess's own search of PATH finds it,
             # or says why it cannot run (not found, not executable...).
             self._programs.pop(program, None)
-            return self._start(argv, None)
+            return spawn(argv, None, stdin=_devnull())
 
-    @staticmethod
-    def _start(argv: list[str], path: str | None) -> Child:
-        out, out_w = os.pipe()
-        try:
-            err, err_w = os.pipe()
-        except BaseException:
-            os.close(out)
-            os.close(out_w)
-            raise
-        try:
-            proc = Child(
-                argv,
-                executable=path,
-                stdin=_devnull(),
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,
-            )
-        except BaseException:
-            os.close(out)
-            os.close(err)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        proc.out, proc.err = out, err
-        return proc
-
-    def _collect(self, proc: Child, job: Job) -> tuple[bytes, bytes, bool, int]:
+    def _collect(self, proc: Process, job: Job) -> tuple[bytes, bytes, bool, int]:
         """Read a command's output until both pipes close, or until the command has
         exited and its pipes stay quiet for a moment (something it left running,
         outside its process group, holds them open), or until its timeout (its
@@ -694,7 +660,7 @@ class Runner:
                 data = b"".join(prefix + line + b"\n" for line in lines)
             self._write(sink, data)
 
-    def _kill(self, proc: Child, wait: float = TERM_WAIT) -> None:
+    def _kill(self, proc: Process, wait: float = TERM_WAIT) -> None:
         """Kill a command's whole process group: SIGTERM, a short wait, SIGKILL."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -735,7 +701,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _kill_group(proc: Child) -> None:
+def _kill_group(proc: Process) -> None:
     """SIGKILL a command's process group, and again a moment later: a child
     forked while the first signal was on its way would miss it and live on,
     orphaned, in the group."""

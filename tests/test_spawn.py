@@ -1,0 +1,179 @@
+"""How ``whilst run`` starts a command (``whilst._spawn``): straight through CPython's
+``fork_exec`` where its arguments are known, else through ``Popen``; each way the
+command gets the same process, and its errors read as ``Popen``'s (issue 6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from whilst import _spawn
+from whilst._spawn import Process, spawn
+
+
+@pytest.fixture(params=["fork_exec", "popen"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test runs both ways: the fast one (where this Python has it) and Popen."""
+    if request.param == "fork_exec" and not _spawn._FAST:
+        pytest.skip("this Python starts commands through Popen only")
+    monkeypatch.setattr(_spawn, "_FAST", request.param == "fork_exec")
+    yield request.param
+    assert (request.param == "fork_exec") == _spawn._FAST  # no silent fall back
+
+
+def _devnull() -> int:
+    return os.open(os.devnull, os.O_RDONLY)
+
+
+def run(argv: list[str], path: str | None = None) -> tuple[int, bytes, bytes]:
+    """The exit status, stdout and stderr of a command run to its end."""
+    stdin = _devnull()
+    try:
+        proc = spawn(argv, path, stdin=stdin)
+    finally:
+        os.close(stdin)
+    out, err = b"", b""
+    while chunk := os.read(proc.out, 1 << 16):
+        out += chunk
+    while chunk := os.read(proc.err, 1 << 16):
+        err += chunk
+    os.close(proc.out)
+    os.close(proc.err)
+    return proc.wait(), out, err
+
+
+def test_output_and_exit_status_come_back(way: str) -> None:
+    code, out, err = run(["sh", "-c", "echo out; echo err >&2; exit 3"], "/bin/sh")
+    assert (code, out, err) == (3, b"out\n", b"err\n")
+
+
+def test_a_program_is_found_on_path_when_no_path_is_given(way: str) -> None:
+    assert run(["echo", "a b", "c"]) == (0, b"a b c\n", b"")
+
+
+def test_a_command_killed_by_a_signal_has_its_negative_number(way: str) -> None:
+    assert run(["sh", "-c", "kill -9 $$"], "/bin/sh")[0] == -signal.SIGKILL
+
+
+def test_the_command_runs_in_a_session_of_its_own(way: str) -> None:
+    """Its pid is its session's and its group's, so its whole group can be killed."""
+    stdin = _devnull()
+    proc = spawn(["sleep", "30"], None, stdin=stdin)
+    os.close(stdin)
+    try:
+        assert os.getsid(proc.pid) == os.getpgid(proc.pid) == proc.pid != os.getsid(0)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(proc.out)
+        os.close(proc.err)
+
+
+def test_the_command_holds_only_its_three_streams(way: str, tmp_path: Path) -> None:
+    """No descriptor of ours leaks into it, not even an inheritable one: the pipes of
+    other jobs would never close while it ran."""
+    leak = os.open(tmp_path / "leak", os.O_CREAT | os.O_WRONLY)
+    os.set_inheritable(leak, True)
+    try:
+        code, out, _ = run(["ls", "/proc/self/fd"])
+    finally:
+        os.close(leak)
+    assert code == 0
+    assert sorted(out.split()) == [b"0", b"1", b"2", b"3"]  # 3: the one ls lists them with
+
+
+def test_signals_python_ignores_are_not_ignored_in_the_command(way: str) -> None:
+    """Python ignores SIGPIPE; a command must not (``yes | head -1`` would never end)."""
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+    _, out, _ = run(["grep", "SigIgn", "/proc/self/status"])
+    ignored = int(out.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))
+
+
+def test_a_missing_program_is_file_not_found_naming_it(way: str, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as missing:
+        run(["no-such-program-here"])
+    assert missing.value.filename == "no-such-program-here"
+    gone = str(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError) as at_path:
+        run(["gone"], gone)
+    assert at_path.value.filename == gone
+    assert at_path.value.strerror == os.strerror(at_path.value.errno)
+
+
+def test_a_file_that_is_not_executable_is_permission_denied(way: str, tmp_path: Path) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(PermissionError) as denied:
+        run([str(script)])
+    assert denied.value.filename == str(script)
+
+
+def test_no_descriptor_is_left_open_by_commands_that_ran_or_failed(way: str) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        run(["true"])
+        with pytest.raises(FileNotFoundError):
+            run(["no-such-program-here"])
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_poll_while_another_thread_waits_does_not_block(way: str) -> None:
+    """``stop()`` polls a command while its job's thread waits for it: the poll must
+    return at once (it then kills the group) or a command that ignores SIGTERM hangs it."""
+    stdin = _devnull()
+    proc = spawn(["sleep", "30"], None, stdin=stdin)
+    os.close(stdin)
+    waited: list[int] = []
+    waiter = threading.Thread(target=lambda: waited.append(proc.wait()))
+    waiter.start()
+    time.sleep(0.1)  # (the waiter is in waitpid)
+    start = time.monotonic()
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.2)
+    assert time.monotonic() - start < 5
+    os.kill(proc.pid, signal.SIGKILL)
+    waiter.join(5)
+    assert waited == [-signal.SIGKILL]
+    assert proc.poll() == proc.wait() == proc.wait(0) == -signal.SIGKILL
+    os.close(proc.out)
+    os.close(proc.err)
+
+
+def test_an_unknown_fork_exec_falls_back_to_popen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python whose fork_exec takes other arguments refuses the call (TypeError):
+    the command starts through Popen, and so do all after it."""
+    if not _spawn._FAST:
+        pytest.skip("this Python starts commands through Popen only")
+
+    def refuses(*args: object) -> int:
+        raise TypeError(f"fork_exec() takes 22 positional arguments but {len(args)} were given")
+
+    monkeypatch.setattr(_spawn, "fork_exec", refuses)
+    monkeypatch.setattr(_spawn, "_FAST", True)  # (set back after the test)
+    assert run(["echo", "hi"]) == (0, b"hi\n", b"")
+    assert _spawn._FAST is False
+    assert run(["echo", "again"]) == (0, b"again\n", b"")
+
+
+def test_this_python_takes_the_fast_way() -> None:
+    """On the CPython versions whose fork_exec is known, the fast way is the one used."""
+    known = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 14)
+    if not known or sys.platform == "win32":
+        pytest.skip("not a CPython whose fork_exec is known")
+    stdin = _devnull()
+    proc = spawn(["true"], None, stdin=stdin)
+    os.close(stdin)
+    assert type(proc) is Process  # (the Popen way gives its subclass)
+    assert proc.wait() == 0
+    os.close(proc.out)
+    os.close(proc.err)
