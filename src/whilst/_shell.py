@@ -480,7 +480,12 @@ class CommandTimedOut(TaskTimeout):
 @dataclass
 class Runner:
     """Runs jobs, one per call, in the calling thread: each command in its own
-    process group, its output captured whole (or streamed line by line)."""
+    process group, its output captured whole (or streamed line by line).
+
+    Threads start and wait for the commands, not the event loop: from the loop's
+    one thread, each start waits out its vfork (about 0.45 ms on a busy 2-core
+    machine) one after another, and 2,000 jobs of ``true`` at -j 8 took 1.45 s
+    against 1.24 s from 8 threads (measured)."""
 
     template: Template
     slots: int
