@@ -149,20 +149,64 @@ def test_a_poll_while_another_thread_waits_does_not_block(way: str) -> None:
     os.close(proc.err)
 
 
-def test_an_unknown_fork_exec_falls_back_to_popen(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Python whose fork_exec takes other arguments refuses the call (TypeError):
-    the command starts through Popen, and so do all after it."""
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "fork_exec() takes exactly 23 arguments (22 given)",
+        "fork_exec expected 22 arguments, got 23",
+    ],
+)
+def test_an_unknown_fork_exec_falls_back_to_popen(
+    monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """A Python whose fork_exec takes other arguments refuses the call (a TypeError,
+    in 3.11's words or in those of 3.12 on): the command starts through Popen, and
+    so do all after it."""
     if not _spawn._FAST:
         pytest.skip("this Python starts commands through Popen only")
 
     def refuses(*args: object) -> int:
-        raise TypeError(f"fork_exec() takes 22 positional arguments but {len(args)} were given")
+        raise TypeError(refusal)
 
     monkeypatch.setattr(_spawn, "fork_exec", refuses)
     monkeypatch.setattr(_spawn, "_FAST", True)  # (set back after the test)
     assert run(["echo", "hi"]) == (0, b"hi\n", b"")
     assert _spawn._FAST is False
     assert run(["echo", "again"]) == (0, b"again\n", b"")
+
+
+def test_a_bad_argument_is_a_type_error_and_the_fast_way_stays(way: str) -> None:
+    """Not every TypeError means fork_exec changed: a bad argv is the caller's."""
+    with pytest.raises(TypeError):
+        run(["echo", 1])  # type: ignore[list-item]
+    assert (way == "fork_exec") == _spawn._FAST  # (also checked by the fixture)
+
+
+def test_ctrl_c_while_a_command_starts_leaves_it_neither_running_nor_unreaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A KeyboardInterrupt after fork_exec returned, before the command is handed
+    back: nobody could stop or reap it, so it is killed and reaped there."""
+    if not _spawn._FAST:
+        pytest.skip("this Python starts commands through Popen only")
+    started: list[int] = []
+    real = _spawn.fork_exec
+
+    def fork_exec(*args: object) -> int:
+        started.append(real(*args))
+        return started[-1]
+
+    def interrupted(fd: int) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_spawn, "fork_exec", fork_exec)
+    monkeypatch.setattr(_spawn, "_read_all", interrupted)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(KeyboardInterrupt):
+        run(["sleep", "30"])
+    assert set(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(ChildProcessError):  # reaped already
+        os.waitpid(started[0], os.WNOHANG)
 
 
 def test_this_python_takes_the_fast_way() -> None:

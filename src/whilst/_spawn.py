@@ -9,19 +9,23 @@ with the same arguments ``Popen`` would give it, and reads the child's exec
 error the same way. 2,000 jobs of ``true`` at -j 8: 1.32 s became 1.24 s, with
 0.14 s less CPU (measured).
 
-That primitive is CPython's own, with the same 23 arguments in 3.11 to 3.14:
-elsewhere (another version or interpreter, or a call it refuses) the command
-starts through ``Popen``, as before; both give a :class:`Process`.
+That primitive is CPython's own, with the same arguments in 3.11 to 3.14 (but
+the last, ``allow_vfork``, gone in 3.14): elsewhere (another version or
+interpreter, or one whose ``fork_exec`` wants other arguments after all) the
+command starts through ``Popen``, as before; both give a :class:`Process`.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 if sys.platform != "win32":
     import fcntl
@@ -32,6 +36,8 @@ _FAST = (
     and sys.implementation.name == "cpython"
     and (3, 11) <= sys.version_info[:2] <= (3, 14)
 )
+_VFORK_ARG = sys.version_info < (3, 14)  # 3.14 dropped fork_exec's last argument, allow_vfork
+_COUNT_ERRORS = ("fork_exec() takes exactly", "fork_exec expected")  # 3.11; 3.12 on
 
 
 class Process:
@@ -56,8 +62,8 @@ class Process:
         """The exit status, waiting at most ``timeout`` seconds for it to end
         (``subprocess.TimeoutExpired`` after that)."""
         if timeout is None:
-            code = self._reap(0)
-            assert code is not None
+            while (code := self._reap(0)) is None:  # (waitpid may say 0 all the same)
+                pass
             return code
         end, pause = time.monotonic() + timeout, 0.0005
         while (code := self.poll()) is None:  # as Popen.wait does
@@ -80,7 +86,9 @@ class Process:
                     pid, status = os.waitpid(self.pid, flags)
                 except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): no status
                     pid, status = self.pid, 0
-                if pid == self.pid:
+                if pid == self.pid and os.WIFSTOPPED(status):  # (as Popen: when traced)
+                    self._code = -os.WSTOPSIG(status)
+                elif pid == self.pid:
                     self._code = os.waitstatus_to_exitcode(status)
             return self._code
         finally:
@@ -107,7 +115,6 @@ def spawn(argv: list[str], path: str | None, *, stdin: int) -> Process:
     whose read ends are :attr:`Process.out` and :attr:`Process.err`, no other file
     descriptor, and its signals as they were before Python changed them (as
     ``Popen`` does). An OSError, as from ``Popen``, when it cannot run."""
-    global _FAST
     out, out_w = os.pipe()
     try:
         err, err_w = os.pipe()
@@ -116,12 +123,8 @@ def spawn(argv: list[str], path: str | None, *, stdin: int) -> Process:
         os.close(out_w)
         raise
     try:
-        if _FAST:
-            try:
-                process = _fork_exec(argv, path, stdin, out_w, err_w)
-            except TypeError:  # the primitive's arguments changed after all
-                _FAST = False
-        if not _FAST:
+        process = _fork_exec(argv, path, stdin, out_w, err_w) if _FAST else None
+        if process is None:
             process = _Started(
                 subprocess.Popen(
                     argv,
@@ -143,8 +146,13 @@ def spawn(argv: list[str], path: str | None, *, stdin: int) -> Process:
     return process
 
 
-def _fork_exec(argv: list[str], path: str | None, stdin: int, stdout: int, stderr: int) -> Process:
-    executable = path or argv[0]
+def _fork_exec(
+    argv: list[str], path: str | None, stdin: int, stdout: int, stderr: int
+) -> Process | None:
+    """The command started as ``Popen`` would; None (and Popen from now on) if this
+    Python's ``fork_exec`` wants other arguments."""
+    global _FAST
+    executable = argv[0] if path is None else path
     sys.audit("subprocess.Popen", executable, argv, None, None)
     program = os.fsencode(executable)
     if os.path.dirname(program):
@@ -158,13 +166,21 @@ def _fork_exec(argv: list[str], path: str | None, stdin: int, stdout: int, stder
         if error_out < 3:
             low, error_out = error_out, fcntl.fcntl(error_out, fcntl.F_DUPFD_CLOEXEC, 3)
             os.close(low)
-        pid = fork_exec(
-            argv, candidates, True, (error_out,), None, None,  # type: ignore[arg-type]
+        args: list[Any] = [
+            argv, candidates, True, (error_out,), None, None,
             stdin, -1, -1, stdout, -1, stderr,
             error_in, error_out,
-            True, True, -1, None, None, None, -1, None,  # type: ignore[arg-type]
-            getattr(subprocess, "_USE_VFORK", True),
-        )  # fmt: skip
+            True, True, -1, None, None, None, -1, None,
+        ]  # fmt: skip
+        if _VFORK_ARG:
+            args.append(getattr(subprocess, "_USE_VFORK", True))
+        try:
+            process = Process(fork_exec(*args), argv)
+        except TypeError as exc:
+            if not str(exc).startswith(_COUNT_ERRORS):  # (not about how many arguments)
+                raise
+            _FAST = False
+            return None
     except BaseException:
         os.close(error_in)
         os.close(error_out)
@@ -172,9 +188,13 @@ def _fork_exec(argv: list[str], path: str | None, stdin: int, stdout: int, stder
     os.close(error_out)
     try:
         report = _read_all(error_in)
+    except BaseException:  # (Ctrl-C): the command must not run on, unseen
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     finally:
         os.close(error_in)
-    process = Process(pid, argv)
     if report:
         process.wait()  # it never ran: reap it
         raise _child_error(report, executable)
