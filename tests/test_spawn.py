@@ -29,24 +29,29 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iter
     assert (request.param == "fork_exec") == _spawn._FAST  # no silent fall back
 
 
-def _devnull() -> int:
-    return os.open(os.devnull, os.O_RDONLY)
+def start(argv: list[str], path: str | None = None) -> Process:
+    """The command started, its stdin /dev/null (close its pipes with :func:`done`)."""
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    try:
+        return spawn(argv, path, stdin=stdin)
+    finally:
+        os.close(stdin)
+
+
+def done(proc: Process) -> None:
+    os.close(proc.out)
+    os.close(proc.err)
 
 
 def run(argv: list[str], path: str | None = None) -> tuple[int, bytes, bytes]:
     """The exit status, stdout and stderr of a command run to its end."""
-    stdin = _devnull()
-    try:
-        proc = spawn(argv, path, stdin=stdin)
-    finally:
-        os.close(stdin)
+    proc = start(argv, path)
     out, err = b"", b""
     while chunk := os.read(proc.out, 1 << 16):
         out += chunk
     while chunk := os.read(proc.err, 1 << 16):
         err += chunk
-    os.close(proc.out)
-    os.close(proc.err)
+    done(proc)
     return proc.wait(), out, err
 
 
@@ -65,16 +70,13 @@ def test_a_command_killed_by_a_signal_has_its_negative_number(way: str) -> None:
 
 def test_the_command_runs_in_a_session_of_its_own(way: str) -> None:
     """Its pid is its session's and its group's, so its whole group can be killed."""
-    stdin = _devnull()
-    proc = spawn(["sleep", "30"], None, stdin=stdin)
-    os.close(stdin)
+    proc = start(["sleep", "30"])
     try:
         assert os.getsid(proc.pid) == os.getpgid(proc.pid) == proc.pid != os.getsid(0)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        os.close(proc.out)
-        os.close(proc.err)
+        done(proc)
 
 
 def test_the_command_holds_only_its_three_streams(way: str, tmp_path: Path) -> None:
@@ -129,24 +131,21 @@ def test_no_descriptor_is_left_open_by_commands_that_ran_or_failed(way: str) -> 
 def test_a_poll_while_another_thread_waits_does_not_block(way: str) -> None:
     """``stop()`` polls a command while its job's thread waits for it: the poll must
     return at once (it then kills the group) or a command that ignores SIGTERM hangs it."""
-    stdin = _devnull()
-    proc = spawn(["sleep", "30"], None, stdin=stdin)
-    os.close(stdin)
+    proc = start(["sleep", "30"])
     waited: list[int] = []
     waiter = threading.Thread(target=lambda: waited.append(proc.wait()))
     waiter.start()
     time.sleep(0.1)  # (the waiter is in waitpid)
-    start = time.monotonic()
+    asked = time.monotonic()
     assert proc.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
         proc.wait(0.2)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - asked < 5
     os.kill(proc.pid, signal.SIGKILL)
     waiter.join(5)
     assert waited == [-signal.SIGKILL]
     assert proc.poll() == proc.wait() == proc.wait(0) == -signal.SIGKILL
-    os.close(proc.out)
-    os.close(proc.err)
+    done(proc)
 
 
 @pytest.mark.parametrize(
@@ -214,10 +213,7 @@ def test_this_python_takes_the_fast_way() -> None:
     known = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 14)
     if not known or sys.platform == "win32":
         pytest.skip("not a CPython whose fork_exec is known")
-    stdin = _devnull()
-    proc = spawn(["true"], None, stdin=stdin)
-    os.close(stdin)
+    proc = start(["true"])
     assert type(proc) is Process  # (the Popen way gives its subclass)
     assert proc.wait() == 0
-    os.close(proc.out)
-    os.close(proc.err)
+    done(proc)

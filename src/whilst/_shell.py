@@ -576,8 +576,8 @@ class Runner:
         except FileNotFoundError:
             if not path or path == program:
                 raise
-            # Moved since it was looked up: subprocess's own search of PATH finds it,
-            # or says why it cannot run (not found, not executable...).
+            # Moved since it was looked up: a search of PATH as exec's finds it, or
+            # says why it cannot run (not found, not executable...).
             self._programs.pop(program, None)
             return spawn(argv, None, stdin=_devnull())
 
