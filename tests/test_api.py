@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import threading
 import time
@@ -16,6 +17,7 @@ import whilst
 from whilst import Status
 from whilst._output import window_for
 from whilst._scheduler import BATCH_BUDGET
+from whilst._summary import Stats
 
 from conftest import adouble, anap, double, max_overlap
 
@@ -404,6 +406,63 @@ def test_a_run_left_early_still_has_a_summary(mode: str) -> None:
     summary = asyncio.run(main())
     assert summary is not None
     assert 4 <= summary.counts["ok"] < 1000
+
+
+def test_closing_imap_inside_its_for_loop_hands_out_nothing_more() -> None:
+    """Results already finished and held (a whole chunk of them) are not handed out
+    once the run is closed: the loop ends at the next step (in the async form too,
+    where it went on with the chunk, then raised CancelledError)."""
+    run = whilst.imap(adouble, range(10_000), mode="async", limit=100)
+    seen = []
+    for r in run:
+        seen.append(r.index)
+        if r.index == 5:
+            run.close()
+    assert seen == list(range(6))
+
+    async def main() -> list[int]:
+        arun = whilst.aimap(adouble, range(10_000), mode="async", limit=100)
+        seen = []
+        async for r in arun:
+            seen.append(r.index)
+            if r.index == 5:
+                await arun.aclose()
+        return seen
+
+    assert asyncio.run(main()) == list(range(6))
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_imap_summary_is_the_summary_of_its_results(ordered: bool) -> None:
+    """Counted chunk by chunk as results are handed out, failures among them or not."""
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0.001 * (x % 3))
+        if x % 97 == 0:
+            raise ValueError(x)
+        return x
+
+    run = whilst.imap(fn, range(3000), mode="async", limit=50, ordered=ordered)
+    results = list(run)
+    assert sorted(r.index for r in results) == list(range(3000))
+    assert all(r.ok == (r.index % 97 != 0) for r in results)
+    stats = Stats()
+    stats.add(results)
+    expected = stats.summary(wall=0, mode="", mode_reason="", limit=0, peak=0, retries=0)
+    s = run.summary
+    assert s is not None
+    assert s.counts == expected.counts == {"ok": 2969, "failed": 31}
+    assert s.task_time == pytest.approx(expected.task_time)
+    assert (s.p50, s.p95, s.max) == (expected.p50, expected.p95, expected.max)
+
+
+def test_result_ok_follows_its_status_as_it_is_made() -> None:
+    made = {s: whilst.Result(0, "x", s).ok for s in Status}
+    assert made == {s: s in (Status.OK, Status.SKIPPED) for s in Status}
+    r = whilst.Result(3, "x", Status.OK, 9)
+    failed = dataclasses.replace(r, status=Status.FAILED, value=None)
+    assert (r.ok, failed.ok, failed.index) == (True, False, 3)
+    assert dataclasses.asdict(r)["ok"] is True
 
 
 def test_closing_imap_early_stops_the_run() -> None:

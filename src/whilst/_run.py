@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Generator, Iterator
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -48,11 +49,12 @@ class Run(Iterator[Result]):
 
     def __init__(self, scheduler: Scheduler, stream: Stream) -> None:
         self._feed = _Feed(scheduler, stream)
-        # A generator: the cheapest way to hand out results. It holds the feed,
-        # never this Run, so nothing forms a cycle: a Run dropped, or a for loop
-        # over ``whilst.imap(...)`` left early, frees it at once, and its end
+        # Each chunk's results chained, all in C (a generator here cost a frame
+        # resumed per result). The chain holds the feed, never this Run, so
+        # nothing forms a cycle: a Run dropped, or a for loop over
+        # ``whilst.imap(...)`` left early, frees the feed at once, and its end
         # stops the run (a cycle would wait for the garbage collector).
-        self._results = _results(self._feed)
+        self._results = itertools.chain.from_iterable(iter(self._feed.results, None))
 
     @property
     def summary(self) -> Summary | None:
@@ -68,8 +70,6 @@ class Run(Iterator[Result]):
 
     def close(self) -> None:
         """Stop the run: cancel running tasks, stop workers. Safe to call twice."""
-        with contextlib.suppress(ValueError):  # "generator already executing": it ends anyway
-            self._results.close()
         self._feed.shutdown()
 
     def __enter__(self) -> Run:
@@ -81,15 +81,6 @@ class Run(Iterator[Result]):
         self.close()
 
 
-def _results(feed: _Feed) -> Generator[Result, None, None]:
-    try:
-        while chunk := feed.take():
-            feed.stats.add_chunk(chunk)
-            yield from chunk.results()  # each Result made as it is handed out
-    finally:
-        feed.shutdown()  # left early or dropped: stop the run (done already if it ended)
-
-
 class _Feed:
     """A Run's source of results: the scheduler, its stream and the runner whose
     loop runs it, started by the first take."""
@@ -99,8 +90,17 @@ class _Feed:
         self.stream = stream
         self.runner: Runner | None = None
         self.stats = Stats()
+        self.chunk: Chunk | None = None  # whose results are being handed out
         self.closed = False
         self.summary: Summary | None = None
+
+    def results(self) -> Iterator[Result] | None:
+        """The next chunk's results, each made as it is handed out; None at the end."""
+        chunk = self.chunk = self.take()
+        if chunk is None:
+            return None
+        self.stats.add_chunk(chunk)
+        return chunk.results()
 
     def take(self) -> Chunk | None:
         if self.closed:
@@ -130,12 +130,17 @@ class _Feed:
         return None
 
     def shutdown(self) -> None:
+        if self.chunk is not None:
+            self.chunk.drop()  # closed: what is left of it is not handed out
         if self.closed:
             return
         self.closed = True
         if self.runner is not None:
             self.runner.close()
             self._summarize()
+
+    def __del__(self) -> None:
+        self.shutdown()  # dropped unfinished (a loop over imap left early): stop the run
 
     def _summarize(self) -> None:
         """Left early: the summary of what it took, once the run has ended (closed from
@@ -153,6 +158,7 @@ class AsyncRun(AsyncIterator[Result]):
         self._stop: LoopStop | None = None
         self._ready: Iterator[Result] = iter(())  # of the chunk taken last
         self._stats = Stats()
+        self._closed = False
         self.summary: Summary | None = None
 
     def __aiter__(self) -> AsyncRun:
@@ -160,6 +166,8 @@ class AsyncRun(AsyncIterator[Result]):
 
     async def __anext__(self) -> Result:
         while (result := next(self._ready, None)) is None:
+            if self._closed:
+                raise StopAsyncIteration
             await self._fill()
         return result
 
@@ -188,7 +196,9 @@ class AsyncRun(AsyncIterator[Result]):
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
-        """Stop the run: cancel running tasks and stop workers."""
+        """Stop the run: cancel running tasks and stop workers; nothing more is
+        handed out. Safe to call twice."""
+        self._closed, self._ready = True, iter(())
         main = None if self._stop is None else self._stop.main
         if main is not None and not main.done():
             main.cancel()
