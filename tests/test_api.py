@@ -432,6 +432,63 @@ def test_closing_imap_inside_its_for_loop_hands_out_nothing_more() -> None:
     assert asyncio.run(main()) == list(range(6))
 
 
+def test_one_imap_read_from_two_threads_at_once_refuses_the_second() -> None:
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.5)
+        return x
+
+    run = whilst.imap(slow, range(100), mode="async", limit=2)
+    got: list[int] = []
+    first = threading.Thread(target=lambda: got.append(next(run).index))
+    first.start()
+    time.sleep(0.1)  # the first thread waits for its result meanwhile
+    with pytest.raises(ValueError, match="already executing"):
+        next(run)
+    first.join(10)
+    assert got == [0]
+    assert next(run).index == 1  # the run goes on for the one reading it
+    run.close()
+
+
+def test_aimap_closed_by_another_task_ends_its_readers_loop_quietly() -> None:
+    async def main() -> tuple[list[int], whilst.Summary | None]:
+        arun = whilst.aimap(anap, range(1000), mode="async", limit=2)
+        seen: list[int] = []
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for r in arun:  # item 1 takes 1 s: the reader waits for it
+                seen.append(r.index)
+                first.set()
+
+        reader = asyncio.create_task(read())
+        await first.wait()
+        await arun.aclose()
+        await asyncio.wait_for(reader, 10)  # no CancelledError
+        return seen, arun.summary
+
+    seen, summary = asyncio.run(main())
+    assert seen == [0]
+    assert summary is not None
+    assert summary.counts["ok"] >= 1
+
+
+def test_aimap_raises_an_input_error_once() -> None:
+    async def items():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+        raise OSError("the feed broke")
+
+    async def main() -> list[int]:
+        arun = whilst.aimap(adouble, items(), mode="async")
+        with pytest.raises(OSError, match="the feed broke"):
+            async for _ in arun:
+                pass
+        return [r.index async for r in arun]  # after the error: the end, quietly
+
+    assert asyncio.run(main()) == []
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 def test_imap_summary_is_the_summary_of_its_results(ordered: bool) -> None:
     """Counted chunk by chunk as results are handed out, failures among them or not."""
@@ -462,7 +519,9 @@ def test_result_ok_follows_its_status_as_it_is_made() -> None:
     r = whilst.Result(3, "x", Status.OK, 9)
     failed = dataclasses.replace(r, status=Status.FAILED, value=None)
     assert (r.ok, failed.ok, failed.index) == (True, False, 3)
-    assert dataclasses.asdict(r)["ok"] is True
+    # ok is no field: a Result made again from its fields is the same.
+    again = whilst.Result(**dataclasses.asdict(r))
+    assert (again.ok, again.value) == (True, 9) == (whilst.Result(*dataclasses.astuple(r)).ok, 9)
 
 
 def test_closing_imap_early_stops_the_run() -> None:
@@ -566,7 +625,8 @@ def test_an_imap_collected_on_its_own_loop_thread_stops_without_a_deadlock() -> 
         for _ in range(3):
             run = whilst.imap(collecting, range(1000), mode="async", limit=4)
             next(run)
-            del run  # a cycle (the run and its results): only the collector frees it
+            run.cycle = run  # type: ignore[attr-defined]  # so only the collector frees it
+            del run
         for _ in range(100):  # up to 5 s
             if not set(threading.enumerate()) - before:
                 break

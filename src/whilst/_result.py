@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import TaskTimeout, WorkerCrashed
@@ -31,7 +31,7 @@ class Status(enum.StrEnum):
 _OK, _SKIPPED = Status.OK, Status.SKIPPED
 
 
-@dataclass(slots=True, init=False, repr=False, eq=False)
+@dataclass(init=False, repr=False, eq=False)
 class Result:
     """How one task ended: a record, made once and read (its fields are not
     meant to be changed: :attr:`ok` is worked out from :attr:`status` as it is
@@ -53,13 +53,19 @@ class Result:
             first (see :attr:`errors`).
     """
 
+    # ``ok`` is a slot set as the Result is made, not a property: every reader
+    # of results asks it, and Python 3.11 calls a property's function (an
+    # ``imap`` loop counting ``r.ok`` spent 870 instructions a result on it, 5%
+    # of the loop's whole time; now 180). Not a field: ``fields()``,
+    # ``asdict()`` and ``astuple()`` give what the constructor takes.
+    __slots__ = (
+        "attempts", "earlier_errors", "end", "error", "index", "item", "mode", "ok", "start",
+        "status", "value", "worker",
+    )  # fmt: skip
+
     index: int
     item: Any
     status: Status
-    # A field, not a property: every reader of results asks it, and Python 3.11
-    # calls a property's function (an ``imap`` loop counting ``r.ok`` spent 870
-    # instructions a result on it, 5% of the loop's whole time; now 180).
-    ok: bool = field(init=False)
     value: Any
     error: BaseException | None
     attempts: int
@@ -86,7 +92,7 @@ class Result:
         self.index = index
         self.item = item
         self.status = status
-        self.ok = status is _OK or status is _SKIPPED  # by identity: == is slow on an enum
+        self.ok: bool = status is _OK or status is _SKIPPED  # by identity: == is slow on an enum
         self.value = value
         self.error = error
         self.attempts = attempts
