@@ -432,6 +432,21 @@ def test_closing_imap_inside_its_for_loop_hands_out_nothing_more() -> None:
     assert asyncio.run(main()) == list(range(6))
 
 
+def test_imap_closed_from_another_thread_as_a_chunk_is_taken_hands_out_none_of_it() -> None:
+    run = whilst.imap(adouble, range(1000), mode="async", limit=100)
+
+    class ClosingStats(Stats):
+        def add_chunk(self, chunk: Any) -> None:  # the reader holds a chunk now
+            super().add_chunk(chunk)
+            closer = threading.Thread(target=run.close)
+            closer.start()
+            closer.join(10)
+
+    run._feed.stats = ClosingStats()
+    assert list(run) == []
+    assert run.summary is not None
+
+
 def test_one_imap_read_from_two_threads_at_once_refuses_the_second() -> None:
     async def slow(x: int) -> int:
         await asyncio.sleep(0.5)

@@ -108,11 +108,14 @@ class _Feed:
 
     def results(self) -> Iterator[Result] | None:
         """The next chunk's results, each made as it is handed out; None at the end."""
-        chunk = self.chunk = self.take()
+        chunk = self.take()
         if chunk is None:
             return None
         self.stats.add_chunk(chunk)
-        return chunk.results()
+        results, self.chunk = chunk.results(), chunk
+        if self.closed:  # by close() from another thread meanwhile (see shutdown)
+            chunk.drop()
+        return results
 
     def take(self) -> Chunk | None:
         if self.closed:
@@ -142,11 +145,13 @@ class _Feed:
         return None
 
     def shutdown(self) -> None:
-        if self.chunk is not None:  # closed, maybe from another thread: hand out no more
+        # Closed first, then the chunk dropped: a reader thread taking a chunk
+        # meanwhile either sees closed or has its chunk here to drop.
+        was_closed, self.closed = self.closed, True
+        if self.chunk is not None:  # hand out no more of it
             self.chunk.drop()
-        if self.closed:
+        if was_closed:
             return
-        self.closed = True
         if self.runner is not None:
             self.runner.close()
             self._summarize()
