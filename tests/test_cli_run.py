@@ -209,6 +209,22 @@ def test_exit_status_output_grouping_and_results_file(tmp_path: Path) -> None:
     assert records["1"]["duration"] > 0
 
 
+def test_output_written_just_before_exit_is_kept_whole(tmp_path: Path) -> None:
+    # Commands that write and exit at once: their pipes poll as data and hang-up
+    # together, and every byte of both must still be read, more than a pipe holds too.
+    results = tmp_path / "results.jsonl"
+    script = "printf %s-err {} >&2; yes {} | head -c 100000"
+    jobs = map(str, range(60))
+    run = whilst_run("-q", "-j", "8", "--results", str(results), script, ":::", *jobs)
+    assert run.returncode == 0
+    records = list(map(json.loads, results.read_text().splitlines()))
+    assert sorted(int(r["args"][0]) for r in records) == list(range(60))
+    for r in records:
+        job = r["args"][0]
+        assert r["stdout"] == (f"{job}\n" * 100000)[:100000]
+        assert r["stderr"] == f"{job}-err"
+
+
 def test_line_buffer_streams_lines_as_they_come() -> None:
     template = "echo start {}; sleep 0.3; echo end {}"
     run = whilst_run("--line-buffer", "--tag", template, ":::", "a", "b")

@@ -155,7 +155,7 @@ def _fork_exec(
     executable = argv[0] if path is None else path
     sys.audit("subprocess.Popen", executable, argv, None, None)
     program = os.fsencode(executable)
-    if os.path.dirname(program):
+    if b"/" in program:  # a path, not a name to look up on PATH
         candidates: tuple[bytes, ...] = (program,)
     else:  # as os.execvp searches
         candidates = tuple(os.path.join(os.fsencode(d), program) for d in os.get_exec_path())
