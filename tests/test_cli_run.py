@@ -72,6 +72,7 @@ ORACLE = [
     ["echo", "{1/}", "{2.}", ":::", "./q", "sp ace.txt"],  # no {2}: nothing, not ''
     ["--colsep", ",", "echo", "{2}-{1}", "::::", "pairs"],
     ["--colsep", ",", "echo", "::::", "pairs"],
+    ["--colsep", ",", "echo", "[{1}]-[{2}]", ":::", " a , b ", "\ta\v,\tb c\t"],  # trimmed
     ["--tag", "echo", "hi", ":::", "a", "b", ":::", "1", "2"],
     ["echo {} | tr a-z A-Z", ":::", "ab", "cd"],
     ["echo", "::::", "names", "::::", "pairs"],
@@ -611,6 +612,36 @@ def test_a_timeout_holds_after_the_command_closes_its_pipes(tmp_path: Path) -> N
     assert time.monotonic() - started < 2.5
     assert run.returncode == 1
     assert json.loads(results.read_text())["status"] == "timed_out"
+
+
+def test_a_job_ends_when_its_command_exits_though_what_it_left_writes_on() -> None:
+    # The background loop holds the job's stdout and never stays quiet for long.
+    started = time.monotonic()
+    run = whilst_run("-q", "(while :; do echo bg; sleep 0.01; done) & echo started{}", ":::", "a")
+    assert time.monotonic() - started < 10  # it ran until `timeout` stopped it
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode().splitlines()[0] == "starteda"
+
+
+@pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed (.ci/system-deps)")
+@pytest.mark.parametrize("tag", [[], ["--tag"]])
+def test_line_buffer_prints_a_last_line_with_no_newline_as_gnu_parallel(tag: list[str]) -> None:
+    args = ["--line-buffer", *tag, 'printf "x{}\nyy{}"', ":::", "1"]
+    assert PARALLEL is not None
+    theirs = subprocess.run([PARALLEL, *args], capture_output=True, timeout=60, check=True)
+    assert (
+        whilst_run("-q", *args).stdout
+        == theirs.stdout
+        == (b"1\t" if tag else b"").join([b"", b"x1\n", b"yy1"])
+    )
+
+
+def test_line_buffer_reads_a_long_line_in_linear_time() -> None:
+    # 40 MB with no newline took 18 s when each piece was joined to all before it.
+    started = time.monotonic()
+    run = whilst_run("-q", "--line-buffer", "head -c 40000000 /dev/zero; : {}", ":::", "a")
+    assert run.stdout == bytes(40_000_000)
+    assert time.monotonic() - started < 8
 
 
 def test_line_buffer_keeps_a_last_partial_line_while_something_holds_the_pipe() -> None:

@@ -355,7 +355,11 @@ error, 130 after Ctrl-C, 143 after SIGTERM.""",
 )
 @batch_options("the CPU count")
 @click.option("-0", "--null", is_flag=True, help="Inputs are separated by NUL, not newline.")
-@click.option("--colsep", metavar="SEP", help="Split each input into columns {1} {2}... at SEP.")
+@click.option(
+    "--colsep",
+    metavar="SEP",
+    help="Split each input into columns {1} {2}... at SEP (a regex), trimmed of white space.",
+)
 @click.option(
     "--no-shell", is_flag=True, help="Run the command's words directly, not by $SHELL -c."
 )

@@ -44,9 +44,11 @@ ARGS, FILES = ":::", "::::"
 REPLACEMENT = re.compile(r"\{(\d*)(\.|/\.|//|/|#|%|)\}")
 #: Seconds a killed command's process group gets between SIGTERM and SIGKILL.
 TERM_WAIT = 0.2
-#: Seconds a command's pipes may stay open and quiet after it exited (something
-#: it started holds them) before its output counts as complete.
+#: Seconds a command's pipes are still read after it exited (something it left
+#: running may hold them open) before its output counts as complete.
 EXIT_GRACE = 0.05
+#: What GNU parallel trims off columns (Perl's \s).
+WHITE = " \t\n\r\f\v"
 #: What makes a command line need a shell: operators, expansions, quotes, globs.
 SHELL_TEXT = re.compile(r"""[|&;<>()$`\\"'*?\[\]#~!{}\n\r]|^\s*\w+=""")
 #: Commands that only a shell has, or that a shell runs differently.
@@ -288,7 +290,10 @@ def jobs(
     split = None if colsep is None else re.compile(colsep).split
 
     def args(combo: tuple[str, ...]) -> tuple[str, ...]:
-        return combo if split is None else tuple(c for value in combo for c in split(value))
+        if split is None:
+            return combo
+        # Each column trimmed of white space at both ends (--colsep implies --trim rl).
+        return tuple(c.strip(WHITE) for value in combo for c in split(value))
 
     seq = itertools.count(1)
     if stream and not sources:
@@ -582,18 +587,19 @@ class Runner:
             return spawn(argv, None, stdin=_devnull())
 
     def _collect(self, proc: Process, job: Job) -> tuple[bytes, bytes, bool, int]:
-        """Read a command's output until both pipes close, or until the command has
-        exited and its pipes stay quiet for a moment (something it left running,
-        outside its process group, holds them open), or until its timeout (its
-        group is killed, and what it wrote is kept). With --line-buffer, whole
-        lines are printed as they come. Returns stdout, stderr, timed out, exit status."""
+        """Read a command's output until both pipes close, or until a moment after
+        the command exited (something it left running holds them open, writing or
+        not), or until its timeout (its group is killed, and what it wrote is
+        kept). With --line-buffer, whole lines are printed as they come. Returns
+        stdout, stderr, timed out, exit status."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         prefix = (job.text.encode("utf-8", "surrogateescape") + b"\t") if self.tag else b""
         stream = self.line_buffer
         sinks = {proc.out: self.out, proc.err: self.err}
         kept: dict[int, list[bytes]] = {proc.out: [], proc.err: []}
-        partial: dict[int, bytes] = {proc.out: b"", proc.err: b""}  # --line-buffer
-        timed_out, quiet_since = False, 0.0
+        partial: dict[int, list[bytes]] = {proc.out: [], proc.err: []}  # --line-buffer
+        timed_out, ended = False, 0.0  # ended: when it was seen to have exited
+        look = time.monotonic() + EXIT_GRACE  # when to look next whether it exited
         poller = select.poll()  # no file of its own, unlike epoll: cheaper for two pipes
         for fd in sinks:
             poller.register(fd, select.POLLIN)
@@ -605,34 +611,33 @@ class Runner:
                         break  # killed, and given a moment to flush: done
                     self._kill(proc)
                     timed_out, deadline = True, now + EXIT_GRACE  # keep what it wrote
+                if not ended and now >= look:  # (its pipes may be busy: look all the same)
+                    look = now + EXIT_GRACE
+                    ended = now if proc.poll() is not None else 0.0
+                if ended and now - ended >= EXIT_GRACE:
+                    break  # it exited; what it left running holds its pipes: leave them
                 wait = EXIT_GRACE if deadline is None else max(min(deadline - now, EXIT_GRACE), 0)
-                ready = poller.poll(wait * 1000)
-                if not ready:
-                    if proc.poll() is not None:  # it ended; its pipes stay open, quiet
-                        quiet_since = quiet_since or now
-                        if now - quiet_since >= EXIT_GRACE:
-                            break
-                    continue
-                quiet_since = 0.0
-                for fd, events in ready:
+                for fd, events in poller.poll(wait * 1000):
                     # A pipe closed with nothing left in it polls as POLLHUP alone:
                     # its end is known without a read (two system calls a job fewer).
                     chunk = os.read(fd, 1 << 16) if events & select.POLLIN else b""
                     if not chunk:
                         poller.unregister(fd)
                         sink = sinks.pop(fd)
-                        if stream and partial[fd]:
-                            self._write(sink, prefix + partial[fd] + b"\n")
-                        continue
-                    if not stream:
+                        if stream and partial[fd]:  # a last line with no newline: as it is
+                            self._write(sink, b"".join([prefix, *partial[fd]]))
+                    elif not stream:
                         kept[fd].append(chunk)
-                        continue
-                    *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
-                    if lines:
+                    elif b"\n" not in chunk:  # (a piece kept, not joined: linear in a long line)
+                        partial[fd].append(chunk)
+                    else:
+                        first, *lines, rest = chunk.split(b"\n")
+                        lines.insert(0, b"".join([*partial[fd], first]))
+                        partial[fd] = [rest] if rest else []
                         self._write(sinks[fd], b"".join(prefix + line + b"\n" for line in lines))
             for fd, sink in sinks.items():  # still open: held by something it left running
                 if stream and partial[fd]:
-                    self._write(sink, prefix + partial[fd] + b"\n")
+                    self._write(sink, b"".join([prefix, *partial[fd]]))
         finally:
             os.close(proc.out)
             os.close(proc.err)
