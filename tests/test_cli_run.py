@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -656,6 +657,16 @@ def test_halt_on_success_exits_0_after_earlier_failures() -> None:
     assert met.returncode == 0, met.stderr
     never = whilst_run("-q", "-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "1")
     assert never.returncode == 1
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
+def test_a_closed_stdin_stdout_or_stderr_is_as_dev_null(closed: str) -> None:
+    command = " ".join(shlex.quote(word) for word in [*WHILST, "run", "-q", "echo", ":::", "a"])
+    run = subprocess.run(
+        ["sh", "-c", f"{command} {closed}"], capture_output=True, timeout=60, check=False
+    )
+    assert (run.returncode, run.stderr) == (0, b"")  # no traceback
+    assert run.stdout == (b"" if closed == ">&-" else b"a\n")
 
 
 def test_output_that_cannot_be_written_is_one_sentence(tmp_path: Path) -> None:

@@ -32,11 +32,28 @@ EXIT_TERMINATED = 143
 
 def main() -> NoReturn:
     """The ``whilst`` program: runs the command, then ends the process."""
+    _open_closed_std_files()
     try:
         _command()
     except SystemExit as exc:
         _leave(exc.code)
     _leave(0)
+
+
+def _open_closed_std_files() -> None:
+    """/dev/null for a stdin, stdout or stderr the caller closed (``<&-``): reads
+    find nothing, writes vanish, as from any program; and no file opened later
+    (a pipe, the event loop's own) lands on 0, 1 or 2 and is taken for one."""
+    for fd, mode, name in ((0, "r", "stdin"), (1, "w", "stdout"), (2, "w", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(null := os.open(os.devnull, os.O_RDWR), fd)
+            if null != fd:
+                os.close(null)
+            if getattr(sys, name) is None:  # Python found it closed at start-up
+                file = open(fd, mode, closefd=False, errors="backslashreplace")  # noqa: SIM115
+                setattr(sys, name, file)
 
 
 def _leave(code: str | int | None) -> NoReturn:
