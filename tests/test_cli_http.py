@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -79,6 +80,13 @@ class Server:
                 for _ in range(50):
                     await response.write(b"x" * 10)
                     await asyncio.sleep(0.1)
+                return response
+            if kind == "cut" and (n < 2 or name == "always"):
+                response = web.StreamResponse(headers={"Content-Length": "60"})
+                await response.prepare(request)
+                await response.write(b"x" * 24)
+                assert request.transport is not None
+                request.transport.close()  # the body is cut short: 24 of 60 bytes
                 return response
             if kind == "redirect":
                 assert self.other is not None
@@ -209,6 +217,55 @@ def test_out_dir_names_are_safe_and_inside_it(server: Server, tmp_path: Path) ->
     assert len(files) == 3
     assert all(f.parent == out and not f.name.startswith(".") for f in files)
     assert [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != out] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "args"),
+    [("/slow/1", ["--timeout", "0.5"]), ("/cut/always", ["--retries", "1"])],
+)
+def test_out_dir_keeps_no_body_cut_short(
+    server: Server, tmp_path: Path, path: str, args: list[str]
+) -> None:
+    """A body that times out or breaks off leaves nothing under --out, not a file of
+    its first bytes under the name a whole body would have (nor its temporary file)."""
+    out = tmp_path / "out"
+    run = whilst("http", "--out", str(out), "-q", *args, stdin=server.url(path))
+    assert run.returncode == 1, run.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_out_dir_keeps_the_body_of_a_retry_alone(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = whilst("http", "--out", str(out), "--retries", "2", "-q", stdin=server.url("/cut/1"))
+    assert run.returncode == 0, run.stderr
+    (saved,) = out.iterdir()
+    assert saved.read_text() == "page 1\n"
+    assert not saved.name.startswith(".")
+
+
+def test_a_connection_error_says_why_without_secrets(tmp_path: Path) -> None:
+    """Not just "ClientConnectorError": on stdout, in --results and in the summary."""
+    with socket.socket() as closed:  # bound, never listening: connecting is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        refused = f"http://me:{SECRET}@127.0.0.1:{port}/x?token={SECRET}"
+        invalid = f"http://me:{SECRET}@127.0.0.1:99999/x"
+        results = tmp_path / "r.jsonl"
+        run = whilst("http", "-k", "--results", str(results), stdin=f"{refused}\n{invalid}")
+    assert run.returncode == 1
+    assert SECRET not in run.stdout + run.stderr + results.read_text()
+    why = {
+        f"http://***@127.0.0.1:{port}/x?token=***": f"cannot connect to 127.0.0.1:{port}: "
+        "connection refused",
+        "http://***@127.0.0.1:99999/x": "the URL is invalid: port out of range 0-65535",
+    }
+    errors = {line.split("\t")[3]: line.split("\t")[4] for line in run.stdout.splitlines()}
+    assert errors.keys() == why.keys()
+    for url, error in errors.items():
+        assert error.startswith(why[url]), error
+    for record in map(json.loads, results.read_text().splitlines()):
+        assert record["error"].startswith(f"FetchError: {why[record['url']]}"), record
+    assert any(f"failed: FetchError: {text}" in run.stderr for text in why.values())
 
 
 def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) -> None:

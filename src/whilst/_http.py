@@ -15,13 +15,14 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import Retry, UsageError, WhilstError, after_seconds
+from ._errors import Retry, UsageError, WhilstError, after_seconds, message
 
 #: Statuses worth another attempt: the server is busy or a gateway failed.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -205,8 +206,7 @@ class Fetcher:
                     raise HTTPStatusError(response.status, target)
                 size, saved = await self._body(response, target)
         except (aiohttp.ClientError, ConnectionError) as exc:
-            # aiohttp's messages carry the URL: name the cause, never the secrets
-            raise FetchError(f"{type(exc).__name__} fetching {target!r}") from None
+            raise FetchError(f"{_reason(exc, target)} (fetching {target!r})") from None
         return Fetched(response.status, size, time.perf_counter() - started, saved)
 
     async def _follow(self, target: Target) -> Any:
@@ -239,17 +239,67 @@ class Fetcher:
             while chunk := await read():
                 size += len(chunk)
             return size, None
-        path = self.out / safe_name(target)
-        with open(path, "wb") as f:  # noqa: ASYNC230 - writes to a local disk
-            while chunk := await read():
-                size += len(chunk)
-                f.write(chunk)
+        # The body goes to a hidden file of its own (O_EXCL: never another's, nor
+        # through a symlink), renamed onto its name once whole: a body cut short
+        # (an error, a timeout, Ctrl-C) is removed, never left as if it had come.
+        name = safe_name(target)
+        path, part = self.out / name, self.out / f".{name}.{secrets.token_hex(4)}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with open(fd, "wb") as f:  # noqa: ASYNC230 - writes to a local disk
+                while chunk := await read():
+                    size += len(chunk)
+                    f.write(chunk)
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         return size, str(path)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _reason(error: BaseException, target: Target) -> str:
+    """Why a request failed, from the exception's fields: its message is not shown,
+    as aiohttp's carry the URL, secrets and all."""
+    import aiohttp
+
+    if isinstance(error, aiohttp.InvalidURL):
+        # yarl's reason (the exception's cause) may quote the netloc: no user:password
+        cause = error.__cause__
+        why = message(cause) if cause is not None else error.description or ""
+        userinfo = urllib.parse.urlsplit(target.url).netloc.rpartition("@")[0]
+        if userinfo:
+            why = why.replace(userinfo, "***")
+        return f"the URL is invalid: {_lower(why)}" if why else "the URL is invalid"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        host = f"[{error.host}]" if ":" in error.host else error.host
+        return f"cannot connect to {host}:{error.port}: {_os_reason(error.os_error)}"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "the body was cut short or malformed"
+    if isinstance(error, OSError):
+        return _os_reason(error)
+    return type(error).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    """``connection refused``: asyncio's strerror names the call that failed
+    ("Connect call failed"), not why; an SSL or a DNS error has its own text."""
+    import ssl
+
+    errno = error.errno
+    if isinstance(errno, int) and errno > 0 and not isinstance(error, ssl.SSLError):
+        return _lower(os.strerror(errno))
+    return _lower(error.strerror or message(error)) or type(error).__name__
+
+
+def _lower(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _without_userinfo(url: str) -> str:
