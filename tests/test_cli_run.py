@@ -443,6 +443,8 @@ def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> Non
         (["--report", "/no/such/dir/r.html", "echo", ":::", "a"], "does not exist"),
         (["-k", "--line-buffer", "echo", ":::", "a"], "not supported"),
         (["--force", "echo", ":::", "a"], "with --journal"),
+        (["--timeout", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
+        (["--grace", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
@@ -657,6 +659,20 @@ def test_halt_on_success_exits_0_after_earlier_failures() -> None:
     assert met.returncode == 0, met.stderr
     never = whilst_run("-q", "-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "1")
     assert never.returncode == 1
+
+
+def test_jobs_are_as_many_at_once_as_the_open_file_limit_leaves_room_for() -> None:
+    command = " ".join(shlex.quote(word) for word in [*WHILST, "run", "-q", "-j", "60"])
+    run = subprocess.run(
+        ["sh", "-c", f"ulimit -n 100 && {command} 'sleep 0.1; echo {{}}'"],
+        input="".join(f"{i}\n" for i in range(60)).encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(map(int, run.stdout.split())) == list(range(60))
+    assert b"leaves room for 11 jobs at once, not 60" in run.stderr
 
 
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])

@@ -236,6 +236,16 @@ def report(journal: str, fmt: str, slowest: int, output: str | None, trace: str 
 # -- batch commands -----------------------------------------------------------
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds: a float in range, and a number (click lets ``nan`` by)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:  # NaN
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options ``run``, ``http`` and ``call`` share; they become ``options``."""
 
@@ -250,7 +260,7 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
             ),
             click.option(
                 "--timeout",
-                type=click.FloatRange(min=0, min_open=True),
+                type=Seconds(min=0, min_open=True),
                 help="Seconds per attempt; then it is stopped and counts as timed out.",
             ),
             click.option(
@@ -263,13 +273,13 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
             ),
             click.option(
                 "--deadline",
-                type=click.FloatRange(min=0, min_open=True),
+                type=Seconds(min=0, min_open=True),
                 help="Seconds for the whole run; then running jobs are stopped and the "
                 "rest end cancelled.",
             ),
             click.option(
                 "--grace",
-                type=click.FloatRange(min=0),
+                type=Seconds(min=0),
                 default=5.0,
                 show_default=True,
                 help="Seconds running jobs get to finish after the first Ctrl-C or "
@@ -407,6 +417,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         check_colsep,
         check_sources,
         jobs,
+        jobs_with_files,
         ran_of,
         result_record,
         split_words,
@@ -454,6 +465,13 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     from ._options import default_limit
 
     limit = options.jobs or default_limit("processes")
+    if (room := jobs_with_files(limit)) < limit:
+        click.echo(
+            f"whilst: the limit on open files (ulimit -n) leaves room for {room} jobs at "
+            f"once, not {limit}: running {room} at a time (raise it with ulimit -n)",
+            err=True,
+        )
+        limit = room
     runner = Runner(
         template,
         slots=limit,
@@ -857,7 +875,7 @@ loop's time went to the CPU. The program's own exit status is passed through."""
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(min=0.001),
+    type=Seconds(min=0.001),
     default=0.1,
     show_default=True,
     help="Seconds the event loop may stay away before it counts as blocked.",

@@ -47,6 +47,12 @@ TERM_WAIT = 0.2
 #: Seconds a command's pipes are still read after it exited (something it left
 #: running may hold them open) before its output counts as complete.
 EXIT_GRACE = 0.05
+#: Files a job holds open: its stdout and stderr pipes' read ends, and while it
+#: starts, their write ends and the pipe its exec error would come back on.
+FILES_A_JOB = 6
+#: Files kept for the rest: stdin, stdout, stderr, /dev/null, the event loop's,
+#: a journal (with its -wal and -shm), --results, --report, --trace.
+FILES_KEPT = 32
 #: What GNU parallel trims off columns (Perl's \s).
 WHITE = " \t\n\r\f\v"
 #: What makes a command line need a shell: operators, expansions, quotes, globs.
@@ -696,6 +702,17 @@ class Runner:
                 proc.wait(max(end - time.monotonic(), 0))
         for proc in live:
             _kill_group(proc)
+
+
+def jobs_with_files(jobs: int) -> int:
+    """``jobs``, or fewer if the limit on open files (``ulimit -n``) leaves room for
+    fewer at once: more would fail to start ("Too many open files")."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return jobs
+    return max(1, min(jobs, (soft - FILES_KEPT) // FILES_A_JOB))
 
 
 @functools.cache
