@@ -331,7 +331,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["call", "no_such_module_x:f"], "1", "not found"),
         (["call", "json:no_such_function"], "1", "has no"),
         (["call", "json"], "1", "MODULE:FUNCTION"),
-        (["call", "--jsonl", "json:dumps"], "{oops", "not JSON"),
+        (["call", "--jsonl", "json:dumps", "{tmp}/bad.jsonl"], "", "not JSON"),  # (a file)
         (["call", "--results", "/proc/no/such.jsonl", "json:dumps"], "1", "cannot be written"),
         (["call", "--path", "{tmp}", "broken:f"], "1", "failed to import: SyntaxError"),
         (["call", "--path", "{tmp}", "raising:f"], "1", "failed to import: RuntimeError: boom"),
@@ -343,6 +343,7 @@ def test_bad_input_is_one_sentence_and_exit_2(
     (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a\nftp://example.com/x\n")
     (tmp_path / "broken.py").write_text("def f(x):\n    return x +\n")
     (tmp_path / "raising.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "bad.jsonl").write_text("1\n{oops\n")
     run = whilst(*(a.replace("{tmp}", str(tmp_path)) for a in args), stdin=stdin)
     assert run.returncode == 2, run.stderr
     assert words in run.stderr
@@ -411,8 +412,8 @@ def test_the_program_ends_as_python_would_with_atexit_handlers_and_flushed_outpu
     tmp_path: Path,
 ) -> None:
     """The command leaves without tearing the interpreter down (it is faster), yet
-    a function's atexit handler still runs, buffered output still comes out,
-    and the exit status is the run's."""
+    a function's atexit handler still runs, buffered output still comes out (on
+    stderr: stdout is the result lines'), and the exit status is the run's."""
     (tmp_path / "leaving.py").write_text(LEAVING)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     run = subprocess.run(
@@ -421,7 +422,8 @@ def test_the_program_ends_as_python_would_with_atexit_handlers_and_flushed_outpu
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "left").read_text() == "atexit ran"
-    assert run.stdout.endswith("bye")
+    assert run.stderr.endswith("bye")
+    assert [json.loads(line)["value"] for line in run.stdout.splitlines()] == ["1"]
     bad = whilst("call", "--path", str(tmp_path), "leaving:no_such", stdin="1\n")
     assert bad.returncode == 2, bad.stderr
 
@@ -545,9 +547,53 @@ def test_call_results_keep_text_that_is_not_unicode_and_values_json_cannot(
 def test_call_keeps_each_line_as_it_is_and_counts_lines_as_the_file_does() -> None:
     kept = whilst("call", "-q", "-k", "json:dumps", stdin="  b  \n\n\tc\r\n")
     assert [json.loads(line)["item"] for line in kept.stdout.splitlines()] == ["  b  ", "\tc"]
-    bad = whilst("call", "--jsonl", "json:dumps", stdin='\n\n{"a": 1}\n\nnope\n')
-    assert bad.returncode == 2
-    assert "line 5 is not JSON" in bad.stderr
+
+
+def test_call_jsonl_bad_line_stops_a_file_before_it_runs_and_fails_alone_on_a_pipe(
+    tmp_path: Path,
+) -> None:
+    """As `whilst http`'s bad URL: a file is checked through first; lines on a pipe
+    run as they come, so a bad one is that line's failure and the others run."""
+    lines = '\n\n{"a": 1}\n\nnope\n2\n'
+    (tmp_path / "in.jsonl").write_text(lines)
+    (tmp_path / "both.py").write_text(
+        "def same(x):\n    return x\nasync def asame(x):\n    return x\n"
+    )
+    from_file = whilst("call", "--jsonl", "json:dumps", str(tmp_path / "in.jsonl"))
+    assert (from_file.returncode, from_file.stdout) == (2, "")
+    assert "line 5 is not JSON" in from_file.stderr
+    for mode in ("threads", "async", "processes"):
+        fn = "both:asame" if mode == "async" else "both:same"
+        run = whilst(
+            "call", "-q", "-k", "--mode", mode, "--jsonl", "--path", str(tmp_path), fn, stdin=lines
+        )
+        assert run.returncode == 1, (mode, run.stderr)
+        results = [json.loads(line) for line in run.stdout.splitlines()]
+        assert [r["ok"] for r in results] == [True, False, True], mode
+        assert results[1]["item"] == "nope"
+        assert results[1]["error"].startswith("WhilstError: line 5 is not JSON"), mode
+
+
+NOISY = """
+import atexit
+print("noise as it is imported")
+atexit.register(print, "noise at exit")
+
+def same(x):
+    return x
+"""
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_call_stdout_holds_only_result_lines_whatever_the_module_prints(
+    tmp_path: Path, mode: str
+) -> None:
+    (tmp_path / "noisy.py").write_text(NOISY)
+    run = whilst("call", "-q", "--mode", mode, "--path", str(tmp_path), "noisy:same", stdin="a\n")
+    assert run.returncode == 0, run.stderr
+    assert [strict(line)["value"] for line in run.stdout.splitlines()] == ["a"]
+    assert "noise as it is imported" in run.stderr
+    assert "noise at exit" in run.stderr
 
 
 def test_call_jsonl_null_is_an_item_from_a_file_a_pipe_or_dev_stdin(tmp_path: Path) -> None:

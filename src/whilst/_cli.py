@@ -21,7 +21,15 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from ._batch import BatchOptions, arun_batch, common_record, json_line, run_batch
+from ._batch import (
+    BadLine,
+    BatchOptions,
+    arun_batch,
+    common_record,
+    failing_bad_lines,
+    json_line,
+    run_batch,
+)
 from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
@@ -752,8 +760,10 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     )
     try:
         options = _shared(kwargs)
-        fn = _function(target, paths)
-        items = _read(source, _json_line, check=_json_line) if jsonl else _read(source, _line)
+        if jsonl:  # a bad line: on a pipe its task fails; in a file, the run stops first
+            items = _read(source, functools.partial(_json_line, strict=False), check=_json_line)
+        else:
+            items = _read(source, _line)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -762,7 +772,13 @@ def call(target: str, source: str, **kwargs: Any) -> None:
 
     if options.progress is None:  # decided by where stdout goes, before it is kept
         options = dataclasses.replace(options, progress=options.policy()["progress"])
-    with _results_out() as write:
+    with _results_out() as write:  # (the module's own prints as it is imported too)
+        try:
+            fn = _function(target, paths)
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from None
+        if jsonl:
+            fn = failing_bad_lines(fn)
 
         def show(r: Result) -> None:
             line: dict[str, Any] = {"index": r.index, "item": r.item, "ok": r.ok}
@@ -781,9 +797,9 @@ def call(target: str, source: str, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def _results_out() -> Iterator[Callable[[str], object]]:
-    """Writes to stdout kept for the result lines alone: meanwhile whatever else
-    writes to stdout (the function's prints, a worker process's, C code's) goes to
-    stderr, so the lines stay JSON a reader can parse."""
+    """Writes to stdout kept for the result lines alone: whatever else writes to
+    stdout (the function's prints, a worker process's, C code's, the module's atexit
+    handlers') goes to stderr from now on, so the lines stay JSON a reader can parse."""
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
@@ -799,8 +815,6 @@ def _results_out() -> Iterator[Callable[[str], object]]:
         yield out.write
         out.flush()
     finally:
-        sys.stdout.flush()
-        os.dup2(kept, fd)
         with contextlib.suppress(OSError):
             out.close()
 
@@ -846,7 +860,9 @@ def _line(_: int, line: str) -> str:
     return line
 
 
-def _json_line(number: int, line: str) -> Any:
+def _json_line(number: int, line: str, strict: bool = True) -> Any:
+    """The JSON value of a line; if it is not JSON, a UsageError, or (not
+    ``strict``: a line of a pipe, come while the run goes) a BadLine."""
     import json
 
     from ._errors import UsageError
@@ -854,9 +870,12 @@ def _json_line(number: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"line {number} is not JSON ({exc.msg}); drop --jsonl for plain lines"
-        ) from None
+        problem = f"line {number} is not JSON ({exc.msg}); drop --jsonl for plain lines"
+        if strict:
+            raise UsageError(problem) from None
+        bad = BadLine(line)
+        bad.problem = problem
+        return bad
 
 
 @cli.command(
