@@ -444,6 +444,7 @@ def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> Non
         (["-k", "--line-buffer", "echo", ":::", "a"], "not supported"),
         (["--force", "echo", ":::", "a"], "with --journal"),
         (["--timeout", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
+        (["--results", "-", "echo", ":::", "a"], "would be a file named '-'"),
         (["--grace", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
     ],
 )
@@ -657,6 +658,7 @@ def test_halt_on_success_exits_0_after_earlier_failures() -> None:
     """GNU parallel: --halt now,success=1 exits 0 once a job succeeded; 1 if none did."""
     met = whilst_run("-q", "-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "1", "0", "1")
     assert met.returncode == 0, met.stderr
+    assert met.stderr.decode().splitlines()[-1] == "whilst: 1 of 4 cancelled"  # (said too)
     never = whilst_run("-q", "-j1", "--halt", "now,success=1", "exit {}", ":::", "1", "1")
     assert never.returncode == 1
 

@@ -133,12 +133,12 @@ class Tally:
         # (GNU parallel's --halt now,success=1 exits 0 too); jobs cancelled
         # otherwise are failures.
         stopped = summary.stopped if summary is not None else None
-        if stopped and stopped.startswith(HALTED) and "success" in (self.options.halt or ""):
-            return 0
+        won = stopped and stopped.startswith(HALTED) and "success" in (self.options.halt or "")
         if self.cancelled:
             print(f"whilst: {self.cancelled} of {self.total} cancelled", file=sys.stderr)
-            return 1
-        return 1 if self.failed else 0
+        if won:
+            return 0
+        return 1 if self.failed or self.cancelled else 0
 
     def _failures(self) -> str:
         """ "2 of 5 failed (1 failed, 1 timed out; first: 'sleep 9', timed out: ...)"."""

@@ -178,6 +178,10 @@ def writable(name: str, path: object, suffix: str) -> Path | None:
         return None
     if not isinstance(path, (str, os.PathLike)):
         raise UsageTypeError(f"{name} must be a file name such as run{suffix}, got {path!r}")
+    if os.fspath(path) == "-":  # (stdout is the tasks' output, or the results')
+        raise UsageError(
+            f"{name} - would be a file named '-'; give a file name such as run{suffix}"
+        )
     file = Path(path)
     where = file.parent
     try:
