@@ -549,29 +549,20 @@ def test_call_keeps_each_line_as_it_is_and_counts_lines_as_the_file_does() -> No
     assert [json.loads(line)["item"] for line in kept.stdout.splitlines()] == ["  b  ", "\tc"]
 
 
-def test_call_jsonl_bad_line_stops_a_file_before_it_runs_and_fails_alone_on_a_pipe(
+def test_call_jsonl_bad_line_stops_a_file_before_it_runs_and_a_pipe_when_it_comes(
     tmp_path: Path,
 ) -> None:
-    """As `whilst http`'s bad URL: a file is checked through first; lines on a pipe
-    run as they come, so a bad one is that line's failure and the others run."""
+    """A file is checked through first; lines on a pipe run as they come, so those
+    before a bad line have run when it stops the run."""
     lines = '\n\n{"a": 1}\n\nnope\n2\n'
     (tmp_path / "in.jsonl").write_text(lines)
-    (tmp_path / "both.py").write_text(
-        "def same(x):\n    return x\nasync def asame(x):\n    return x\n"
-    )
     from_file = whilst("call", "--jsonl", "json:dumps", str(tmp_path / "in.jsonl"))
     assert (from_file.returncode, from_file.stdout) == (2, "")
     assert "line 5 is not JSON" in from_file.stderr
-    for mode in ("threads", "async", "processes"):
-        fn = "both:asame" if mode == "async" else "both:same"
-        run = whilst(
-            "call", "-q", "-k", "--mode", mode, "--jsonl", "--path", str(tmp_path), fn, stdin=lines
-        )
-        assert run.returncode == 1, (mode, run.stderr)
-        results = [json.loads(line) for line in run.stdout.splitlines()]
-        assert [r["ok"] for r in results] == [True, False, True], mode
-        assert results[1]["item"] == "nope"
-        assert results[1]["error"].startswith("WhilstError: line 5 is not JSON"), mode
+    from_pipe = whilst("call", "-q", "--jsonl", "json:dumps", stdin=lines)
+    assert from_pipe.returncode == 2
+    assert [json.loads(line)["item"] for line in from_pipe.stdout.splitlines()] == [{"a": 1}]
+    assert "line 5 is not JSON" in from_pipe.stderr
 
 
 NOISY = """

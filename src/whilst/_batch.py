@@ -159,37 +159,6 @@ class Tally:
         return f"{self.failed} of {self.total} failed ({counts}; {named})"
 
 
-class BadLine(str):
-    """A line that came on a pipe and makes no item (not JSON, say): the run goes on
-    and its task fails, saying why (a file's bad line stops the run before it starts)."""
-
-    problem: str
-
-
-def failing_bad_lines(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, but a :class:`BadLine` item fails its task; async when ``fn`` is."""
-    from ._errors import WhilstError
-    from ._options import is_async_callable
-
-    def check(item: Any) -> None:
-        if type(item) is BadLine:
-            raise WhilstError(item.problem)
-
-    if is_async_callable(fn):
-
-        async def call_async(item: Any) -> Any:
-            check(item)
-            return await fn(item)
-
-        return functools.wraps(fn)(call_async)
-
-    def call(item: Any) -> Any:
-        check(item)
-        return fn(item)
-
-    return functools.wraps(fn)(call)
-
-
 def run_batch(
     fn: Callable[..., Any],
     items: Iterable[Any] | AsyncIterable[Any],

@@ -21,15 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from ._batch import (
-    BadLine,
-    BatchOptions,
-    arun_batch,
-    common_record,
-    failing_bad_lines,
-    json_line,
-    run_batch,
-)
+from ._batch import BatchOptions, arun_batch, common_record, json_line, run_batch
 from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
@@ -760,10 +752,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
     )
     try:
         options = _shared(kwargs)
-        if jsonl:  # a bad line: on a pipe its task fails; in a file, the run stops first
-            items = _read(source, functools.partial(_json_line, strict=False), check=_json_line)
-        else:
-            items = _read(source, _line)
+        items = _read(source, _json_line) if jsonl else _read(source, _line)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -777,8 +766,6 @@ def call(target: str, source: str, **kwargs: Any) -> None:
             fn = _function(target, paths)
         except UsageError as exc:
             raise click.UsageError(str(exc)) from None
-        if jsonl:
-            fn = failing_bad_lines(fn)
 
         def show(r: Result) -> None:
             line: dict[str, Any] = {"index": r.index, "item": r.item, "ok": r.ok}
@@ -860,9 +847,7 @@ def _line(_: int, line: str) -> str:
     return line
 
 
-def _json_line(number: int, line: str, strict: bool = True) -> Any:
-    """The JSON value of a line; if it is not JSON, a UsageError, or (not
-    ``strict``: a line of a pipe, come while the run goes) a BadLine."""
+def _json_line(number: int, line: str) -> Any:
     import json
 
     from ._errors import UsageError
@@ -870,12 +855,9 @@ def _json_line(number: int, line: str, strict: bool = True) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        problem = f"line {number} is not JSON ({exc.msg}); drop --jsonl for plain lines"
-        if strict:
-            raise UsageError(problem) from None
-        bad = BadLine(line)
-        bad.problem = problem
-        return bad
+        raise UsageError(
+            f"line {number} is not JSON ({exc.msg}); drop --jsonl for plain lines"
+        ) from None
 
 
 @cli.command(
