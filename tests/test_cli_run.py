@@ -4,6 +4,7 @@ timeouts, halts and signals leave no process behind (issue 6; reliability.md
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -445,6 +446,7 @@ def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> Non
         (["--force", "echo", ":::", "a"], "with --journal"),
         (["--timeout", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
         (["--results", "-", "echo", ":::", "a"], "would be a file named '-'"),
+        (["--journal", "-", "echo", ":::", "a"], "would be a file named '-'"),
         (["--grace", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
     ],
 )
@@ -627,17 +629,38 @@ def test_a_job_ends_when_its_command_exits_though_what_it_left_writes_on() -> No
     assert run.stdout.decode().splitlines()[0] == "starteda"
 
 
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="pipes of 1 MiB: Linux")
+def test_what_was_in_the_pipes_when_the_command_exited_is_read_whole() -> None:
+    # Its stdout pipe holds 1 MiB, full when it exits; something it left running
+    # holds the pipe open; and a slow reader of whilst's stdout (--line-buffer)
+    # keeps whilst from reading it all in the moment after the exit.
+    writer = (
+        "import fcntl, os; fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, 1 << 20); "
+        "os.write(1, b''.join(b'%07d\\n' % i for i in range(120000)))"
+    )
+    command = f"sleep 30 & {shlex.quote(sys.executable)} -c {shlex.quote(writer)}; : {{}}"
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "--line-buffer", command, ":::", "a"], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    with proc:
+        got = b""
+        while chunk := proc.stdout.read1(8192):
+            got += chunk
+            time.sleep(0.005)
+    assert proc.returncode == 0
+    assert got == b"".join(b"%07d\n" % i for i in range(120000))
+
+
 @pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed (.ci/system-deps)")
-@pytest.mark.parametrize("tag", [[], ["--tag"]])
-def test_line_buffer_prints_a_last_line_with_no_newline_as_gnu_parallel(tag: list[str]) -> None:
-    args = ["--line-buffer", *tag, 'printf "x{}\nyy{}"', ":::", "1"]
+@pytest.mark.parametrize("flags", [[], ["--tag"], ["--line-buffer"], ["--line-buffer", "--tag"]])
+def test_a_last_line_with_no_newline_is_printed_as_gnu_parallel_does(flags: list[str]) -> None:
+    args = ["-j1", *flags, 'printf "x{}\nyy{}"', ":::", "1", "2"]
     assert PARALLEL is not None
     theirs = subprocess.run([PARALLEL, *args], capture_output=True, timeout=60, check=True)
-    assert (
-        whilst_run("-q", *args).stdout
-        == theirs.stdout
-        == (b"1\t" if tag else b"").join([b"", b"x1\n", b"yy1"])
-    )
+    assert whilst_run("-q", *args).stdout == theirs.stdout
+    tag = {i: b"%d\t" % i if "--tag" in flags else b"" for i in (1, 2)}
+    assert theirs.stdout == b"".join(b"%sx%d\n%syy%d" % (tag[i], i, tag[i], i) for i in (1, 2))
 
 
 def test_line_buffer_reads_a_long_line_in_linear_time() -> None:

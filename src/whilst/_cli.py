@@ -48,9 +48,7 @@ def _open_closed_std_files() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            os.dup2(null := os.open(os.devnull, os.O_RDWR), fd)
-            if null != fd:
-                os.close(null)
+            os.open(os.devnull, os.O_RDWR)  # (the lowest free number: this one)
             if getattr(sys, name) is None:  # Python found it closed at start-up
                 file = open(fd, mode, closefd=False, errors="backslashreplace")  # noqa: SIM115
                 setattr(sys, name, file)
@@ -353,6 +351,8 @@ def _shared(kwargs: dict[str, Any]) -> BatchOptions:
     options = BatchOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
     if options.journal is None and (options.force or options.resume != "failed"):
         raise UsageError("--resume and --force are for a run with --journal FILE")
+    if options.journal is not None and os.fspath(options.journal) == "-":
+        raise UsageError("--journal - would be a file named '-'; give a file name such as run.db")
     writable("--results", options.results, ".jsonl")
     return options
 
@@ -467,8 +467,9 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     limit = options.jobs or default_limit("processes")
     if (room := jobs_with_files(limit)) < limit:
         click.echo(
-            f"whilst: the limit on open files (ulimit -n) leaves room for {room} jobs at "
-            f"once, not {limit}: running {room} at a time (raise it with ulimit -n)",
+            f"whilst: the limit on open files (ulimit -n) leaves room for {room} "
+            f"job{'s' if room > 1 else ''} at once, not {limit}: running {room} at a time "
+            "(raise it with ulimit -n)",
             err=True,
         )
         limit = room

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import functools
 import io
 import itertools
@@ -28,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -595,7 +597,8 @@ class Runner:
     def _collect(self, proc: Process, job: Job) -> tuple[bytes, bytes, bool, int]:
         """Read a command's output until both pipes close, or until a moment after
         the command exited (something it left running holds them open, writing or
-        not), or until its timeout (its group is killed, and what it wrote is
+        not; what was in them when it exited is read all the same: the command's
+        own), or until its timeout (its group is killed, and what it wrote is
         kept). With --line-buffer, whole lines are printed as they come. Returns
         stdout, stderr, timed out, exit status."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -604,13 +607,14 @@ class Runner:
         sinks = {proc.out: self.out, proc.err: self.err}
         kept: dict[int, list[bytes]] = {proc.out: [], proc.err: []}
         partial: dict[int, list[bytes]] = {proc.out: [], proc.err: []}  # --line-buffer
-        timed_out, ended = False, 0.0  # ended: when it was seen to have exited
+        timed_out, ended, owed = False, 0.0, 0  # ended: when it was seen to have exited
         look = time.monotonic() + EXIT_GRACE  # when to look next whether it exited
         poller = select.poll()  # no file of its own, unlike epoll: cheaper for two pipes
         for fd in sinks:
             poller.register(fd, select.POLLIN)
+        reading = set(sinks)
         try:
-            while sinks:
+            while reading:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     if timed_out:
@@ -619,19 +623,19 @@ class Runner:
                     timed_out, deadline = True, now + EXIT_GRACE  # keep what it wrote
                 if not ended and now >= look:  # (its pipes may be busy: look all the same)
                     look = now + EXIT_GRACE
-                    ended = now if proc.poll() is not None else 0.0
-                if ended and now - ended >= EXIT_GRACE:
+                    if proc.poll() is not None:
+                        ended, owed = now, sum(map(_unread, reading))
+                if ended and owed <= 0 and now - ended >= EXIT_GRACE:
                     break  # it exited; what it left running holds its pipes: leave them
                 wait = EXIT_GRACE if deadline is None else max(min(deadline - now, EXIT_GRACE), 0)
                 for fd, events in poller.poll(wait * 1000):
                     # A pipe closed with nothing left in it polls as POLLHUP alone:
                     # its end is known without a read (two system calls a job fewer).
                     chunk = os.read(fd, 1 << 16) if events & select.POLLIN else b""
+                    owed -= len(chunk)
                     if not chunk:
                         poller.unregister(fd)
-                        sink = sinks.pop(fd)
-                        if stream and partial[fd]:  # a last line with no newline: as it is
-                            self._write(sink, b"".join([prefix, *partial[fd]]))
+                        reading.discard(fd)
                     elif not stream:
                         kept[fd].append(chunk)
                     elif b"\n" not in chunk:  # (a piece kept, not joined: linear in a long line)
@@ -641,8 +645,8 @@ class Runner:
                         lines.insert(0, b"".join([*partial[fd], first]))
                         partial[fd] = [rest] if rest else []
                         self._write(sinks[fd], b"".join(prefix + line + b"\n" for line in lines))
-            for fd, sink in sinks.items():  # still open: held by something it left running
-                if stream and partial[fd]:
+            for fd, sink in sinks.items():  # a last line with no newline: as it is
+                if partial[fd]:
                     self._write(sink, b"".join([prefix, *partial[fd]]))
         finally:
             os.close(proc.out)
@@ -671,11 +675,10 @@ class Runner:
         for data, sink in ((ran.stdout, self.out), (ran.stderr, self.err)):
             if not data:
                 continue
-            if prefix:
-                lines = data.split(b"\n")
-                if lines[-1] == b"":
-                    lines.pop()
+            if prefix:  # (a last line with no newline: as it is, as GNU parallel)
+                *lines, last = data.split(b"\n")
                 data = b"".join(prefix + line + b"\n" for line in lines)
+                data += prefix + last if last else b""
             self._write(sink, data)
 
     def _kill(self, proc: Process, wait: float = TERM_WAIT) -> None:
@@ -713,6 +716,13 @@ def jobs_with_files(jobs: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return jobs
     return max(1, min(jobs, (soft - FILES_KEPT) // FILES_A_JOB))
+
+
+def _unread(fd: int) -> int:
+    """The bytes waiting in a pipe."""
+    waiting = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, waiting)
+    return int.from_bytes(waiting, sys.byteorder)
 
 
 @functools.cache
