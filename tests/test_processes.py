@@ -663,3 +663,28 @@ def test_an_ordered_imap_never_waits_on_a_batch_its_own_slot_holds(mode: str) ->
     results = list(whilst.imap(slow_at_1000, range(5000), mode=mode, limit=2))
     assert [r.value for r in results] == list(range(5000))
     assert time.monotonic() - started < 60
+
+
+WORKER_ORPHANED = """
+import os, pickle, sys
+from whilst._modes import _worker
+
+tasks, to_worker = os.pipe()
+from_worker, results = os.pipe()
+os.close(from_worker)  # the parent is gone: killed with -9
+fn = (sys.path, pickle.dumps(abs), os.getcwd(), dict(os.environ), True)
+for frame in ((_worker.FN, 0, fn), (_worker.RUN, 1, [-1, -2])):
+    _worker.write_frame(to_worker, pickle.dumps(frame))
+os.close(to_worker)
+control, _ = os.pipe()  # (its other end kept open: closed, the worker kills its group)
+_worker.main(tasks, results, os.getppid(), control)
+print("ended quietly")
+"""
+
+
+def test_a_worker_whose_parent_is_gone_ends_quietly() -> None:
+    """Its result cannot go out (a broken pipe): no traceback on the program's stderr."""
+    run = subprocess.run(
+        [sys.executable, "-c", WORKER_ORPHANED], capture_output=True, text=True, timeout=60
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (0, "ended quietly\n", "")

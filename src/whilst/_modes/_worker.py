@@ -304,7 +304,10 @@ class _Batches:
                     n = -1
                 else:
                     n = 0  # done already
-                write_frame(self.write_fd, dumps((tag, n)))
+                try:
+                    write_frame(self.write_fd, dumps((tag, n)))
+                except BrokenPipeError:  # the parent is gone: see below
+                    break
         # End of file: the parent is gone, even by kill -9 (the kernel closed its
         # end). Stop now, and what this worker's task started with it, as the
         # parent would. (Not PR_SET_PDEATHSIG: that fires when the *thread* that
@@ -356,4 +359,7 @@ def main(read_fd: int, write_fd: int, parent: int, control_fd: int) -> None:
         os.set_inheritable(fd, False)
     if os.getppid() != parent:
         return  # the parent died already
-    serve(read_fd, write_fd, control_fd)
+    try:  # noqa: SIM105 - contextlib would add to a worker's start-up
+        serve(read_fd, write_fd, control_fd)
+    except BrokenPipeError:  # the parent died (kill -9) as a result went out: no one to tell
+        pass
