@@ -382,3 +382,29 @@ def test_a_program_on_uvloop_is_watched_too(tmp_path: Path) -> None:
     [lost] = found["lost_exception"]
     assert lost["line"] == 11
     assert report["notes"] == []
+
+
+def test_a_coroutine_and_a_task_kept_in_the_programs_globals_are_found(tmp_path: Path) -> None:
+    """Freed only with the program's globals, as it ends: still watched then."""
+    program = textwrap.dedent(
+        """\
+        import asyncio
+
+        async def main():
+            return 1
+
+        async def boom():
+            raise ValueError("lost")
+
+        async def start():
+            tasks.append(asyncio.create_task(boom()))
+            await asyncio.sleep(0.01)
+
+        tasks = []
+        asyncio.run(start())
+        coro = main()  # never awaited
+        """
+    )
+    _, report, _ = doctor(tmp_path, program)
+    found = {f["kind"] for f in report["findings"]}
+    assert {"never_awaited", "lost_exception"} <= found

@@ -942,6 +942,7 @@ def run_doctor(
 ) -> int:
     """Run ``script`` as ``__main__`` under the doctor; the program's exit status.
     The findings go to ``file`` (default: JSON on stdout, text on stderr)."""
+    import gc
     import json
     import runpy
     import signal
@@ -987,6 +988,10 @@ def run_doctor(
                     tb = exc.__traceback__  # text names the program's line itself)
                 traceback.print_exception(type(exc), exc, tb)
                 status = 1
+            # The program's globals (its functions refer to them: a cycle) are freed
+            # now, while watched: a coroutine or a task kept there and never awaited
+            # or retrieved is found, as Python would warn at its exit.
+            gc.collect()
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
     if as_json:
