@@ -408,3 +408,32 @@ def test_a_coroutine_and_a_task_kept_in_the_programs_globals_are_found(tmp_path:
     _, report, _ = doctor(tmp_path, program)
     found = {f["kind"] for f in report["findings"]}
     assert {"never_awaited", "lost_exception"} <= found
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_origins_name_where_a_stored_coroutine_was_made(tmp_path: Path, in_thread: bool) -> None:
+    """--origins: the line that made the coroutine, not the one that dropped it; in a
+    loop of another thread too (Python tracks origins thread by thread)."""
+    program = textwrap.dedent(
+        f"""\
+        import asyncio, threading
+
+        async def keep(kept):
+            kept.append(asyncio.sleep(1))  # line 4: made, never awaited
+
+        async def main():
+            kept = []
+            await keep(kept)
+            kept.clear()  # line 9: dropped
+
+        if {in_thread}:
+            thread = threading.Thread(target=asyncio.run, args=(main(),))
+            thread.start()
+            thread.join()
+        else:
+            asyncio.run(main())
+        """
+    )
+    _, report, _ = doctor(tmp_path, program, "--origins")
+    [never] = [f for f in report["findings"] if f["kind"] == "never_awaited"]
+    assert never["line"] == 4

@@ -105,6 +105,7 @@ class _Watched:
         default_factory=collections.Counter
     )
     block_cpu: float = 0.0  # the thread's CPU seconds when the block was seen
+    depth: int = 0  # the thread's coroutine origin tracking depth before it was watched
 
 
 class Doctor:
@@ -170,6 +171,7 @@ class Doctor:
                 doctor._run_forever(loop)
             finally:
                 doctor._unwatch(watched)
+                sys.set_coroutine_origin_tracking_depth(watched.depth)
 
         self._set_running = asyncio.events._set_running_loop
         other_loops: dict[int, _Watched] = {}  # by thread: a loop not of asyncio's own
@@ -190,7 +192,8 @@ class Doctor:
 
                     loop.set_exception_handler(handler)
             elif loop is None and thread in other_loops:
-                doctor._unwatch(other_loops.pop(thread))
+                doctor._unwatch(watched := other_loops.pop(thread))
+                sys.set_coroutine_origin_tracking_depth(watched.depth)
 
         def default_exception_handler(loop: asyncio.BaseEventLoop, context: dict[str, Any]) -> None:
             doctor._exception(context)
@@ -307,7 +310,11 @@ class Doctor:
     # -- the watchdog --------------------------------------------------------
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> _Watched:
+        """Watch ``loop``: called in its own thread (origin tracking is per thread)."""
         watched = _Watched(loop, threading.get_ident(), threading.get_native_id())
+        watched.depth = sys.get_coroutine_origin_tracking_depth()
+        if self.origins:
+            sys.set_coroutine_origin_tracking_depth(max(watched.depth, 1))
         self._cpu[watched.native] = _thread_cpu(watched.native)
         with self._lock:
             self._loops[id(loop)] = watched
