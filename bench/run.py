@@ -204,9 +204,8 @@ def measure(
     cases: dict[str, Callable[[], object]], repeats: int, *, warm_up: bool = True
 ) -> dict[str, list[float]]:
     """Seconds of each case, ``repeats`` times, interleaved, each round starting
-    with the next case (no case always runs first, or always right after another);
-    one untimed run first. With ``--wait-quiet``, a round during which other
-    processes were busy is redone."""
+    with the next case (no case always runs first); one untimed run first. With
+    ``--wait-quiet``, a round during which other processes were busy is redone."""
     if warm_up:
         for case in cases.values():
             case()
