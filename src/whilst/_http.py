@@ -239,14 +239,14 @@ class Fetcher:
             while chunk := await read():
                 size += len(chunk)
             return size, None
-        # The body goes to a hidden file of its own (O_EXCL: never another's, nor
+        # The body goes to a hidden file of its own ("x": never another's, nor
         # through a symlink), renamed onto its name once whole: a body cut short
         # (an error, a timeout, Ctrl-C) is removed, never left as if it had come.
         name = safe_name(target)
         path, part = self.out / name, self.out / f".{name}.{secrets.token_hex(4)}.part"
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        f = open(part, "xb")  # noqa: ASYNC230, SIM115 - a local disk; closed below
         try:
-            with open(fd, "wb") as f:  # noqa: ASYNC230 - writes to a local disk
+            with f:
                 while chunk := await read():
                     size += len(chunk)
                     f.write(chunk)
