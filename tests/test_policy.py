@@ -1221,3 +1221,44 @@ def test_the_end_of_a_run_does_not_wait_for_a_thread_that_timed_out() -> None:
             whilst.map(task, items, mode="threads", limit=2, timeout=0.3)
         assert time.monotonic() - started < 5
         assert [r.status for r in caught.value.failed] == [Status.TIMED_OUT]
+
+
+@pytest.mark.parametrize("stop", [{"deadline": 0.3}, {"halt": "now,fail=1"}])
+def test_a_coroutine_that_swallows_its_cancellation_ends_cancelled_not_ok(
+    stop: dict[str, Any],
+) -> None:
+    async def task(x: int) -> str:
+        if x == 0:
+            await asyncio.sleep(0.1)
+            raise RuntimeError("the halt's failure")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "swallowed"  # (a bug in the task: it should re-raise)
+        return "slept"
+
+    results = vrun(task, range(3), limit=3, **stop)
+    for r in results[1:]:
+        assert r.status is Status.CANCELLED, r
+        assert r.value is None
+        assert isinstance(r.error, TaskCancelled)
+        assert "caught its cancellation" in str(r.error)
+
+
+def test_a_coroutine_function_in_threads_mode_is_cancelled_at_its_timeout() -> None:
+    cancelled: list[int] = []
+
+    async def task(x: int) -> int:
+        try:
+            await asyncio.sleep(30 if x == 1 else 0)
+        except asyncio.CancelledError:
+            cancelled.append(x)
+            raise
+        return x
+
+    t0 = time.monotonic()
+    results = list(whilst.imap(task, range(3), mode="threads", limit=2, timeout=0.5))
+    assert time.monotonic() - t0 < 10  # not the 30 s sleep
+    assert statuses(results) == [Status.OK, Status.TIMED_OUT, Status.OK]
+    assert cancelled == [1]
+    assert "cancelled on its thread's own event loop" in str(results[1].error)

@@ -974,6 +974,13 @@ class Scheduler:
                 del self._scopes[slot]
                 if running:
                     self._busy(-1)
+            if status is OK and self._stop_now and scope is not None and scope.expired():
+                # A coroutine that caught the cancellation and returned: stopped all the same.
+                status, value = CANCELLED, None
+                error = TaskCancelled(
+                    f"{self._stopping}: the task caught its cancellation and returned; "
+                    "its value was dropped"
+                )
             worker = self._ran_in.pop(slot, worker)  # where it ran, if not the slot's worker
             if isinstance(error, WorkerCrashed) and error.worker:
                 worker = error.worker

@@ -68,6 +68,7 @@ class _SlotThread(threading.Thread):
             queue.SimpleQueue()
         )
         self._runner: asyncio.Runner | None = None
+        self._task: asyncio.Task[Any] | None = None  # the coroutine it runs, if any
         self.job: asyncio.Future[Any] | None = None  # the last job handed over
         self.last_done: asyncio.Future[Any] | None = None  # the last job it finished
 
@@ -90,7 +91,22 @@ class _SlotThread(threading.Thread):
         """A coroutine function in threads mode runs on this thread's own loop."""
         if self._runner is None:
             self._runner = asyncio.Runner()
-        return self._runner.run(coro)
+        return self._runner.run(self._cancellable(coro))
+
+    async def _cancellable(self, coro: Any) -> Any:
+        self._task = asyncio.current_task()
+        try:
+            return await coro
+        finally:
+            self._task = None
+
+    def cancel(self) -> None:
+        """Cancel the coroutine this thread runs, if any (called from another thread:
+        its attempt timed out, or the run is being stopped)."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop just closed: it ended
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
 
 class ThreadsMode(Mode):
@@ -126,6 +142,9 @@ class ThreadsMode(Mode):
         thread.inbox.put((fut, rest))
         try:
             outcomes: Outcomes = await fut  # cancelled (a timeout): the thread runs on
+        except asyncio.CancelledError:
+            thread.cancel()  # a coroutine it runs is cancelled on the thread's own loop
+            raise
         finally:
             del self._rest[id(items)]
         return outcomes
@@ -155,6 +174,14 @@ class ThreadsMode(Mode):
                 await waiter
         finally:
             self._done.settling.pop(job, None)
+
+    def note_for(self, worker: str) -> str:
+        if self.is_async:
+            return (
+                "its coroutine was cancelled on its thread's own event loop, and its thread "
+                "takes no other task until it ends"
+            )
+        return self.timeout_note
 
     def cpu_seconds(self) -> float | None:
         """CPU time its threads have spent so far, tasks still running included (from
