@@ -300,3 +300,98 @@ def test_a_signal_while_an_aimap_consumer_works_stops_the_run_gracefully() -> No
     assert proc.returncode == 143, err
     assert "finally ran" in out
     assert elapsed < 3
+
+
+WAITING_INPUT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import whilst
+
+    MODE, FORM, SOURCE, POLICY = sys.argv[1:]
+
+    def say(word):
+        sys.stdout.write(word + "\\n")
+        sys.stdout.flush()
+
+    def items():  # two items, then a long wait for the third
+        yield 1
+        yield 2
+        time.sleep(60)
+        yield 3
+
+    def task(x):
+        time.sleep(0.1)
+        say("finished")
+        return x
+
+    async def atask(x):
+        await asyncio.sleep(0.1)
+        say("finished")
+        return x
+
+    fn = atask if MODE == "async" else task
+    source = items() if SOURCE == "generator" else sys.stdin
+    options = {"timeout": 30} if POLICY == "policy" else {}
+    options["limit"] = 1 if MODE == "sync" else 2
+    try:
+        if FORM == "map":
+            whilst.map(fn, source, mode=MODE, **options)
+        else:
+            for r in whilst.imap(fn, source, mode=MODE, **options):
+                say(f"result {r.status}")
+    except KeyboardInterrupt:
+        say("interrupted")
+        raise
+    except SystemExit as exc:
+        say(f"terminated {exc.code}")
+        raise
+    """
+)
+
+
+@pytest.mark.parametrize("source", ["generator", "stdin"])
+@pytest.mark.parametrize(
+    ("mode", "form", "policy"),
+    [
+        ("sync", "imap", "plain"),
+        ("async", "map", "plain"),
+        ("async", "imap", "policy"),
+        ("threads", "imap", "plain"),
+        ("processes", "map", "policy"),
+    ],
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_is_acted_on_while_a_sync_input_waits_for_its_next_item(
+    source: str, mode: str, form: str, policy: str, signum: signal.Signals
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", WAITING_INPUT, mode, form, source, policy],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write("1\n2\n")  # and the pipe stays open: the input waits
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            assert line == "finished\n", (line, proc.poll())
+            time.sleep(0.5)  # the run waits for the input's third item now
+            assert proc.poll() is None
+            proc.send_signal(signum)
+            t0 = time.monotonic()
+            proc.wait(timeout=15)
+            elapsed = time.monotonic() - t0
+            out = proc.stdout.read()
+        finally:
+            proc.kill()
+    assert elapsed < 2, f"took {elapsed:.2f}s to act on the signal"
+    if signum == signal.SIGINT:
+        assert "interrupted" in out
+    else:
+        assert "terminated 143" in out
+        assert proc.returncode == 143
+    if form == "imap":  # no result lost: both tasks' were handed out
+        assert out.count("result ok") == 2, out

@@ -220,6 +220,8 @@ class InlineRunner(Runner):
         self.loop.call_soon_threadsafe(lambda: None)  # wake the selector
         if busy and now:  # sync mode's task is running here: interrupt it
             raise KeyboardInterrupt()
+        if scheduler is not None:
+            scheduler.stop_waiting_for_input(frame)
         if busy and scheduler is not None and self._grace is None:
             # The loop cannot time the grace while the task holds this thread:
             # a timer thread sends the second signal when the grace is over.

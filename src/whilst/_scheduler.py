@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import heapq
 import itertools
 import math
@@ -36,6 +37,7 @@ from collections.abc import (
     Sized,
 )
 from pathlib import Path
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WhilstError, WorkerCrashed
@@ -118,6 +120,26 @@ def check_items(items: object) -> Iterator[Any] | AsyncIterator[Any]:
             f"items must be an iterable (a list, a generator, a file...) or an async "
             f"iterable, got {type(items).__name__}; wrap a single item in a list: [item]"
         ) from None
+
+
+class InputInterrupted(KeyboardInterrupt):
+    """Raised by the signal handler into a wait for a synchronous input's next item."""
+
+
+@functools.cache
+def _input_reads() -> dict[CodeType, set[int]]:
+    """The lines on which the scheduler reads a synchronous input, by function."""
+    import dis
+
+    reads = (Scheduler._slot, Scheduler._read, Scheduler._read_items, Scheduler._reading)
+    return {
+        fn.__code__: {
+            ins.positions.lineno  # type: ignore[misc]
+            for ins in dis.get_instructions(fn)
+            if ins.argval in ("next", "islice") and ins.positions is not None
+        }
+        for fn in reads
+    }
 
 
 class Scheduler:
@@ -430,6 +452,36 @@ class Scheduler:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._halt, self._stopping, False)
 
+    def stop_waiting_for_input(self, frame: FrameType | None) -> None:
+        """From a stop signal's handler, given the frame it interrupted: if the loop's
+        thread waits for the next item of a synchronous input (a pipe, a generator
+        that sleeps), that wait ends by an exception, and the input ends there, so
+        the signal is acted on now rather than once an item comes. Only there may the
+        handler raise into the loop's thread: anywhere else in the loop's own code it
+        would leave a task half done. (Found from the frames, so that reading an item
+        costs nothing more.)"""
+        if not self._sync_source or self._instant:
+            return
+        reads = _input_reads()
+        while frame is not None:
+            lines = reads.get(frame.f_code)
+            if lines is not None:  # the innermost of the scheduler's reads: is it ours?
+                if frame.f_lineno in lines and frame.f_locals.get("self") is self:
+                    raise InputInterrupted
+                return
+            frame = frame.f_back
+
+    def _reading(self, source: Iterator[Any]) -> Iterator[Any]:
+        """``source``'s items; it ends if a stop signal comes while it waits for one."""
+        while True:
+            try:
+                item = next(source, _END)
+            except InputInterrupted:
+                return
+            if item is _END:
+                return
+            yield item
+
     def resumed(self, paused: float) -> None:
         """The loop stood still for ``paused`` seconds (a sync ``imap`` runs it only
         while its caller waits for a result): running attempts' timeouts move on
@@ -521,7 +573,10 @@ class Scheduler:
         a batch does not wait for items still to come."""
         first = self._pulled
         if self._sync_source:
-            items = list(itertools.islice(self._items, n))
+            try:
+                items = list(itertools.islice(self._items, n))
+            except InputInterrupted:  # a stop signal while it waited for an item
+                items = []  # (those it read before are dropped with the rest)
             self._source_done = len(items) < n
         else:
             items = []
@@ -590,6 +645,8 @@ class Scheduler:
                     item = next(self._items, last)
                 except Exception as exc:  # the input itself failed: keep it for the caller
                     self.input_error, item = exc, last
+                except InputInterrupted:  # a stop signal while it waited for the item
+                    item = last
                 if item is last:
                     self._stop_pulling()
                     return
@@ -1310,7 +1367,7 @@ class Scheduler:
                 self.left_unread = self._stopping
             return
         rest = self._rest
-        for n, item in enumerate(rest):
+        for n, item in enumerate(self._reading(rest)):
             if output.bounded and output.full:
                 await output.room()
             elif n % 1024 == 1023:
@@ -1413,7 +1470,10 @@ class Scheduler:
         """The next item of the input as a task; None at the input's end, or when
         its key could not be computed (that task then ends failed)."""
         if self._sync_source:  # read through _guarded when it could raise
-            item = next(self._items, _END)
+            try:
+                item = next(self._items, _END)
+            except InputInterrupted:  # a stop signal while it waited for the item
+                item = _END
             if item is _END:
                 self._stop_pulling()
                 return None
