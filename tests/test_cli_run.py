@@ -4,6 +4,7 @@ timeouts, halts and signals leave no process behind (issue 6; reliability.md
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -717,3 +718,44 @@ def test_output_that_cannot_be_written_is_one_sentence(tmp_path: Path) -> None:
         )
     assert run.returncode == 1
     assert run.stderr.decode().strip() == "whilst: No space left on device"
+
+
+def test_stdin_is_read_only_so_far_ahead_of_the_jobs() -> None:
+    # `seq 10000000 | whilst run ...` must not hold every line in memory: the
+    # reader stops once READ_AHEAD lines wait, so a writer feeding it blocks.
+    import threading
+
+    from whilst._shell import READ_AHEAD
+
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-j", "1", "sleep", "30"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    written = 0
+
+    def write() -> None:
+        nonlocal written
+        block = b"1\n" * 1000
+        try:
+            for _ in range(2000):  # 2,000,000 lines in all
+                proc.stdin.write(block)  # type: ignore[union-attr]
+                written += 1000
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        time.sleep(6)
+        # What waits to be taken, and what the pipe and the reader's buffer hold.
+        assert written < 2 * READ_AHEAD + 100_000, written
+        assert writer.is_alive()  # blocked: not all of it was read
+    finally:
+        proc.kill()
+        proc.wait()
+        writer.join(10)
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()

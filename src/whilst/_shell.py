@@ -180,6 +180,9 @@ def read_lines(stream: IO[bytes], null: bool) -> Iterator[str]:
 
 #: What a LineFeed's ``make`` gives for a line that is no item (None is a value).
 NO_ITEM: Any = object()
+#: Most items a LineFeed reads ahead of the run (``seq 10000000 | whilst run``
+#: held 2.5 GB of lines); it reads on once half of them were taken.
+READ_AHEAD = 1 << 16
 _ENDED: Any = object()  # the end of a LineFeed's lines, in its queue
 
 
@@ -192,6 +195,7 @@ class LineFeed:
     Lines come to the loop in bursts: the thread wakes the loop once for all the
     lines that come before the loop takes them, not once a line (a wake-up costs
     a system call and a turn of the loop: 2.7 µs a line, half a tiny task's time).
+    At most ``READ_AHEAD`` items wait to be taken: then the thread waits for room.
     """
 
     def __init__(self, stream: IO[bytes], null: bool, make: Callable[[str], Any]) -> None:
@@ -206,6 +210,9 @@ class LineFeed:
         self._told = False  # a wake-up is on its way to the loop
         self._waiter: asyncio.Future[None] | None = None  # __anext__ waiting for an item
         self._error: BaseException | None = None
+        self._room = threading.Event()  # cleared while the thread waits for room
+        self._room.set()
+        self._stopped = False
 
     def __aiter__(self) -> LineFeed:
         return self
@@ -215,11 +222,18 @@ class LineFeed:
         make, came = self._make, self._came
 
         def read() -> None:
+            room = self._room
             try:
                 for line in self._lines:
                     if (item := make(line)) is not NO_ITEM:
                         came.append(item)
                         self._tell(loop)
+                        if len(came) >= READ_AHEAD:
+                            room.clear()
+                            if len(came) >= READ_AHEAD:  # (unless the loop took some meanwhile)
+                                room.wait()
+                    if self._stopped:
+                        break
             except BaseException as exc:
                 self._error = exc
             finally:
@@ -256,10 +270,19 @@ class LineFeed:
             if self._error is not None:
                 raise self._error
             raise StopAsyncIteration
+        self._taken()
         return item
 
+    def _taken(self) -> None:
+        """Items were taken: a thread waiting for room reads on once half are gone."""
+        if not self._room.is_set() and len(self._came) <= READ_AHEAD // 2:
+            self._room.set()
+
     def stop_reading(self) -> None:
-        """The run stops: the lines end here for whoever waits for one."""
+        """The run stops: the lines end here for whoever waits for one, and the
+        thread reads no more."""
+        self._stopped = True
+        self._room.set()
         if self._loop is not None:
             self._came.append(_ENDED)
             self._woken()
@@ -278,6 +301,7 @@ class LineFeed:
                 came.appendleft(_ENDED)
                 break
             out.append(item)
+        self._taken()
         return out
 
 
