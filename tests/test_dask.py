@@ -79,6 +79,74 @@ def test_a_timed_out_attempt_is_cancelled_on_the_cluster() -> None:
     assert [str(w.message) for w in seen if "never awaited" in str(w.message)] == []
 
 
+@pytest.fixture
+def one_thread() -> Iterator[str]:
+    """A LocalCluster of one worker with one thread: a run's slots share it, so
+    batches wait in its queue, behind one another."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local:
+        yield local.scheduler_address
+
+
+def hang_first(x: int) -> int:
+    time.sleep(6 if x == 0 else 0.05)
+    return x
+
+
+def test_tasks_queued_behind_a_timed_out_task_run_and_are_not_timed_out(one_thread: str) -> None:
+    """Item 0 times out and runs on in the worker's one thread (Dask cannot stop
+    it); the tasks queued behind it never started by then: they run once it ends,
+    without being timed out (their timeouts count from their starts)."""
+    run = whilst.imap(hang_first, range(6), mode="dask", cluster=one_thread, limit=3, timeout=2)
+    results = list(run)
+    assert [r.status for r in results] == [Status.TIMED_OUT] + [Status.OK] * 5, [
+        (r.status, r.error) for r in results
+    ]
+    assert [r.value for r in results[1:]] == [1, 2, 3, 4, 5]
+    assert [r.attempts for r in results] == [1] * 6
+
+
+def nap_on_worker(x: int) -> int:
+    time.sleep(0.8)
+    return x
+
+
+def test_a_timeout_counts_from_the_start_on_a_worker_not_the_wait_in_its_queue(
+    one_thread: str,
+) -> None:
+    """Four slots share one thread: the last task waits 2.4 s for it, longer than
+    the timeout, and runs 0.8 s. No task is timed out, and none uses a retry.
+    (The caller's own synchronous Client: the workers' word of a start comes on
+    its thread.)"""
+    from distributed import Client
+
+    with Client(one_thread) as client:
+        results = list(
+            whilst.imap(
+                nap_on_worker, range(4), mode="dask", cluster=client, limit=4, timeout=2,
+                retries=1, backoff=0,
+            )
+        )  # fmt: skip
+    assert [(r.status, r.attempts) for r in results] == [(Status.OK, 1)] * 4, [
+        (r.status, r.attempts, r.errors) for r in results
+    ]
+
+
+def test_tasks_queued_when_the_deadline_passes_end_cancelled(one_thread: str) -> None:
+    """Item 0 times out at 1 s and holds the worker's thread; items 1 and 2 wait
+    for it until the run's deadline: they never started, so they end cancelled,
+    not timed out."""
+    run = whilst.imap(
+        hang_first, range(3), mode="dask", cluster=one_thread, limit=2, timeout=1, deadline=3
+    )
+    results = list(run)
+    assert [r.status for r in results] == [Status.TIMED_OUT, Status.CANCELLED, Status.CANCELLED]
+    assert all("deadline" in str(r.error) for r in results[1:])
+
+
 def test_retries_and_the_journal_work_across_the_cluster(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     with pytest.raises(whilst.TasksFailed):
