@@ -437,3 +437,47 @@ def test_origins_name_where_a_stored_coroutine_was_made(tmp_path: Path, in_threa
     _, report, _ = doctor(tmp_path, program, "--origins")
     [never] = [f for f in report["findings"] if f["kind"] == "never_awaited"]
     assert never["line"] == 4
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_blocks_at_a_loops_first_steps_are_measured_as_long_as_they_were(
+    tmp_path: Path, in_thread: bool
+) -> None:
+    """Three blocks of 0.2 s, the first at the loop's very first step (after some
+    start-up work): each is reported as long as the program measured it, with
+    nothing from before the loop began (the first was counted from a threshold before
+    the first heartbeat: 0.06-0.1 s too much), nor from before the loop's turn that
+    ran it (it was counted from the watchdog's last look: up to 0.04 s too much)."""
+    program = textwrap.dedent(
+        f"""\
+        import asyncio, json, threading, time
+
+        async def main(took):
+            t = time.monotonic(); time.sleep(0.2); took.append(time.monotonic() - t)
+            await asyncio.sleep(0)
+            t = time.monotonic(); time.sleep(0.2); took.append(time.monotonic() - t)
+            await asyncio.sleep(0)
+            t = time.monotonic(); time.sleep(0.2); took.append(time.monotonic() - t)
+            await asyncio.sleep(0)
+
+        time.sleep(0.2)  # start-up work, before any loop
+        took = []
+        if {in_thread}:
+            thread = threading.Thread(target=asyncio.run, args=(main(took),))
+            thread.start()
+            thread.join()
+        else:
+            asyncio.run(main(took))
+        print(json.dumps(took))
+        """
+    )
+    _, report, out = doctor(tmp_path, program)
+    took = json.loads(out.splitlines()[0])
+    blocks = {f["line"]: f for f in report["findings"] if f["kind"] == "blocking_call"}
+    assert set(blocks) == {4, 6, 8}, report  # (a 0.2 s block is always caught)
+    for line, seconds in zip((4, 6, 8), took, strict=True):  # (line 4: the loop's very first step)
+        assert blocks[line]["count"] == 1
+        assert seconds - 0.01 <= blocks[line]["seconds"] <= seconds + 0.04, (line, took, report)
+    total = sum(f["seconds"] for f in blocks.values())
+    assert 0.55 <= total <= 0.7
+    assert max(f["seconds"] for f in blocks.values()) < 0.28

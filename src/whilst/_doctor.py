@@ -4,8 +4,11 @@ A watchdog thread looks at each running event loop every ``interval`` seconds:
 it posts a heartbeat callback to the loop, and when the heartbeat has not run
 for ``threshold`` seconds the loop is blocked, so it samples the loop thread's
 stack to find the line that blocks it (and reads the thread's CPU time to tell
-a CPU loop from a wait). The same samples, taken while the loop is busy, show
-where the loop thread spends its CPU. A coroutine never awaited is reported
+a CPU loop from a wait). A block lasts from when the loop's turn that ran it
+began (read off the loop's own frame as the block is seen: nothing from before
+that turn counts, nor from before the loop began) until the heartbeat runs. The
+same samples, taken while the loop is busy, show where the loop thread spends
+its CPU. A coroutine never awaited is reported
 where it was dropped (its warning comes as the last reference goes: for the
 usual mistake, a bare ``greet()``, that is the line that created it), and a
 task whose exception was never retrieved where ``asyncio.create_task`` was
@@ -21,6 +24,7 @@ import asyncio
 import collections
 import functools
 import linecache
+import math
 import os
 import sys
 import sysconfig
@@ -105,6 +109,7 @@ class _Watched:
         default_factory=collections.Counter
     )
     block_cpu: float = 0.0  # the thread's CPU seconds when the block was seen
+    block_began: float | None = None  # when the loop's turn that ran the block began
     depth: int = 0  # the thread's coroutine origin tracking depth before it was watched
 
 
@@ -359,27 +364,41 @@ class Doctor:
                     except RuntimeError:  # the loop closed meanwhile
                         continue
                 elif now - turned >= self.threshold and not waiting:
-                    if not watched.block:
-                        watched.block_cpu = _thread_cpu(watched.native)
+                    began = _turn_began(frame, watched.loop)
+                    if began == math.inf:
+                        continue  # the loop is between turns: these frames came after a block
                     stack = list(_stack(frame))
                     where = _yours(iter(stack), below_loop=False) or _yours(iter(stack))
                     assert where is not None
-                    watched.block[(*where, _kind(stack))] += 1
+                    cpu = _thread_cpu(watched.native) if not watched.block else 0.0
+                    with self._lock:
+                        if watched.beat_sent != sent:  # the heartbeat came back meanwhile:
+                            continue  # that block is over (the frames were seen before)
+                        if not watched.block:
+                            watched.block_cpu, watched.block_began = cpu, began
+                        watched.block[(*where, _kind(stack))] += 1
 
     def _beat(self, watched: _Watched, sent: float) -> None:
         """Runs on the loop: the heartbeat came back; if it was late, a block ended."""
         self._end_block(watched, time.monotonic(), sent)
 
     def _end_block(self, watched: _Watched, now: float, sent: float | None = None) -> None:
-        sent = watched.beat_sent if sent is None else sent
-        watched.beat_back_before = watched.beat_back
-        watched.beat_sent, watched.beat_back = None, now
-        block, watched.block = watched.block, collections.Counter()
+        with self._lock:  # (the watchdog adds to a block only while its heartbeat is out)
+            sent = watched.beat_sent if sent is None else sent
+            watched.beat_back_before = watched.beat_back
+            watched.beat_sent, watched.beat_back = None, now
+            block, watched.block = watched.block, collections.Counter()
+            step_began, watched.block_began = watched.block_began, None
         if not block or sent is None:
             return
-        # The block began after the loop was last seen idle (or last ran a heartbeat)
-        # and before the pending heartbeat was posted.
-        began = min(sent, max(watched.last_idle, watched.beat_back_before, sent - self.threshold))
+        if step_began is not None:  # read off the loop's own frame: when its turn began
+            began = max(step_began, watched.beat_back_before, watched.started)
+            if now - began < self.threshold:  # seen in a turn that began after the block
+                return
+        else:  # (a loop run in C) after the loop was last seen idle, or running a
+            # heartbeat, or starting, and before the pending heartbeat was posted
+            began = min(sent, max(watched.last_idle, watched.beat_back_before, watched.started,
+                                  sent - self.threshold))  # fmt: skip
         lag = now - began
         cpu = _thread_cpu(watched.native) - watched.block_cpu
         total = sum(block.values())
@@ -392,6 +411,25 @@ class Doctor:
             detail = f"{what}the event loop did not run for {lag:.3f} s"
             self._add("blocking_call", (file, line, function), seconds,
                       call=_source(file, line), fix_key=kind, detail=detail)  # fmt: skip
+
+
+_RUN_ONCE = asyncio.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
+
+
+def _turn_began(frame: Any, loop: asyncio.AbstractEventLoop) -> float | None:
+    """When the loop's current turn began running its callbacks (``end_time`` in
+    ``BaseEventLoop._run_once``, read off the loop thread's stack); ``inf`` between
+    turns; None for a loop that turns in C, or keeps a time of its own."""
+    if type(loop).time is not asyncio.BaseEventLoop.time or "end_time" not in _RUN_ONCE.co_varnames:
+        return None
+    while frame is not None and frame.f_code is not _RUN_ONCE:
+        frame = frame.f_back
+    if frame is None:
+        return None
+    end_time = frame.f_locals.get("end_time")
+    if not isinstance(end_time, float):
+        return math.inf
+    return end_time - getattr(loop, "_clock_resolution", 0.0)
 
 
 def _waiting(frame: Any) -> bool:
