@@ -395,3 +395,95 @@ def test_a_signal_is_acted_on_while_a_sync_input_waits_for_its_next_item(
         assert proc.returncode == 143
     if form == "imap":  # no result lost: both tasks' were handed out
         assert out.count("result ok") == 2, out
+
+
+READ_THEN_WAIT = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import whilst
+
+    yielded = []
+
+    def items():  # 5,000 items at once, then a long wait for the next
+        for i in range(5000):
+            yielded.append(i)
+            yield i
+        print("waiting", flush=True)
+        time.sleep(60)
+        yield -1
+
+    got = set()
+    try:
+        for r in whilst.imap(abs, items(), mode=sys.argv[1], limit=2):
+            got.add(r.index)
+    except KeyboardInterrupt:
+        print(f"read {len(yielded)}, results {len(got & set(yielded))}", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_a_signal_while_a_batch_is_read_keeps_every_item_read(mode: str) -> None:
+    # Batches are cut from the input; the signal ends the input, not the batch.
+    with subprocess.Popen(
+        [sys.executable, "-c", READ_THEN_WAIT, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "waiting\n"
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert out == "read 5000, results 5000\n", err
+
+
+STAGES = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import whilst
+
+    def slow(x):
+        time.sleep(0.5)
+        print(f"stage 1 ran {x}", flush=True)
+        return x
+
+    async def twice(x):
+        return 2 * x
+
+    stage1 = whilst.imap(slow, range(8), mode="threads", limit=2)
+    first = next(stage1)  # (stage 1's loop runs in this thread, as stage 2 reads it)
+    try:
+        whilst.map(twice, (r.value for r in stage1), mode="async", limit=2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """
+)
+
+
+def test_a_signal_while_the_input_is_another_run_lets_that_run_finish_its_tasks() -> None:
+    # Stage 2's input is stage 1's results: the signal does not break into stage
+    # 1's loop, whose running tasks finish (the run stops as they come).
+    with subprocess.Popen(
+        [sys.executable, "-c", STAGES],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            for _ in range(2):  # tasks 0 and 1 ran; 2 and 3 start
+                assert proc.stdout.readline().startswith("stage 1 ran ")
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert "interrupted" in out, err
+    assert "stage 1 ran 2" in out
+    assert "stage 1 ran 3" in out
+    assert "InputInterrupted" not in err

@@ -450,7 +450,11 @@ def test_an_async_attempt_that_could_not_be_stopped_is_timed_out_when_late(
     results = list(whilst.imap(fn, range(2), mode="async", timeout=0.1))
     assert [r.status for r in results] == [Status.TIMED_OUT] * 2
     assert [r.value for r in results] == [None, None]
-    assert "it ran to its end, and its value was dropped" in str(results[0].error)
+    said = {
+        blocks: "it ran to its end, and its value was dropped",
+        stubborn: "caught its cancellation and returned; its value was dropped",
+    }
+    assert said[fn] in str(results[0].error)
 
 
 async def naps(x: int) -> int:
@@ -1260,5 +1264,41 @@ def test_a_coroutine_function_in_threads_mode_is_cancelled_at_its_timeout() -> N
     results = list(whilst.imap(task, range(3), mode="threads", limit=2, timeout=0.5))
     assert time.monotonic() - t0 < 10  # not the 30 s sleep
     assert statuses(results) == [Status.OK, Status.TIMED_OUT, Status.OK]
+    deadline = time.monotonic() + 10  # (its thread's loop cancels it as the run ends)
+    while not cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert cancelled == [1]
     assert "cancelled on its thread's own event loop" in str(results[1].error)
+
+
+def test_a_threads_mode_coroutine_timed_out_before_it_started_is_cancelled_as_it_starts() -> None:
+    # A timeout of a microsecond passes before the thread starts the coroutine:
+    # it is cancelled as it starts, so the slot is free at once (its 5 s sleep
+    # would hold it, and the next item with it).
+    ended: list[int] = []
+
+    async def task(x: int) -> int:
+        await asyncio.sleep(5 if x == 0 else 0)
+        ended.append(x)
+        return x
+
+    t0 = time.monotonic()
+    results = list(whilst.imap(task, range(2), mode="threads", limit=1, timeout=1e-6))
+    assert time.monotonic() - t0 < 4
+    assert results[0].status is Status.TIMED_OUT
+    assert 0 not in ended
+
+
+def test_a_coroutine_that_swallows_its_timeout_ends_timed_out() -> None:
+    async def task(x: int) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "swallowed"  # (a bug in the task: it should re-raise)
+        return "slept"
+
+    results = vrun(task, range(2), limit=2, timeout=1)
+    for r in results:
+        assert r.status is Status.TIMED_OUT, r
+        assert r.value is None
+        assert "caught its cancellation" in str(r.error)

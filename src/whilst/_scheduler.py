@@ -24,6 +24,7 @@ import functools
 import heapq
 import itertools
 import math
+import os
 import time
 import warnings
 from asyncio import FIRST_COMPLETED, Timeout
@@ -31,6 +32,8 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Collection,
+    Generator,
     Iterable,
     Iterator,
     Sequence,
@@ -122,8 +125,14 @@ def check_items(items: object) -> Iterator[Any] | AsyncIterator[Any]:
         ) from None
 
 
-class InputInterrupted(KeyboardInterrupt):
-    """Raised by the signal handler into a wait for a synchronous input's next item."""
+class InputInterrupted(BaseException):
+    """Raised by a stop signal's handler into a wait for a synchronous input's next
+    item (a BaseException: not a KeyboardInterrupt, since SIGTERM raises it too)."""
+
+
+#: whilst's own code: a frame of it between a wait and the scheduler's read is a
+#: run inside the input (it stops on its own), not a wait to break.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 @functools.cache
@@ -131,12 +140,12 @@ def _input_reads() -> dict[CodeType, set[int]]:
     """The lines on which the scheduler reads a synchronous input, by function."""
     import dis
 
-    reads = (Scheduler._slot, Scheduler._read, Scheduler._read_items, Scheduler._reading)
+    reads = (Scheduler._slot, Scheduler._read, Scheduler._read_items, Scheduler._drain)
     return {
         fn.__code__: {
             ins.positions.lineno  # type: ignore[misc]
             for ins in dis.get_instructions(fn)
-            if ins.argval in ("next", "islice") and ins.positions is not None
+            if ins.argval in ("next", "islice", "_reading") and ins.positions is not None
         }
         for fn in reads
     }
@@ -215,10 +224,13 @@ class Scheduler:
             # Batches are cut with islice, which would drop the items of a batch if
             # the input raised half way: an input that may raise is read through
             # _guarded (80 ns an item) when batching or on the policy path; a list,
-            # tuple or range cannot raise.
+            # tuple or range cannot raise. So is, on the plain path, an input that
+            # is no generator and may wait (a file, a pipe): see stop_waiting_for_input.
             plain = not self.mode.batching and options.policy.plain
             self._instant = type(items) in (list, tuple, range)  # each next item at once
-            self._items = source if plain or self._instant else self._guarded(source)
+            waits_in_c = not isinstance(source, Generator) and not isinstance(items, Collection)
+            unwrapped = self._instant or (plain and not waits_in_c)
+            self._items = source if unwrapped else self._guarded(source)
         self._aitems = source if isinstance(source, AsyncIterator) else None
         if self._aitems is not None and self.mode.batching and not hasattr(source, "came"):
             self._aitems = ReadAhead(self._aitems)  # a batch must not wait to be full
@@ -460,31 +472,37 @@ class Scheduler:
         """From a stop signal's handler, given the frame it interrupted: if the loop's
         thread waits for the next item of a synchronous input (a pipe, a generator
         that sleeps), that wait ends by an exception, and the input ends there, so
-        the signal is acted on now rather than once an item comes. Only there may the
-        handler raise into the loop's thread: anywhere else in the loop's own code it
-        would leave a task half done. (Found from the frames, so that reading an item
-        costs nothing more.)"""
-        if not self._sync_source or self._instant:
+        the signal is acted on now rather than once an item comes.
+
+        Only a wait may be broken: not the loop's own code (a task would be left
+        half done), nor a scheduler frame just handed an item (on the read's line
+        still, the item would be lost), nor whilst's own code inside the input (a
+        run reading another: it stops on its own, with its grace). So the frame
+        interrupted must be the input's own, or ``_guarded``'s or ``_reading``'s
+        (which wrap an input that is no generator: its wait is theirs), and the
+        first scheduler frame out from it this run's read. (Found from the frames,
+        so that reading an item costs nothing more.)"""
+        if not self._sync_source or self._instant or frame is None:
             return
         reads = _input_reads()
+        wrappers = (Scheduler._guarded.__code__, Scheduler._reading.__code__)
+        if frame.f_code in reads:
+            return
         while frame is not None:
-            lines = reads.get(frame.f_code)
-            if lines is not None:  # the innermost of the scheduler's reads: is it ours?
+            code = frame.f_code
+            lines = reads.get(code)
+            if lines is not None:
                 if frame.f_lineno in lines and frame.f_locals.get("self") is self:
                     raise InputInterrupted
+                return
+            if code not in wrappers and code.co_filename.startswith(_PACKAGE):
                 return
             frame = frame.f_back
 
     def _reading(self, source: Iterator[Any]) -> Iterator[Any]:
         """``source``'s items; it ends if a stop signal comes while it waits for one."""
-        while True:
-            try:
-                item = next(source, _END)
-            except InputInterrupted:
-                return
-            if item is _END:
-                return
-            yield item
+        with contextlib.suppress(InputInterrupted):
+            yield from source
 
     def resumed(self, paused: float) -> None:
         """The loop stood still for ``paused`` seconds (a sync ``imap`` runs it only
@@ -522,11 +540,14 @@ class Scheduler:
 
     def _guarded(self, source: Iterator[Any]) -> Iterator[Any]:
         """The input, ending quietly if it raises: the error is kept for the caller,
-        after the results of every item read before it."""
+        after the results of every item read before it; and ending if a stop signal
+        breaks its wait for an item."""
         try:
             yield from source
         except Exception as exc:
             self.input_error = exc
+        except InputInterrupted:
+            pass
 
     async def _take(self, n: int) -> tuple[int, list[Any]]:
         """Up to ``n`` consecutive items to run and the index of the first; no items
@@ -577,10 +598,7 @@ class Scheduler:
         a batch does not wait for items still to come."""
         first = self._pulled
         if self._sync_source:
-            try:
-                items = list(itertools.islice(self._items, n))
-            except InputInterrupted:  # a stop signal while it waited for an item
-                items = []  # (those it read before are dropped with the rest)
+            items = list(itertools.islice(self._items, n))  # (through _guarded)
             self._source_done = len(items) < n
         else:
             items = []
@@ -1036,13 +1054,17 @@ class Scheduler:
                 del self._scopes[slot]
                 if running:
                     self._busy(-1)
-            if status is OK and self._stop_now and scope is not None and scope.expired():
+            if status is OK and scope is not None and scope.expired():
                 # A coroutine that caught the cancellation and returned: stopped all the same.
-                status, value = CANCELLED, None
-                error = TaskCancelled(
-                    f"{self._stopping}: the task caught its cancellation and returned; "
-                    "its value was dropped"
-                )
+                value, dropped = None, "caught its cancellation and returned; its value was dropped"
+                if self._stop_now:
+                    status = CANCELLED
+                    error = TaskCancelled(f"{self._stopping}: the task {dropped}")
+                else:
+                    status = TIMED_OUT
+                    error = TaskTimeout(
+                        f"the attempt ran past its timeout of {timeout:g} s, {dropped}"
+                    )
             worker = self._ran_in.pop(slot, worker)  # where it ran, if not the slot's worker
             if isinstance(error, WorkerCrashed) and error.worker:
                 worker = error.worker
@@ -1482,10 +1504,7 @@ class Scheduler:
         """The next item of the input as a task; None at the input's end, or when
         its key could not be computed (that task then ends failed)."""
         if self._sync_source:  # read through _guarded when it could raise
-            try:
-                item = next(self._items, _END)
-            except InputInterrupted:  # a stop signal while it waited for the item
-                item = _END
+            item = next(self._items, _END)
             if item is _END:
                 self._stop_pulling()
                 return None

@@ -230,7 +230,8 @@ class LineFeed:
                         self._tell(loop)
                         if len(came) >= READ_AHEAD:
                             room.clear()
-                            if len(came) >= READ_AHEAD:  # (unless the loop took some meanwhile)
+                            # (unless the loop took some, or the run stopped, meanwhile)
+                            if len(came) >= READ_AHEAD and not self._stopped:
                                 room.wait()
                     if self._stopped:
                         break

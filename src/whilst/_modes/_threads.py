@@ -69,6 +69,7 @@ class _SlotThread(threading.Thread):
         )
         self._runner: asyncio.Runner | None = None
         self._task: asyncio.Task[Any] | None = None  # the coroutine it runs, if any
+        self._running: asyncio.Future[Any] | None = None  # the job it runs
         self.job: asyncio.Future[Any] | None = None  # the last job handed over
         self.last_done: asyncio.Future[Any] | None = None  # the last job it finished
 
@@ -77,6 +78,7 @@ class _SlotThread(threading.Thread):
         try:
             while (job := get()) is not None:
                 fut, items = job
+                self._running = fut
                 cpu = thread_time()
                 start, ends, values, errors = run_batch(self.fn, items, _same, self._await, timed)
                 cpu = thread_time() - cpu
@@ -96,13 +98,20 @@ class _SlotThread(threading.Thread):
     async def _cancellable(self, coro: Any) -> Any:
         self._task = asyncio.current_task()
         try:
+            # Its job cancelled before this task was there to cancel (see cancel):
+            # the task is set first, so either this sees it, or cancel() sees the task.
+            job = self._running
+            if job is not None and job.cancelled():
+                coro.close()
+                raise asyncio.CancelledError
             return await coro
         finally:
             self._task = None
 
     def cancel(self) -> None:
-        """Cancel the coroutine this thread runs, if any (called from another thread:
-        its attempt timed out, or the run is being stopped)."""
+        """Cancel the coroutine this thread runs, if any (called from another thread,
+        once its job's future was cancelled: its attempt timed out, or the run is
+        being stopped); one it starts for that job later is cancelled as it starts."""
         task = self._task
         if task is not None:
             with contextlib.suppress(RuntimeError):  # its loop just closed: it ended
