@@ -786,3 +786,14 @@ def test_an_item_whose_repr_raises_is_shown_by_a_placeholder(tmp_path: Path) -> 
     assert "int of 5001 digits" in page.read_text()
     assert "its repr raised ValueError" in trace.read_text()
     assert [r.item for r in whilst.Journal(db)] == [safe_repr(huge), safe_repr(Unshowable())]
+
+
+def test_tasks_failed_names_the_failure_a_halt_met_not_a_task_it_cancelled() -> None:
+    async def task(x: int) -> None:
+        if x == 3:
+            raise ValueError("boom")
+        await asyncio.sleep(5)
+
+    with pytest.raises(whilst.TasksFailed) as caught:
+        whilst.map(task, range(4), mode="async", halt="now,fail=1")
+    assert "(first: task 3, item 3, failed: ValueError: boom;" in str(caught.value)

@@ -10,7 +10,7 @@ from typing import Any, Unpack
 from ._errors import TaskCancelled, TasksFailed, UsageTypeError, WhilstError, describe, safe_repr
 from ._options import PolicyOptions, resolve
 from ._output import Collect
-from ._result import Result
+from ._result import Result, Status
 from ._run import AsyncRun, Run, raise_run_error, streaming
 from ._runner import LoopStop, make_runner
 from ._scheduler import Scheduler
@@ -207,8 +207,10 @@ def _values(collect: Collect, unread: str | None) -> list[Any]:
 
 
 def _failure_message(failed: Sequence[Result], total: int) -> str:
-    """ "1 of 10 tasks failed, 9 cancelled (first: task 0, item 'x', failed: ...)"."""
-    first = failed[0]
+    """ "1 of 10 tasks failed, 9 cancelled (first: task 0, item 'x', failed: ...)". The
+    first named is the first that failed of itself: not one cancelled because the
+    run stopped (say, by a halt rule that failure met), if any other is there."""
+    first = next((r for r in failed if r.status is not Status.CANCELLED), failed[0])
     what = describe(first.error) if first.error else first.status.value
     more = "" if len(failed) == 1 else f"; {len(failed) - 1} more in .results"
     (status, n), *others = collections.Counter(r.status.value for r in failed).items()

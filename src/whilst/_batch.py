@@ -127,15 +127,18 @@ class Tally:
             summary = dataclasses.replace(summary, mode_reason=self.options.why)
         if not self.options.quiet and summary is not None:
             summary.print()
+        # One last line: what failed, what was cancelled and why.
+        stopped = summary.stopped if summary is not None else None
+        why = f" ({stopped})" if stopped else ""
         if self.first is not None:
-            print(f"whilst: {self._failures()}", file=sys.stderr)
+            also = f"; {self.cancelled} cancelled{why}" if self.cancelled else ""
+            print(f"whilst: {self._failures()}{also}", file=sys.stderr)
+        elif self.cancelled:
+            print(f"whilst: {self.cancelled} of {self.total} cancelled{why}", file=sys.stderr)
         # A halt rule met at a success ends the run well, whatever failed before
         # (GNU parallel's --halt now,success=1 exits 0 too); jobs cancelled
         # otherwise are failures.
-        stopped = summary.stopped if summary is not None else None
         won = stopped and stopped.startswith(HALTED) and "success" in (self.options.halt or "")
-        if self.cancelled:
-            print(f"whilst: {self.cancelled} of {self.total} cancelled", file=sys.stderr)
         if won:
             return 0
         return 1 if self.failed or self.cancelled else 0

@@ -151,9 +151,9 @@ def cli() -> None:
     "sync draws a staircase, async bars stacked in parallel.",
 )
 def demo(quick: bool, reports: Path | None) -> None:
-    """Measure sync vs async on this machine: the seed's two tasks, the
-    "When to use which?" table (API calls, CPU work, file reads) and the
-    coroutine that does nothing until awaited."""
+    """Measure sync vs async on this machine: two sleeping tasks one after
+    another and on an event loop, the "When to use which?" table (API calls,
+    CPU work, file reads) and the coroutine that does nothing until awaited."""
     from ._demo import run_demo
 
     if reports is not None:

@@ -229,7 +229,7 @@ class _Log:
 
 def _two_tasks(scale: Scale, console: Console) -> TwoTasks:
     s = scale.sleep
-    console.rule("1. The seed's two tasks")
+    console.rule("1. Two tasks: one after another, then on an event loop")
     _say(console, f'Each task prints "Task started", waits {s:g} s, prints "Task finished".')
     _say(console, f"sync:  whilst.map(task, [1, 2], mode='sync')   task: time.sleep({s:g})")
     sync_log = _Log(console, "sync")
@@ -314,7 +314,7 @@ def _rows_table(rows: list[Row]) -> Table:
     from rich.text import Text
 
     table = Table(title="When to use which? Wall time; speed-up over sync", title_justify="left")
-    table.add_column("scenario / the seed prefers")
+    table.add_column("scenario / the usual advice")
     table.add_column("measured here", no_wrap=True)
     table.add_column("winner", no_wrap=True)
     table.add_column("speed-up", justify="right", no_wrap=True)

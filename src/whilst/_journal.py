@@ -905,7 +905,10 @@ def _open(path: Path, *, create: bool) -> sqlite3.Connection:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise UsageError(f"journal {path} cannot be created: {exc.strerror}") from None
+            raise UsageError(
+                f"journal {path} cannot be created ({exc.strerror}); create its directory, "
+                "or give another path"
+            ) from None
     else:
         raise UsageError(f"journal {path} does not exist")
     # A reader never writes (not even the checkpoint a last connection makes): it

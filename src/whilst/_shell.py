@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from ._errors import TaskTimeout, UsageError, WhilstError, describe
 from ._spawn import Process, spawn
@@ -534,6 +534,8 @@ class Runner:
     err: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
     shell: str = field(default_factory=lambda: posix_shell())
     journal_identity: str = ""  # what a journal of this run records as its function
+    #: What became of a job the run stopped (a halt, the deadline): see ``stop``.
+    stop_note: ClassVar[str] = "its command was killed with its process group"
 
     def __post_init__(self) -> None:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()

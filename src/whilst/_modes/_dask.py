@@ -93,7 +93,10 @@ class DaskMode(ClusterMode):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise UsageError("mode='dask' needs Dask: pip install 'whilst[dask]'") from None
+            raise UsageError(
+                "mode='dask' needs Dask: pip install 'dask[distributed]' (whilst's extra: "
+                "'whilst[dask]')"
+            ) from None
         cluster = self.cluster
         if isinstance(cluster, Client):
             self._client = cluster  # the caller's, asynchronous or not: used as it is

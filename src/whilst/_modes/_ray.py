@@ -40,7 +40,9 @@ class RayMode(ClusterMode):
         try:
             import ray
         except ImportError:
-            raise UsageError("mode='ray' needs Ray: pip install 'whilst[ray]'") from None
+            raise UsageError(
+                "mode='ray' needs Ray: pip install ray (whilst's extra: 'whilst[ray]')"
+            ) from None
         self._payload = self.payload()
         if not ray.is_initialized():
             if self.cluster is not None:

@@ -185,6 +185,9 @@ class ThreadsMode(Mode):
             self._done.settling.pop(job, None)
 
     def note_for(self, worker: str) -> str:
+        # A function that stops what it runs itself says what (whilst run's jobs).
+        if (note := getattr(self.fn, "stop_note", None)) is not None:
+            return str(note)
         if self.is_async:
             return (
                 "its coroutine was cancelled on its thread's own event loop, and its thread "
