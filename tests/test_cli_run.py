@@ -761,3 +761,16 @@ def test_stdin_is_read_only_so_far_ahead_of_the_jobs() -> None:
         writer.join(10)
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
+
+
+def test_a_job_the_deadline_stopped_says_its_command_was_killed(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    run = whilst_run("-q", "--deadline", "0.4", "--results", str(results), "sleep", ":::", "30")
+    assert run.returncode == 1
+    assert run.stderr.decode().splitlines()[-1] == (
+        "whilst: 1 of 1 cancelled (the run's deadline of 0.4 s passed)"
+    )
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["status"] == "cancelled"
+    assert record["error"].endswith("its command was killed with its process group")
+    assert _sleepers() == []  # as it says
