@@ -437,6 +437,11 @@ def test_origins_name_where_a_stored_coroutine_was_made(tmp_path: Path, in_threa
     _, report, _ = doctor(tmp_path, program, "--origins")
     [never] = [f for f in report["findings"] if f["kind"] == "never_awaited"]
     assert never["line"] == 4
+    assert "--origins" not in never["detail"]
+    _, report, _ = doctor(tmp_path, program)  # without: where it was dropped, and a hint
+    [never] = [f for f in report["findings"] if f["kind"] == "never_awaited"]
+    assert never["line"] == 9
+    assert "--origins shows where it was made" in never["detail"]
 
 
 @pytest.mark.parametrize("in_thread", [False, True])

@@ -285,8 +285,11 @@ class Doctor:
         # Where it was created (with origins=True), else where it was dropped.
         where = origin[0] if origin else _yours(_stack(sys._getframe(1))) or ("?", 0, "?")
         name = getattr(coro, "__qualname__", "coroutine")
+        detail = f"coroutine {name!r} was never awaited"
+        if not origin:  # (a coroutine kept a while is dropped far from where it was made)
+            detail += "; this is where it was dropped: --origins shows where it was made"
         self._add("never_awaited", where, 0.0, call=_source(where[0], where[1]),
-                  detail=f"coroutine {name!r} was never awaited")  # fmt: skip
+                  detail=detail)  # fmt: skip
         # Python's own warning, still pointing at the user's line (as the original
         # hook does, called from the same place).
         message = f"coroutine {name!r} was never awaited"
