@@ -378,6 +378,7 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     other = whilst_run("--journal", str(db), "-q", "echo {}", ":::", "1")
     assert other.returncode == 2
     assert b"records a run of whilst run" in other.stderr
+    assert b"or pass --force to resume it anyway" in other.stderr  # (the CLI's way)
     assert b"Traceback" not in other.stderr
 
 

@@ -210,11 +210,12 @@ def skipped_keys(path: Path, resume: str, function: str, force: bool) -> set[str
 
 def _another(path: Path, old: str, function: str) -> str:
     """Why a journal of another function is refused."""
-    http = old.startswith("whilst http ") and function.startswith("whilst http ")
-    why = " (the hashes stand for its method, headers and body)" if http else ""
+    http = old.startswith("whilst http ") or function.startswith("whilst http ")
+    why = " (a hash after whilst http stands for its method, headers and body)" if http else ""
+    force = "--force" if function.startswith("whilst ") else "force=True"  # (the CLI's)
     return (
         f"journal {path} records a run of {old}, not {function}{why}; give this run "
-        "another journal, or pass force=True (--force) to resume it anyway"
+        f"another journal, or pass {force} to resume it anyway"
     )
 
 
