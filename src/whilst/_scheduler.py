@@ -200,10 +200,6 @@ class Scheduler:
         # A batch's tasks are timed one by one only if someone will see it: a plain
         # map gives values (its tasks' own times only in TasksFailed's results).
         self.mode.timed = output.times or bool(sinks) or self.policy.journal is not None
-        if self.mode.reports_start and self.policy.timeout is not None:
-            # Its attempts may wait in a cluster's queue: their timeouts count from
-            # their starts, which the mode reports (see _attempt_started).
-            self.mode.on_start = self._attempt_started
         self.interrupted = False
         # Figures for progress and the summary: tasks ended (skipped included), of
         # them not ok; attempts retried; most tasks running at once (in a batching
@@ -994,7 +990,6 @@ class Scheduler:
         mode, policy = self.mode, self.policy
         attempt = self._attempt_caller(slot)
         timeout = policy.timeout
-        timed_here = mode.on_start is None  # (else the mode starts the timer: see on_start)
         # Attempts that run on this loop or in this thread: only they can end late.
         late_is_timed_out = not mode.stoppable or mode.name == "async"
         scoped = policy.stops_attempts
@@ -1033,7 +1028,7 @@ class Scheduler:
                         self._started(task, worker)
                         running = True
                         began, paused = loop.time(), self._paused
-                        if timeout is not None and not self._stop_now and timed_here:
+                        if timeout is not None and not self._stop_now:
                             scope.reschedule(began + timeout)
                         value = await attempt(task.item)
             except TimeoutError as exc:
@@ -1213,13 +1208,6 @@ class Scheduler:
             return outcomes.values[0]
 
         return attempt
-
-    def _attempt_started(self, slot: int) -> None:
-        """``slot``'s attempt has started on its worker, maybe after a wait in the
-        cluster's queue that is not the task's time: its timeout counts from now."""
-        scope, timeout = self._scopes.get(slot), self.policy.timeout
-        if scope is not None and timeout is not None and not scope.expired() and not self._stop_now:
-            scope.reschedule(asyncio.get_running_loop().time() + timeout)
 
     def _expired(self, worker: str) -> tuple[Status, BaseException]:
         """Why an attempt's scope expired: the run stopped it, or its timeout passed."""

@@ -76,20 +76,11 @@ class Mode(abc.ABC):
     #: one will look at a task's own times (a ``map`` gives values), for a clock
     #: read costs as much as a tiny task; set before :meth:`open`.
     timed: bool = True
-    #: Whether an attempt handed over may wait in a queue of the mode's own (a
-    #: cluster's, behind other tasks) before it starts, and the mode can tell when
-    #: it does: then the scheduler sets :attr:`on_start` when attempts have a timeout.
-    reports_start: bool = False
 
     def __init__(self, fn: Callable[..., Any], *, limit: int, is_async: bool) -> None:
         self.fn = fn
         self.limit = limit
         self.is_async = is_async
-        #: Set by the scheduler (before :meth:`open`) for a mode that
-        #: ``reports_start``, when attempts have a timeout: the mode calls it, on the
-        #: scheduler's loop, with the slot whose attempt has just started, and the
-        #: attempt's timeout counts from then (a task never started is not timed out).
-        self.on_start: Callable[[int], None] | None = None
 
     async def open(self) -> None:  # noqa: B027 - most modes have nothing to start
         """Start what the mode needs (pools, workers); called on the scheduler's loop."""

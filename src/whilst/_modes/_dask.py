@@ -8,12 +8,8 @@ timeouts, the journal, progress and the report are whilst's, as on a laptop.
 
 A worker lost mid-task: Dask runs its tasks again on another worker (up to its
 ``allowed-failures``, 3 by default); past that the task ends ``crashed`` and
-whilst's ``retries`` apply. A batch may wait in its worker's queue (behind
-another slot's, or one abandoned that runs on): with a timeout, workers tell
-when each batch starts (an event on a topic of the run's own), and its attempt's
-timeout counts from then, so a task never started is not timed out. A timed-out
-attempt's future is cancelled: a task not started never runs; one already
-running on a worker thread runs on there (Dask cannot stop a thread).
+whilst's ``retries`` apply. A timed-out attempt's future is cancelled; a task
+already running on a worker thread runs on there (Dask cannot stop a thread).
 """
 
 from __future__ import annotations
@@ -22,9 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import ipaddress
-import itertools
 import urllib.parse
-import uuid
 from typing import Any
 
 from .._errors import UsageError, WorkerCrashed
@@ -36,20 +30,12 @@ from ._base import ClusterMode, Outcomes, unwire
 CANCEL_WAIT = 5.0
 
 
-def _run_on_worker(
-    payload: tuple[list[str], bytes], items: list[Any], started: tuple[str, int] | None = None
-) -> tuple[Any, ...]:
-    """Runs on a Dask worker: the batch, and where it ran. ``started``: the topic
-    and token of an event that tells the client the batch starts (its function
-    loaded: that is the worker's start-up, not the task's time)."""
+def _run_on_worker(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[Any, ...]:
+    """Runs on a Dask worker: the batch, and where it ran."""
     from distributed import get_worker
 
-    worker = get_worker()
-    fn = _worker.load_function(payload)
-    if started is not None:
-        worker.log_event(*started)
-    start, ends, values, wired = _worker.run_batch(fn, items)
-    return start, ends, values, wired, worker.address
+    start, ends, values, wired = _worker.run_batch(_worker.load_function(payload), items)
+    return start, ends, values, wired, get_worker().address
 
 
 def check_address(address: str, insecure: bool = False) -> None:
@@ -76,20 +62,13 @@ class DaskMode(ClusterMode):
 
     name = "dask"
     timeout_note = "its Dask future was cancelled (a task already running on a worker runs on)"
-    reports_start = True
     _client: Any = None
-    _topic = ""  # where workers tell of batches' starts, when on_start listens
     _own_cluster: Any = None
     _own_client = False
     _workers: list[str] = []  # noqa: RUF012 - replaced, never changed in place
 
     async def open(self) -> None:
         self._payload = self.payload()
-        await self._connect()
-        if self.on_start is not None:
-            self._listen()
-
-    async def _connect(self) -> None:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -120,28 +99,6 @@ class DaskMode(ClusterMode):
             identity = await self._client.scheduler.identity()
             self._workers = sorted(identity.get("workers", {}))
 
-    def _listen(self) -> None:
-        """Hear from the workers when each batch starts (a topic of this run's own;
-        subscribed before any batch is submitted, on the same stream, so no start
-        is missed). A client of the caller's that is not asynchronous calls the
-        handler on its own thread: the start is passed to this loop."""
-        loop = asyncio.get_running_loop()
-        self._topic = f"whilst-started-{uuid.uuid4().hex}"
-        self._tokens = itertools.count()
-        self._starting: dict[int, int] = {}  # by token: the slot of a batch not started
-
-        def heard(event: tuple[float, int]) -> None:
-            with contextlib.suppress(RuntimeError):  # (the run over, its loop closed)
-                loop.call_soon_threadsafe(self._started, event[1])
-
-        self._client.subscribe_topic(self._topic, heard)
-
-    def _started(self, token: int) -> None:
-        # (Again if Dask runs it again elsewhere, its worker lost: it starts afresh.)
-        slot = self._starting.get(token)  # (None: an attempt already over)
-        if slot is not None and self.on_start is not None:
-            self.on_start(slot)
-
     def _pin(self, slot: int) -> list[str] | None:
         """The worker a slot sends to (slots spread over the workers, so each has a
         lane of its own); None while the cluster has none yet."""
@@ -156,12 +113,7 @@ class DaskMode(ClusterMode):
         client = self._client
         pinned = self._pin(slot)  # a lost worker's tasks may go elsewhere
         extra = {} if pinned is None else {"workers": pinned, "allow_other_workers": True}
-        started = None
-        if self._topic:  # its timeout counts from its start, which the worker tells
-            token = next(self._tokens)
-            self._starting[token] = slot
-            started = (self._topic, token)
-        future = client.submit(_run_on_worker, self._payload, items, started, pure=False, **extra)
+        future = client.submit(_run_on_worker, self._payload, items, pure=False, **extra)
         try:
             if getattr(client, "asynchronous", False):
                 start, ends, values, wired, where = await future
@@ -172,8 +124,6 @@ class DaskMode(ClusterMode):
                 raise WorkerCrashed(None) from exc
             raise
         finally:
-            if started is not None:
-                self._starting.pop(started[1], None)
             if not future.done():  # an asynchronous client's cancel is a coroutine
                 cancelled = future.cancel()
                 if inspect.isawaitable(cancelled):
@@ -189,11 +139,6 @@ class DaskMode(ClusterMode):
 
     async def close(self, *, abort: bool = False) -> None:
         try:
-            if self._topic and not self._own_client:  # the caller's client lives on
-                with contextlib.suppress(Exception):
-                    self._client.unsubscribe_topic(self._topic)
-                # (which leaves the handler, and this run with it, in the client's table)
-                getattr(self._client, "_event_handlers", {}).pop(self._topic, None)
             if self._own_client and self._client is not None:
                 await self._client.close()
         finally:
