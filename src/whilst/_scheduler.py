@@ -22,9 +22,9 @@ import collections
 import contextlib
 import functools
 import heapq
+import io
 import itertools
 import math
-import os
 import time
 import warnings
 from asyncio import FIRST_COMPLETED, Timeout
@@ -32,8 +32,6 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
-    Collection,
-    Generator,
     Iterable,
     Iterator,
     Sequence,
@@ -125,14 +123,10 @@ def check_items(items: object) -> Iterator[Any] | AsyncIterator[Any]:
         ) from None
 
 
-class InputInterrupted(BaseException):
+class InputInterrupted(KeyboardInterrupt):
     """Raised by a stop signal's handler into a wait for a synchronous input's next
-    item (a BaseException: not a KeyboardInterrupt, since SIGTERM raises it too)."""
-
-
-#: whilst's own code: a frame of it between a wait and the scheduler's read is a
-#: run inside the input (it stops on its own), not a wait to break.
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    item (SIGTERM's too). A KeyboardInterrupt: event loops let only those (and
+    SystemExit) out of a callback, where a signal's handler may run."""
 
 
 @functools.cache
@@ -220,12 +214,11 @@ class Scheduler:
             # Batches are cut with islice, which would drop the items of a batch if
             # the input raised half way: an input that may raise is read through
             # _guarded (80 ns an item) when batching or on the policy path; a list,
-            # tuple or range cannot raise. So is, on the plain path, an input that
-            # is no generator and may wait (a file, a pipe): see stop_waiting_for_input.
+            # tuple or range cannot raise. So is, on the plain path, a file (sys.stdin,
+            # a pipe, a socket's), whose wait is in C: see stop_waiting_for_input.
             plain = not self.mode.batching and options.policy.plain
             self._instant = type(items) in (list, tuple, range)  # each next item at once
-            waits_in_c = not isinstance(source, Generator) and not isinstance(items, Collection)
-            unwrapped = self._instant or (plain and not waits_in_c)
+            unwrapped = self._instant or (plain and not isinstance(items, io.IOBase))
             self._items = source if unwrapped else self._guarded(source)
         self._aitems = source if isinstance(source, AsyncIterator) else None
         if self._aitems is not None and self.mode.batching and not hasattr(source, "came"):
@@ -472,26 +465,21 @@ class Scheduler:
 
         Only a wait may be broken: not the loop's own code (a task would be left
         half done), nor a scheduler frame just handed an item (on the read's line
-        still, the item would be lost), nor whilst's own code inside the input (a
-        run reading another: it stops on its own, with its grace). So the frame
-        interrupted must be the input's own, or ``_guarded``'s or ``_reading``'s
-        (which wrap an input that is no generator: its wait is theirs), and the
-        first scheduler frame out from it this run's read. (Found from the frames,
-        so that reading an item costs nothing more.)"""
+        still, the item would be lost). So the frame interrupted must be below
+        this run's read: the input's own (a generator's, or ``_guarded``'s, which
+        wraps a file, whose wait is in C), or a run that is the input (another
+        whilst run: it is stopped at once, its tasks without their grace).
+        (Found from the frames, so that reading an item costs nothing more.)"""
         if not self._sync_source or self._instant or frame is None:
             return
         reads = _input_reads()
-        wrappers = (Scheduler._guarded.__code__, Scheduler._reading.__code__)
         if frame.f_code in reads:
             return
         while frame is not None:
-            code = frame.f_code
-            lines = reads.get(code)
+            lines = reads.get(frame.f_code)
             if lines is not None:
                 if frame.f_lineno in lines and frame.f_locals.get("self") is self:
                     raise InputInterrupted
-                return
-            if code not in wrappers and code.co_filename.startswith(_PACKAGE):
                 return
             frame = frame.f_back
 
@@ -594,7 +582,10 @@ class Scheduler:
         a batch does not wait for items still to come."""
         first = self._pulled
         if self._sync_source:
-            items = list(itertools.islice(self._items, n))  # (through _guarded)
+            try:  # (through _guarded, which ends the input: the batch keeps what it read)
+                items = list(itertools.islice(self._items, n))
+            except InputInterrupted:  # (a tracer's frame interrupted, say, not the input's)
+                items = []
             self._source_done = len(items) < n
         else:
             items = []
@@ -1492,7 +1483,10 @@ class Scheduler:
         """The next item of the input as a task; None at the input's end, or when
         its key could not be computed (that task then ends failed)."""
         if self._sync_source:  # read through _guarded when it could raise
-            item = next(self._items, _END)
+            try:
+                item = next(self._items, _END)
+            except InputInterrupted:  # a stop signal while it waited for the item
+                item = _END
             if item is _END:
                 self._stop_pulling()
                 return None
