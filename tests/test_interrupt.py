@@ -302,6 +302,44 @@ def test_a_signal_while_an_aimap_consumer_works_stops_the_run_gracefully() -> No
     assert elapsed < 3
 
 
+def signal_once_ready(
+    args: list[str],
+    ready: list[str],
+    signum: signal.Signals = signal.SIGINT,
+    feed: str | None = None,
+    timeout: float = 15,
+) -> tuple[str, str, float, int]:
+    """Run ``python -c *args`` (``feed`` on a stdin pipe left open); once its first
+    lines start as ``ready`` says and a moment passed, send ``signum``: its stdout,
+    stderr, the seconds it took to exit after the signal, and its exit status."""
+    with subprocess.Popen(
+        [sys.executable, "-c", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        try:
+            if feed is not None:
+                proc.stdin.write(feed)
+                proc.stdin.flush()
+            for start in ready:
+                line = proc.stdout.readline()
+                assert line.startswith(start), (line, proc.poll())
+            time.sleep(0.5)
+            assert proc.poll() is None
+            proc.send_signal(signum)
+            t0 = time.monotonic()
+            proc.wait(timeout=timeout)  # (stdin still open: the signal ends the input)
+            elapsed = time.monotonic() - t0
+            return proc.stdout.read(), proc.stderr.read(), elapsed, proc.returncode
+        finally:
+            proc.kill()
+
+
 WAITING_INPUT = textwrap.dedent(
     """
     import asyncio, sys, time
@@ -364,35 +402,18 @@ WAITING_INPUT = textwrap.dedent(
 def test_a_signal_is_acted_on_while_a_sync_input_waits_for_its_next_item(
     source: str, mode: str, form: str, policy: str, signum: signal.Signals
 ) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-c", WAITING_INPUT, mode, form, source, policy],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        try:
-            proc.stdin.write("1\n2\n")  # and the pipe stays open: the input waits
-            proc.stdin.flush()
-            line = proc.stdout.readline()
-            assert line == "finished\n", (line, proc.poll())
-            time.sleep(0.5)  # the run waits for the input's third item now
-            assert proc.poll() is None
-            proc.send_signal(signum)
-            t0 = time.monotonic()
-            proc.wait(timeout=15)
-            elapsed = time.monotonic() - t0
-            out = proc.stdout.read()
-        finally:
-            proc.kill()
+    out, _, elapsed, code = signal_once_ready(
+        [WAITING_INPUT, mode, form, source, policy],
+        ["finished\n"],  # and the run waits for the input's third item
+        signum,
+        feed="1\n2\n",
+    )
     assert elapsed < 2, f"took {elapsed:.2f}s to act on the signal"
     if signum == signal.SIGINT:
         assert "interrupted" in out
     else:
         assert "terminated 143" in out
-        assert proc.returncode == 143
+        assert code == 143
     if form == "imap":  # no result lost: both tasks' were handed out
         assert out.count("result ok") == 2, out
 
@@ -425,20 +446,7 @@ READ_THEN_WAIT = textwrap.dedent(
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_a_signal_while_a_batch_is_read_keeps_every_item_read(mode: str) -> None:
     # Batches are cut from the input; the signal ends the input, not the batch.
-    with subprocess.Popen(
-        [sys.executable, "-c", READ_THEN_WAIT, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline() == "waiting\n"
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=15)
-        finally:
-            proc.kill()
+    out, err, _, _ = signal_once_ready([READ_THEN_WAIT, mode], ["waiting\n"])
     assert out == "read 5000, results 5000\n", err
 
 
@@ -469,23 +477,8 @@ STAGES = textwrap.dedent(
 def test_a_signal_while_the_input_is_another_run_stops_both_at_once() -> None:
     # Stage 2 waits for stage 1's tasks of 30 s, inside stage 1's loop: the signal
     # stops stage 1 there (its tasks without their grace), then stage 2.
-    with subprocess.Popen(
-        [sys.executable, "-c", STAGES],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            for _ in range(2):  # tasks 0 and 1 ran; 2 and 3 run for 30 s
-                assert proc.stdout.readline().startswith("stage 1 ran ")
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)
-            t0 = time.monotonic()
-            out, err = proc.communicate(timeout=25)
-            elapsed = time.monotonic() - t0
-        finally:
-            proc.kill()
+    ran = "stage 1 ran "  # tasks 0 and 1 ran; 2 and 3 run for 30 s
+    out, err, elapsed, _ = signal_once_ready([STAGES], [ran, ran], timeout=25)
     assert "interrupted" in out, err
     assert elapsed < 10, f"took {elapsed:.1f} s to act on the signal"
     assert "Traceback" not in err
