@@ -116,10 +116,10 @@ class Summary:
             tasks += f", {given} in an earlier run (from the journal)"
         ran = [
             ("task time", f"{_seconds(self.task_time)} (one after another)"),
-            ("speed-up", f"{self.speedup:.1f}x over one after another"),
+            ("speed-up", f"{_times(self.speedup)}x over one after another"),
             (
                 "concurrency",
-                f"peak {self.peak}, mean {self.mean_concurrency:.1f}, limit {self.limit}",
+                f"peak {self.peak}, mean {_times(self.mean_concurrency)}, limit {self.limit}",
             ),
             (
                 "durations",
@@ -282,6 +282,14 @@ def _lowest(bucket: int) -> float:
     """The shortest duration in a bucket."""
     duration: float = _FLOAT.unpack(_WORD.pack(bucket << 16))[0]
     return duration
+
+
+def _times(x: float) -> str:
+    """A ratio to one decimal, or two significant digits below 0.1 (tasks of
+    microseconds in a run of a second: "0.0042", not a "0.0" that reads as none)."""
+    if x >= 0.1 or x == 0:
+        return f"{x:.1f}"
+    return f"{x:.2g}" if x >= 0.001 else "<0.001"
 
 
 def _seconds(s: float) -> str:
