@@ -654,6 +654,7 @@ class Journaled:
         self.writer, self.inner, self.on_error = writer, inner, on_error
         self.bounded = inner.bounded
         self.times = True  # each record keeps its times
+        self.rows: list[Any] | None = None  # each record is journaled
         self.error: WhilstError | None = None
         # by index, until it ends: (key, item, when it started or 0.0 if not yet)
         self._admitted: dict[int, tuple[str, Any, float]] = {}

@@ -36,6 +36,7 @@ class Collect:
     def __init__(self, *, times: bool = False) -> None:
         self.times = times  # the run's summary is wanted (it takes durations)
         self._chunk = Chunk()
+        self.rows: list[Any] | None = self._chunk.rows  # (kept: never taken)
         self._batches: list[tuple[int, list[Any], Outcomes, str, str]] = []
         self._results: list[Result] = []  # from the policy path, built already
 
@@ -261,6 +262,7 @@ class Stream:
 
     bounded = True
     times = True  # each Result has its times
+    rows: list[Any] | None = None  # each record does more than add a row
 
     def __init__(self, *, ordered: bool, window: int, paced: bool = False) -> None:
         self.ordered = ordered

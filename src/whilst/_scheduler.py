@@ -91,6 +91,9 @@ class Output(Protocol):
     bounded: bool  # may ask the scheduler to wait for room (see full and room)
     times: bool  # its reader sees each task's start and end (not just values)
     on_room: Callable[[], None] | None  # called when the reader has made room
+    # The rows (see Chunk) a slot may add a task that succeeded to itself, as
+    # its record would, when recording one does nothing more (map); else None.
+    rows: list[Any] | None
 
     @property
     def full(self) -> bool: ...
@@ -633,9 +636,12 @@ class Scheduler:
         mode = self.mode
         call, worker, name = mode.caller(slot), mode.worker(slot), mode.name
         output, limit = self.output, self.options.limit
-        record = output.recorder(name, worker)
+        record, rows = output.recorder(name, worker), output.rows
         if self.sinks:
-            record = self._telling(record, name, worker)
+            record, rows = self._telling(record, name, worker), None
+        # A task that succeeded is added to the rows here, when it can be, not by
+        # a call of record (map: 11,244 instructions a no-op coroutine, 10,376 so).
+        add = None if rows is None else rows.extend
         sync_source, take, bounded = self._sync_source, self._take, output.bounded
         now, last, sinks, journal = time.time, _END, self.sinks, self._journal
         growing = idle = True  # idle: this slot ran no task since it last waited
@@ -700,7 +706,10 @@ class Scheduler:
                 error = as_raised(exc)
                 record(index, item, failure_status(error), None, error, start, end := now())
             else:
-                record(index, item, OK, value, None, start, end := now())
+                if add is None:
+                    record(index, item, OK, value, None, start, end := now())
+                else:
+                    add((index, item, value, start, end := now(), name, worker))
             self.done += 1
 
     async def _batch_slot(self, slot: int) -> None:
