@@ -711,13 +711,16 @@ def test_rate_10_on_the_real_clock_with_retries(tmp_path: Path) -> None:
     events = json.loads(trace.read_text())["traceEvents"]
     starts = [e["ts"] / 1e6 for e in events if e["ph"] == "X"]  # every attempt whilst started
     assert len(starts) == 33
-    # Spaced 0.1 s apart on the loop's clock; each start may come a little late
-    # (the loop was busy, uvloop's timers tick in ms, a thread wakes late: 10 ms
-    # and more once in a while on a loaded 2-core machine, 50 ms seen in CI), the
-    # next one on time. The exact bound is checked on the virtual clock above.
-    assert most_in_window(starts, 1.0 - 0.1, closed=False) <= 10
-    assert most_in_window(starts, 1.0, closed=True) <= 10 + 1  # rate * w + burst
-    assert max(starts) - min(starts) == pytest.approx(3.2, abs=0.3)  # the rate is used
+    # Spaced 0.1 s apart on the loop's clock, but any start may come late (the
+    # loop busy, uvloop's timers ticking in ms, a sleep waking late: 50 ms seen in
+    # CI, over 100 ms on a loaded 2-core machine) and the next one on time. So
+    # starts k apart are 0.1 k s apart, less that lateness: 0.3 s allowed. Without
+    # the rate, 8 threads start 20 ms tasks 400 a second. The exact bound is
+    # checked on the virtual clock above.
+    s = sorted(starts)
+    for k in range(1, len(s)):
+        assert min(b - a for a, b in zip(s, s[k:])) >= 0.1 * k - 0.3, k
+    assert s[-1] - s[0] == pytest.approx(3.2, abs=0.3)  # the rate is used, not undershot
 
 
 def test_rate_with_burst_3_holds_rate_times_window_plus_burst() -> None:
