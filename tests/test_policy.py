@@ -328,6 +328,16 @@ def test_retry_takes_seconds_or_a_retry_after_header_value() -> None:
             Retry(bad)  # type: ignore[arg-type]
 
 
+def test_a_task_misusing_whilst_fails_at_once_not_retried() -> None:
+    async def task(x: int) -> str:
+        raise Retry(after=-1)  # a UsageTypeError as it is made
+
+    [r] = vrun(task, [0], retries=3)
+    assert r.status is Status.FAILED
+    assert r.attempts == 1
+    assert isinstance(r.error, whilst.UsageTypeError)
+
+
 def test_retry_after_waits_exactly_that_long_on_the_virtual_clock() -> None:
     starts: list[float] = []
 

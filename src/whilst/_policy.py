@@ -105,6 +105,8 @@ class Policy:
         """Whether ``error`` may be retried (retries left aside)."""
         if isinstance(error, Retry):
             return True
+        if isinstance(error, UsageError):  # whilst misused (Retry(after=-1)): no attempt mends it
+            return False
         if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit from a task
             return False
         retry_on = self.retry_on
