@@ -410,6 +410,22 @@ def test_a_dry_run_with_a_journal_shows_only_what_a_run_would_run(tmp_path: Path
     assert not (tmp_path / "new.db").exists()
 
 
+def test_a_failure_given_back_by_resume_unfinished_says_it_came_from_an_earlier_run(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "run.db"
+    assert whilst_run("-q", "--journal", str(db), "test {} != 2", ":::", "1", "2").returncode == 1
+    again = whilst_run(
+        "-q", "--journal", str(db), "--resume", "unfinished", "test {} != 2", ":::", "1", "2"
+    )
+    assert again.returncode == 1
+    why = "in an earlier run, CommandFailed: command failed with exit code 1"
+    assert again.stderr.decode().splitlines() == [
+        f"whilst: job 2 (2): {why}",
+        f"whilst: 1 of 2 failed (first: 2, failed: {why})",
+    ]
+
+
 def test_a_journal_takes_arguments_that_are_not_utf8(tmp_path: Path) -> None:
     """A file name with a byte that is not UTF-8 runs and is journaled like any other
     (its text in the journal once refused it, and the run lost every record)."""

@@ -82,7 +82,7 @@ def test_resume_unfinished_keeps_failures_as_failures(tmp_path: Path) -> None:
     results = list(run)
     assert sum(counted(counter).values()) == 10  # nothing ran again
     assert [r.index for r in results if r.status is Status.FAILED] == [3, 7]
-    assert "ValueError: no 3" in str(results[3].error)
+    assert str(results[3].error) == "in an earlier run, ValueError: no 3"
     assert type(results[3].error).__name__ == "EarlierFailure"  # its text, from the journal
     s = run.summary  # given back, not run: no speed-up of tasks this run never ran
     assert s is not None

@@ -118,6 +118,8 @@ def describe(error: BaseException | None) -> str:
     if error is None:
         return ""
     text = message(error)
+    if isinstance(error, EarlierFailure):  # it names the earlier error's type itself
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

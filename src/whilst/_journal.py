@@ -508,7 +508,7 @@ class JournalWriter:
         record = self.done[key]  # kept: an identical item later in the input shares it
         _, status, attempts, start, end, mode, worker, etype, text, value, fmt = record
         if status != "ok":  # resume="unfinished": a failure stays a failure
-            error = EarlierFailure(f"{etype}: {text}")
+            error = EarlierFailure(f"in an earlier run, {etype}: {text}")
             return Result(
                 index, item, Status(status), None, error, attempts, start, end, mode, worker
             )
