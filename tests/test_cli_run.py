@@ -790,4 +790,19 @@ def test_a_job_the_deadline_stopped_says_its_command_was_killed(tmp_path: Path) 
     (record,) = [json.loads(line) for line in results.read_text().splitlines()]
     assert record["status"] == "cancelled"
     assert record["error"].endswith("its command was killed with its process group")
+    assert (record["command"], record["attempts"]) == ("sleep 30", 1)  # it ran
     assert _sleepers() == []  # as it says
+
+
+def test_a_job_the_run_stopped_before_it_started_has_no_command(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    run = whilst_run(
+        "-q", "-j", "1", "--halt", "now,fail=1", "--results", str(results),
+        "exit {}; echo {%}", ":::", "1", "0",
+    )  # fmt: skip
+    assert run.returncode == 1
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["status"], r["command"], r["attempts"]) for r in records] == [
+        ("failed", "exit 1; echo 1", 1),
+        ("cancelled", None, 0),  # never ran
+    ]

@@ -490,7 +490,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
             click.echo(f"whilst: job {r.item.seq} ({text}): {r.error}", err=True)
 
     def record(r: Result) -> dict[str, Any]:
-        return result_record(r.item, r)
+        return result_record(r.item, r, template)
 
     try:
         status = run_batch(

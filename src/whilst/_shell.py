@@ -406,6 +406,11 @@ class Template:
         )
 
     @functools.cached_property
+    def takes_slot(self) -> bool:
+        """Whether a job's command names its slot (``{%}``): known only as it starts."""
+        return any(m.group(2) == "%" for word in self.words for m in REPLACEMENT.finditer(word))
+
+    @functools.cached_property
     def appends(self) -> bool:
         """No replacement string: the args are appended, as GNU parallel does."""
         return not any(REPLACEMENT.search(word) for word in self.words)
@@ -799,8 +804,9 @@ def ran_of(result: Any) -> Ran | None:
     return getattr(result.error, "ran", None)
 
 
-def result_record(job: Job, result: Any) -> dict[str, Any]:
-    """One line of ``--results FILE.jsonl``."""
+def result_record(job: Job, result: Any, template: Template) -> dict[str, Any]:
+    """One line of ``--results FILE.jsonl``. A job cut short as it ran (by a halt,
+    the deadline) has its command, unless that named its slot; not its output."""
     ran = ran_of(result)
 
     # Bytes that are not UTF-8 (in output, or in arguments read from a file name)
@@ -812,6 +818,8 @@ def result_record(job: Job, result: Any) -> dict[str, Any]:
         return text(word.encode("utf-8", "surrogateescape"))
 
     command = None if ran is None else ran.command
+    if command is None and result.attempts and not template.takes_slot:
+        command = template.command(job.args, job.seq, 0)
     if command is not None:
         command = escaped(command) if isinstance(command, str) else list(map(escaped, command))
     return {
