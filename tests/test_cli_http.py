@@ -145,6 +145,9 @@ def test_retries_honour_retry_after_and_each_url_ends_as_it_should(
     assert reset["ok"]  # after 3 dropped connections (aiohttp may resend one by itself)
     assert reset["attempts"] >= 2
     assert "1 of 5 failed" in run.stderr
+    assert busy["elapsed"] < 0.3 <= busy["duration"]  # its last request; all, waits too
+    seconds = {line.split("\t")[3]: float(line.split("\t")[2]) for line in run.stdout.splitlines()}
+    assert seconds[urls[2]] == pytest.approx(busy["duration"], abs=1e-3)  # as a failure's
 
 
 def test_a_url_still_busy_after_its_retries_shows_its_http_status(server: Server) -> None:

@@ -605,9 +605,9 @@ def http(source: str, **kwargs: Any) -> None:
     def show(r: Result) -> None:
         if r.status is Status.SKIPPED:
             return
-        f = r.value
+        f = r.value  # seconds: from its first request to its end, as on a failure's line
         if f is not None:
-            write(f"{f.status}\t{f.bytes}\t{f.elapsed:.3f}\t{r.item.shown}\n")
+            write(f"{f.status}\t{f.bytes}\t{r.duration:.3f}\t{r.item.shown}\n")
         else:
             code = getattr(r.error, "status", None) or r.status.value  # HTTP's, if it came
             write(f"{code}\t-\t{r.duration:.3f}\t{r.item.shown}\t{r.error}\n")
