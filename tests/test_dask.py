@@ -79,6 +79,20 @@ def test_a_timed_out_attempt_is_cancelled_on_the_cluster() -> None:
     assert [str(w.message) for w in seen if "never awaited" in str(w.message)] == []
 
 
+def hang_first(x: int) -> int:
+    time.sleep(30 if x == 0 else 0.3)
+    return x
+
+
+def test_tasks_go_around_a_worker_a_timed_out_task_still_holds() -> None:
+    """Dask cannot stop the thread of a task that timed out: tasks sent on to its
+    worker would wait behind it and time out unstarted, one after another."""
+    started = time.monotonic()
+    results = list(whilst.imap(hang_first, range(12), mode="dask", limit=2, timeout=1.5))
+    assert [r.status for r in results] == [Status.TIMED_OUT] + [Status.OK] * 11
+    assert time.monotonic() - started < 20  # not waiting for the hung task
+
+
 def test_retries_and_the_journal_work_across_the_cluster(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     with pytest.raises(whilst.TasksFailed):

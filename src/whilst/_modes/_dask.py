@@ -9,7 +9,9 @@ timeouts, the journal, progress and the report are whilst's, as on a laptop.
 A worker lost mid-task: Dask runs its tasks again on another worker (up to its
 ``allowed-failures``, 3 by default); past that the task ends ``crashed`` and
 whilst's ``retries`` apply. A timed-out attempt's future is cancelled; a task
-already running on a worker thread runs on there (Dask cannot stop a thread).
+already running on a worker thread runs on there (Dask cannot stop a thread),
+so slots send around that worker until a probe pinned to it runs: until it
+has a thread free again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def _run_on_worker(payload: tuple[list[str], bytes], items: list[Any]) -> tuple[
 
     start, ends, values, wired = _worker.run_batch(_worker.load_function(payload), items)
     return start, ends, values, wired, get_worker().address
+
+
+def _probe() -> None:
+    """Runs on a worker once it has a thread free."""
 
 
 def check_address(address: str, insecure: bool = False) -> None:
@@ -66,9 +72,13 @@ class DaskMode(ClusterMode):
     _own_cluster: Any = None
     _own_client = False
     _workers: list[str] = []  # noqa: RUF012 - replaced, never changed in place
+    #: Workers given up on (an attempt abandoned there may still hold its thread):
+    #: each until its probe, pinned to it, has run. Made in open.
+    _held: dict[str, tuple[Any, asyncio.Task[None]]]
 
     async def open(self) -> None:
         self._payload = self.payload()
+        self._held = {}
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -101,13 +111,39 @@ class DaskMode(ClusterMode):
 
     def _pin(self, slot: int) -> list[str] | None:
         """The worker a slot sends to (slots spread over the workers, so each has a
-        lane of its own); None while the cluster has none yet."""
-        if slot not in self._where:
+        lane of its own; over those not held, while some are); None while the
+        cluster has none yet."""
+        where = self._where.get(slot)
+        if where is None or where in self._held:
             workers = self._workers or sorted(self._client.scheduler_info().get("workers", {}))
-            if not workers:
+            free = [w for w in workers if w not in self._held] or workers
+            if not free:
                 return None
-            self._where[slot] = workers[slot % len(workers)]
-        return [self._where[slot]]
+            where = self._where[slot] = free[slot % len(free)]
+        return [where]
+
+    def _hold(self, worker: str) -> None:
+        """An attempt sent to ``worker`` was given up on: it may still run there,
+        and what follows it would wait behind it. Slots send elsewhere until a
+        probe pinned to the worker has run (at once, on a worker with a thread
+        free)."""
+        if worker in self._held:
+            return
+        client = self._client
+        probe = client.submit(_probe, pure=False, workers=[worker], allow_other_workers=False)
+
+        async def release() -> None:
+            try:
+                if getattr(client, "asynchronous", False):
+                    await probe
+                else:
+                    await asyncio.to_thread(probe.result)
+            except Exception:
+                pass  # it was cancelled, or the worker lost: nothing waits for it
+            finally:
+                self._held.pop(worker, None)
+
+        self._held[worker] = (probe, asyncio.ensure_future(release()))
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         client = self._client
@@ -125,10 +161,9 @@ class DaskMode(ClusterMode):
             raise
         finally:
             if not future.done():  # an asynchronous client's cancel is a coroutine
-                cancelled = future.cancel()
-                if inspect.isawaitable(cancelled):
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(cancelled, CANCEL_WAIT)
+                if pinned is not None:
+                    self._hold(pinned[0])
+                await _cancel(future)
         self._where[slot] = where  # where it ran: another worker, if its own was lost
         # The worker named at hand-over was a guess: say where the batch really ran.
         return Outcomes(start, ends, values, unwire(wired), workers=[where] * len(values))
@@ -139,8 +174,20 @@ class DaskMode(ClusterMode):
 
     async def close(self, *, abort: bool = False) -> None:
         try:
+            for probe, release in list(getattr(self, "_held", {}).values()):
+                await _cancel(probe)
+                release.cancel()
             if self._own_client and self._client is not None:
                 await self._client.close()
         finally:
             if self._own_cluster is not None:
                 await self._own_cluster.close()
+
+
+async def _cancel(future: Any) -> None:
+    """Cancel a Dask future, waiting a while for the scheduler to take it (an
+    asynchronous client's cancel is a coroutine: dropped, it would never be sent)."""
+    cancelled = future.cancel()
+    if inspect.isawaitable(cancelled):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(cancelled, CANCEL_WAIT)
