@@ -130,7 +130,10 @@ class DaskMode(ClusterMode):
         if worker in self._held:
             return
         client = self._client
-        probe = client.submit(_probe, pure=False, workers=[worker], allow_other_workers=False)
+        try:
+            probe = client.submit(_probe, pure=False, workers=[worker], allow_other_workers=False)
+        except Exception:  # (the client closing): the attempt's own end is what matters
+            return
 
         async def release() -> None:
             try:
