@@ -93,6 +93,23 @@ def test_tasks_go_around_a_worker_a_timed_out_task_still_holds() -> None:
     assert time.monotonic() - started < 20  # not waiting for the hung task
 
 
+def kill_worker_at_1(x: int) -> int:
+    time.sleep(0.1)
+    if x == 1:
+        os._exit(1)
+    return x
+
+
+def test_a_task_that_kills_its_worker_ends_crashed_and_the_others_ok() -> None:
+    """Dask tries it on other workers (killing them too) until it gives up. Tasks
+    pinned to a worker that died waited forever, even loosely pinned, and with
+    them the run."""
+    started = time.monotonic()
+    results = list(whilst.imap(kill_worker_at_1, range(3), mode="dask"))
+    assert [r.status for r in results] == [Status.OK, Status.CRASHED, Status.OK]
+    assert time.monotonic() - started < 60
+
+
 def test_retries_and_the_journal_work_across_the_cluster(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     with pytest.raises(whilst.TasksFailed):

@@ -64,17 +64,17 @@ def check_address(address: str, insecure: bool = False) -> None:
 
 
 class DaskMode(ClusterMode):
-    """Each slot sends batches to a worker of its own (another, if that one is lost)."""
+    """Batches go where Dask places them; a slot's lane is the worker it last ran on."""
 
     name = "dask"
     timeout_note = "its Dask future was cancelled (a task already running on a worker runs on)"
     _client: Any = None
     _own_cluster: Any = None
     _own_client = False
-    _workers: list[str] = []  # noqa: RUF012 - replaced, never changed in place
     #: Workers given up on (an attempt abandoned there may still hold its thread):
     #: each until its probe, pinned to it, has run. Made in open.
     _held: dict[str, tuple[Any, asyncio.Task[None]]]
+    _workers: list[str]  # the cluster's, when a worker was last held
 
     async def open(self) -> None:
         self._payload = self.payload()
@@ -105,22 +105,18 @@ class DaskMode(ClusterMode):
         self._own_client = True
         if self._own_cluster is not None:
             await self._client.wait_for_workers(len(self._own_cluster.workers))
-        with contextlib.suppress(Exception):  # the workers now, for the slots' lanes
-            identity = await self._client.scheduler.identity()
-            self._workers = sorted(identity.get("workers", {}))
 
-    def _pin(self, slot: int) -> list[str] | None:
-        """The worker a slot sends to (slots spread over the workers, so each has a
-        lane of its own; over those not held, while some are); None while the
-        cluster has none yet."""
-        where = self._where.get(slot)
-        if where is None or where in self._held:
-            workers = self._workers or sorted(self._client.scheduler_info().get("workers", {}))
-            free = [w for w in workers if w not in self._held] or workers
-            if not free:
-                return None
-            where = self._where[slot] = free[slot % len(free)]
-        return [where]
+    def _placement(self) -> dict[str, Any]:
+        """Where a batch may go: where Dask places it (a worker with a thread free),
+        but around held workers while there are others. A batch is never pinned to
+        one worker: a task restricted to workers that all died waits forever when
+        others start, even loosely restricted (Dask 2026.8 takes such a task back
+        up only on a worker it names), and a task that kills its worker goes on to
+        kill the others before Dask gives up on it."""
+        if not self._held:
+            return {}
+        free = [w for w in self._workers if w not in self._held]
+        return {"workers": free, "allow_other_workers": True} if free else {}
 
     def _hold(self, worker: str) -> None:
         """An attempt sent to ``worker`` was given up on: it may still run there,
@@ -150,9 +146,9 @@ class DaskMode(ClusterMode):
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         client = self._client
-        pinned = self._pin(slot)  # a lost worker's tasks may go elsewhere
-        extra = {} if pinned is None else {"workers": pinned, "allow_other_workers": True}
-        future = client.submit(_run_on_worker, self._payload, items, pure=False, **extra)
+        future = client.submit(
+            _run_on_worker, self._payload, items, pure=False, **self._placement()
+        )
         try:
             if getattr(client, "asynchronous", False):
                 start, ends, values, wired, where = await future
@@ -163,16 +159,28 @@ class DaskMode(ClusterMode):
                 raise WorkerCrashed(None) from exc
             raise
         finally:
-            if not future.done():  # an asynchronous client's cancel is a coroutine
-                if pinned is not None:
-                    self._hold(pinned[0])
+            if not future.done():  # given up on (a timeout, the run stopping)
+                if (running_on := await self._running_on(future.key)) is not None:
+                    self._hold(running_on)
                 await _cancel(future)
-        self._where[slot] = where  # where it ran: another worker, if its own was lost
-        # The worker named at hand-over was a guess: say where the batch really ran.
+        self._where[slot] = where  # the slot's lane, until its next batch runs elsewhere
         return Outcomes(start, ends, values, unwire(wired), workers=[where] * len(values))
 
+    async def _running_on(self, key: Any) -> str | None:
+        """The worker a task was handed to (running or waiting there), if any; and
+        the cluster's workers as they are now, kept."""
+        client = self._client
+        try:
+            if getattr(client, "asynchronous", False):
+                processing = await client.processing()
+            else:
+                processing = await asyncio.to_thread(client.processing)
+        except Exception:  # (the client closing): the attempt's own end is what matters
+            return None
+        self._workers = list(processing)  # every worker, each with what it was handed
+        return next((w for w, keys in processing.items() if key in keys), None)
+
     def worker(self, slot: int) -> str:
-        self._pin(slot)
         return self._where.get(slot, "dask")
 
     async def close(self, *, abort: bool = False) -> None:
