@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -23,10 +25,13 @@ from typing import IO
 import psutil
 import pytest
 
+from whilst._options import cpu_count
+
 from conftest import line_by_line
 
 WHILST = [sys.executable, "-m", "whilst"]
 PARALLEL = shutil.which("parallel")
+CPUS = cpu_count()
 
 
 def whilst_run(*args: str, stdin: bytes = b"", cwd: Path | None = None, timeout: float = 60):
@@ -81,6 +86,21 @@ ORACLE = [
     ["echo", "::::", "names", "::::", "pairs"],
     ["printf", "[%s]", ":::", "; touch pwned", "$(echo hi)", "a'b\"c", "-rf", "--"],
     ["echo", ":::", "--help", "--version", "-n"],  # the shell's echo, not /bin/echo
+    # :::+ and ::::+ link a source to the one before, value by value, to the shortest
+    ["echo", ":::", "a", "b", ":::+", "1", "2"],
+    ["echo", ":::", "a", "b", ":::+", "1", "2", "3", ":::+", "x", "y", "z", "w"],
+    ["echo", "{2}-{1}-{3}", ":::", "a", "b", "c", ":::+", "1", "2", ":::", "x", "y"],
+    ["echo", ":::", "a", "b", ":::", "1", "2", ":::+", "x", "y"],
+    ["echo", ":::+", "a", "b", ":::", "1", "2"],  # first: an ordinary source
+    ["echo", "::::", "names", "::::+", "pairs", "names"],  # each file after ::::+ linked
+    ["--colsep", ",", "echo", "{3}", ":::", "a,b", ":::+", "c,d"],
+    # {-1} the last column; as Perl indexes, of 2 columns {-3} is the second, {-5} none
+    ["echo", "{-1}", "{-2.}", "[{-3/}]", "[{-5}]", "x{-1}y", ":::", "a.x", "d/b.y", ":::", "1"],
+    ["--colsep", ",", "echo", "{-1}", "{-2}", "::::", "pairs"],
+    # braces that are no replacement string stay as they are
+    ["echo '{foo} {a,b} {-} {-x} {+1} {=} {1..3} {1,-1}' ${HOME+x} x{}y", ":::", "a"],
+    ["echo {} | awk '{print $2}'", ":::", "a b"],
+    ['f() { echo "[$1]"; }; f {}', ":::", "a b"],
     ["true", ":::", "--help"],  # the shell's true prints nothing
     ["true", "--{}", ":::", "help"],  # ... wherever --help comes from
     # names at the edges: hidden files, trailing and doubled slashes, dots alone
@@ -457,6 +477,11 @@ def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> Non
         (["echo", "::::", "missing.txt"], "does not exist"),
         (["echo", ":::"], "needs values"),
         (["-j", "0", "echo", ":::", "a"], "-j"),
+        (["-j", "0%", "echo", ":::", "a"], "'0%' is not a number of jobs"),
+        (["-j", "2x", "echo", ":::", "a"], "+N or -N (the CPU count plus or minus N)"),
+        (["-j", "1.5", "echo", ":::", "a"], "is not a number of jobs"),
+        (["echo", ":::", "a", ":::+"], ":::+ needs values after it"),
+        (["echo", ":::", "a", "::::+"], "::::+ needs a file after it"),
         (["--halt", "sometimes", "echo", ":::", "a"], "halt"),
         (["--results", "/no/such/dir/r.jsonl", "echo", ":::", "a"], "does not exist"),
         (["--report", "/no/such/dir/r.html", "echo", ":::", "a"], "does not exist"),
@@ -473,6 +498,107 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], w
     assert run.returncode == 2, run.stderr
     assert words in run.stderr.decode()
     assert b"Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        (["mv {} {= s/\\.jpg/.png/ =}"], "{= s/\\.jpg/.png/ =} is a Perl expression"),
+        (["mv", "{}", "{=1", "s/jpg/png/", "=}"], "{=1 s/jpg/png/ =} is a Perl expression"),
+        (["mv {} {1= s/jpg/png/ =}"], "{1= s/jpg/png/ =} is a Perl expression"),
+        (["--no-shell", "mv", "{}", "{= s/jpg/png/ =}"], "is a Perl expression"),
+        (["mv {} {0}"], "{0} is not a replacement string"),  # GNU parallel: {}
+        (["mv {} {0.}.png"], "{0.} is not a replacement string"),
+        (["mv {} {-0}"], "{-0} is not a replacement string"),  # GNU parallel: nothing
+    ],
+)
+def test_gnu_parallel_syntax_whilst_lacks_is_refused_before_anything_runs(
+    tmp_path: Path, template: list[str], words: str
+) -> None:
+    """A Perl expression or a column 0 was kept as text or made empty: the file
+    was renamed to '{= s/\\.jpg/.png/ =}'. Now one sentence that names what to
+    use, exit 2, and nothing run (nor printed by --dry-run)."""
+    (tmp_path / "x.jpg").write_text("")
+    for dry_run in ([], ["--dry-run"]):
+        run = whilst_run(*dry_run, *template, ":::", "x.jpg", cwd=tmp_path)
+        assert (run.returncode, run.stdout) == (2, b""), run.stderr
+        [error] = [line for line in run.stderr.decode().splitlines() if "Error" in line]
+        assert words in error
+        assert "{1}" in error
+        assert "{-1}" in error
+    assert os.listdir(tmp_path) == ["x.jpg"]
+
+
+def test_linked_sources_count_their_jobs_before_they_run() -> None:
+    """--halt fail=P% and the progress bar count against this total."""
+    from whilst._shell import Counted, jobs, split_words
+
+    _, sources = split_words(["echo", ":::", "a", "b", "c", ":::+", "1", "2", ":::", "x", "y"])
+    todo = jobs(sources, sys.stdin.buffer)
+    assert isinstance(todo, Counted)
+    assert len(todo) == 4
+    assert [job.args for job in todo] == [
+        ("a", "1", "x"), ("a", "1", "y"), ("b", "2", "x"), ("b", "2", "y")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("jobs", "slots"),
+    [
+        ("+2", CPUS + 2),
+        ("+0", CPUS),
+        ("-1", max(1, CPUS - 1)),
+        ("-1000", 1),  # at least 1 (GNU parallel: "Cannot run any jobs")
+        ("150%", math.ceil(CPUS * 1.5)),
+        ("0.5%", 1),  # rounded up
+        ("3", 3),
+    ],
+)
+def test_jobs_relative_to_the_cpu_count(jobs: str, slots: int) -> None:
+    """-j +N, -N and P% as GNU parallel's (+2 was read as 2, -1 and 50% refused).
+    Slots are handed out first come first served, so the jobs' slots ({%}) are all
+    of 1..slots, and none above, whatever the timing."""
+    run = whilst_run("-q", "-j", jobs, "echo {%}", ":::", *map(str, range(slots + 3)))
+    assert run.returncode == 0, run.stderr
+    assert {int(slot) for slot in run.stdout.split()} == set(range(1, slots + 1))
+
+
+def _parallel_cpus() -> int | None:
+    if PARALLEL is None:
+        return None
+    out = subprocess.run([PARALLEL, "--number-of-threads"], capture_output=True, timeout=60)
+    return int(out.stdout) if out.returncode == 0 else None
+
+
+@pytest.mark.skipif(_parallel_cpus() != CPUS, reason="no GNU parallel, or it counts CPUs apart")
+@pytest.mark.parametrize("jobs", ["+2", "150%", "34%"])
+def test_jobs_relative_to_the_cpu_count_as_gnu_parallel(jobs: str) -> None:
+    """Both run as many jobs at once: each slot of GNU parallel's ({%}) is used
+    while the jobs sleep."""
+    assert PARALLEL is not None
+    args = [jobs, "sleep 0.3; echo {%}", ":::", *map(str, range(2 * CPUS + 4))]
+    theirs = subprocess.run([PARALLEL, "-j", *args], capture_output=True, timeout=60, check=True)
+    ours = whilst_run("-q", "-j", *args)
+    assert ours.returncode == 0, ours.stderr
+    assert set(ours.stdout.split()) == set(theirs.stdout.split())
+
+
+def test_an_unknown_halt_rule_names_every_rule_accepted() -> None:
+    """It named 6 of the 9 (not now,success=P% nor soon,success=...)."""
+    from whilst._policy import parse_halt
+
+    run = whilst_run("--halt", "sometimes", "true", ":::", "a")
+    assert run.returncode == 2
+    named = set(re.findall(r"'([a-z]+(?:,[a-z]+=[NP]%?)?)'", run.stderr.decode()))
+    accepted = {"never"} | {
+        f"{when},{what}={amount}"
+        for when in ("soon", "now")
+        for what in ("fail", "success")
+        for amount in ("N", "P%")
+    }
+    assert named == accepted | {"sometimes"}
+    for rule in accepted:
+        parse_halt(rule.replace("=N", "=2").replace("=P%", "=50%"))
 
 
 def test_an_empty_input_exits_0_with_a_note() -> None:

@@ -244,6 +244,30 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+def _jobs(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """``-j`` as GNU parallel's: N, or relative to the CPU count: +N and -N (plus or
+    minus N, at least 1) or P% (P percent, rounded up)."""
+    import math
+    import re
+
+    from ._options import cpu_count
+
+    if value is None:
+        return None
+    if re.fullmatch(r"[0-9]+", value) and int(value) > 0:
+        return int(value)
+    if re.fullmatch(r"[+-][0-9]+", value):
+        return max(1, cpu_count() + int(value))
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?%", value) and float(value[:-1]) > 0:
+        return max(1, math.ceil(cpu_count() * float(value[:-1]) / 100))
+    raise click.BadParameter(
+        f"{value!r} is not a number of jobs: give N (at least 1), +N or -N (the CPU count "
+        "plus or minus N) or P% (P percent of the CPU count)",
+        ctx,
+        param,
+    )
+
+
 def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options ``run``, ``http`` and ``call`` share; they become ``options``."""
 
@@ -252,9 +276,11 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
             click.option(
                 "-j",
                 "--jobs",
-                type=click.IntRange(min=1),
-                default=None,
-                help=f"Most jobs running at once [default: {jobs_default}].",
+                callback=_jobs,
+                metavar="N",
+                help="Most jobs running at once: N, or as GNU parallel's -j, +N or -N (the "
+                "CPU count plus or minus N, at least 1) or P% (P percent of the CPU count, "
+                f"rounded up) [default: {jobs_default}].",
             ),
             click.option(
                 "--timeout",

@@ -207,8 +207,9 @@ def parse_halt(halt: object) -> Halt | None:
     m = _HALT.fullmatch(halt) if isinstance(halt, str) else None
     if m is None:
         raise UsageError(
-            f"unknown halt rule {halt!r}: use 'never', 'soon,fail=N', 'now,fail=N', "
-            "'soon,fail=P%', 'now,fail=P%' or 'now,success=N' (as GNU parallel's --halt)"
+            f"unknown halt rule {halt!r}: use 'never', 'soon,fail=N', 'soon,fail=P%', "
+            "'soon,success=N', 'soon,success=P%', 'now,fail=N', 'now,fail=P%', "
+            "'now,success=N' or 'now,success=P%' (as GNU parallel's --halt)"
         )
     when, what, amount, percent = m.groups()
     if percent:

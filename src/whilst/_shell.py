@@ -3,7 +3,7 @@ replacement strings, every substituted value shell-quoted.
 
 A job is one combination of input values (its *args*). Its command is the
 template with ``{}``, ``{.}``, ``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``,
-``{1}``... replaced (or the args appended when there are none), run by
+``{1}``, ``{-1}``... replaced (or the args appended when there are none), run by
 ``/bin/sh -c`` in a process group of its own, so a timeout, a halt or Ctrl-C
 kills the command and everything it started. Jobs run in threads: measured
 here, a thread blocking on ``subprocess`` starts commands faster than an event
@@ -41,9 +41,17 @@ from ._spawn import Process, spawn
 
 #: ``:::`` takes values from the command line, ``::::`` the lines of files.
 ARGS, FILES = ":::", "::::"
+#: After either (``:::+``, ``::::+``): a source linked to the one before it, value
+#: by value, not combined with each of its values.
+LINK = "+"
 #: ``{}``, ``{.}``, ``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``, and each with a
-#: column number: ``{2}``, ``{2.}``...
-REPLACEMENT = re.compile(r"\{(\d*)(\.|/\.|//|/|#|%|)\}")
+#: column number, counted from the first or (negative) from the last: ``{2}``,
+#: ``{2.}``, ``{-1}``...
+REPLACEMENT = re.compile(r"\{(-?\d+|)(\.|/\.|//|/|#|%|)\}")
+#: GNU parallel's Perl expressions, ``{= s/a/b/ =}`` and ``{=2 s/a/b/ =}`` (also
+#: the guess ``{2= s/a/b/ =}``), which whilst does not run. As GNU parallel finds
+#: them: one may span words, and of nested ones the innermost is the expression.
+PERL = re.compile(r"\{(-?\d+)?=(?:(?!\{=).)*?=\}", re.DOTALL)
 #: Seconds a killed command's process group gets between SIGTERM and SIGKILL.
 TERM_WAIT = 0.2
 #: Seconds a command's pipes are still read after it exited (something it left
@@ -114,15 +122,16 @@ SAME_AS_BUILTIN = frozenset(["true", "false"])
 
 
 def split_words(words: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """The command's words, and each input source after them: (``:::`` or ``::::``,
-    its values or file names)."""
+    """The command's words, and each input source after them: (``:::``, ``::::``,
+    ``:::+`` or ``::::+``, its values or file names)."""
     command: list[str] = []
     sources: list[tuple[str, list[str]]] = []
     for word in words:
-        if word in (ARGS, FILES):
+        if word.removesuffix(LINK) in (ARGS, FILES):
             sources.append((word, []))
-        elif sources and sources[-1][0] == FILES and sources[-1][1]:
-            sources.append((FILES, [word]))  # each file its own source, as GNU parallel
+        elif sources and sources[-1][0].removesuffix(LINK) == FILES and sources[-1][1]:
+            # each file its own source (after ::::+, each linked), as GNU parallel
+            sources.append((sources[-1][0], [word]))
         elif sources:
             sources[-1][1].append(word)
         else:
@@ -136,10 +145,10 @@ def check_sources(sources: list[tuple[str, list[str]]]) -> None:
         if not values:
             raise UsageError(
                 f"{kind} needs values after it: {kind} a b c"
-                if kind == ARGS
+                if kind.removesuffix(LINK) == ARGS
                 else f"{kind} needs a file after it: {kind} inputs.txt"
             )
-        if kind == FILES:
+        if kind.removesuffix(LINK) == FILES:
             for name in values:
                 if name == "-":
                     continue
@@ -316,10 +325,12 @@ def jobs(
 ) -> Iterable[Job] | LineFeed:
     """The jobs: one value from each source (the cartesian product, the last
     source varying fastest, as GNU parallel), or each line of stdin when there
-    are no sources; with ``colsep`` (a regex, as GNU parallel's), each value
-    split into columns. A single source is read lazily; with ``stream`` (stdin a
-    pipe or a terminal), stdin's lines come as a :class:`LineFeed`, each job as
-    its line arrives."""
+    are no sources; a source linked by ``:::+`` or ``::::+`` goes value by value
+    with the one before it, as GNU parallel 20221122: to the end of the shortest
+    (its ``--link`` would wrap the shorter instead). With ``colsep`` (a regex, as
+    GNU parallel's), each value split into columns. A single source is read
+    lazily; with ``stream`` (stdin a pipe or a terminal), stdin's lines come as a
+    :class:`LineFeed`, each job as its line arrives."""
     split = None if colsep is None else re.compile(colsep).split
 
     def args(combo: tuple[str, ...]) -> tuple[str, ...]:
@@ -333,7 +344,7 @@ def jobs(
         return LineFeed(stdin, null, lambda line: Job(next(seq), args((line,))))
 
     def values(kind: str, given: list[str]) -> Iterator[str]:
-        if kind == ARGS:
+        if kind.removesuffix(LINK) == ARGS:
             yield from given
             return
         for name in given:
@@ -343,13 +354,23 @@ def jobs(
                 with open(name, "rb") as f:
                     yield from read_lines(f, null)
 
-    streams = [values(kind, given) for kind, given in sources] or [read_lines(stdin, null)]
+    groups: list[list[tuple[str, list[str]]]] = []  # each a source and those linked to it
+    for kind, given in sources:
+        if kind.endswith(LINK) and groups:
+            groups[-1].append((kind, given))
+        else:
+            groups.append([(kind, given)])
+    streams = [zip(*(values(k, g) for k, g in group), strict=False) for group in groups]
+    streams = streams or [zip(read_lines(stdin, null))]
     combos: Iterable[tuple[str, ...]] = (
-        ((v,) for v in streams[0]) if len(streams) == 1 else itertools.product(*streams)
+        streams[0]
+        if len(streams) == 1
+        else (sum(combo, ()) for combo in itertools.product(*streams))
     )
     made = (Job(next(seq), args(combo)) for combo in combos)
-    if sources and all(kind == ARGS for kind, _ in sources):  # all on the command line
-        return Counted(made, math.prod(len(given) for _, given in sources))
+    if sources and all(kind.removesuffix(LINK) == ARGS for kind, _ in sources):
+        # all on the command line: their number is known
+        return Counted(made, math.prod(min(len(g) for _, g in group) for group in groups))
     return made
 
 
@@ -427,11 +448,24 @@ class Template:
     def check(self) -> None:
         if not self.words:
             raise UsageError("whilst run needs a command: whilst run 'gzip -9 {}' ::: *.log")
+        if perl := PERL.search(" ".join(self.words)):
+            raise UsageError(
+                f"{perl.group()} is a Perl expression, which whilst run does not run: use "
+                "{} {.} {/} {//} {/.} {#} {%} {1} {-1}... ('mv {} {.}.png') or the shell "
+                """('mv {} "$(echo {} | sed s/jpg/png/)"')"""
+            )
         for word in self.words:
             for match in REPLACEMENT.finditer(word):
                 number, how = match.groups()
                 if number and how in ("#", "%"):
                     raise UsageError(f"{match.group()} is not a replacement string: use {{{how}}}")
+                if number and int(number) == 0:
+                    # GNU parallel reads {0} as {} and {00} or {-0} as nothing (by
+                    # accident of its Perl); more likely a column was meant.
+                    raise UsageError(
+                        f"{match.group()} is not a replacement string: columns count from "
+                        "the first, {1}, or from the last, {-1}, and {} is the whole input"
+                    )
 
     def command(self, args: tuple[str, ...], seq: int, slot: int) -> str | list[str]:
         """The command of one job: a shell command line, or an argv."""
@@ -444,8 +478,11 @@ class Template:
             if how == "%":
                 return str(slot)
             if number:
+                # {-1} is the last; as GNU parallel, by Perl's indexing, which is
+                # Python's: of 2 columns, {-3} is the second, {-5} and {3} nothing.
                 k = int(number)
-                chosen = [args[k - 1]] if 0 < k <= len(args) else []  # none: as parallel
+                at = k - 1 if k > 0 else len(args) + k
+                chosen = [args[at]] if -len(args) <= at < len(args) else []
             else:
                 chosen = list(args)
             return " ".join(quote(_modify(v, how)) for v in chosen)
