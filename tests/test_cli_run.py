@@ -411,6 +411,23 @@ def test_the_summary_says_why_jobs_run_in_threads() -> None:
     assert "one of 3 threads" in words
 
 
+def test_a_journal_others_can_read_still_skips_what_succeeded(tmp_path: Path) -> None:
+    """A job's value (its output) is not wanted back, so one that is not kept (no
+    pickles in a file that is not private) does not make it run again."""
+    db, ran = tmp_path / "run.db", tmp_path / "ran"
+    assert (
+        whilst_run("-q", "--journal", str(db), f"echo {{}} >> {ran}", ":::", "a", "b").returncode
+        == 0
+    )
+    db.chmod(0o640)  # (or created by touch, or by sqlite3, before the first run)
+    dry = whilst_run("--dry-run", "--journal", str(db), f"echo {{}} >> {ran}", ":::", "a", "b", "c")
+    assert dry.stdout.decode() == f"echo c >> {ran}\n"
+    again = whilst_run("-q", "--journal", str(db), f"echo {{}} >> {ran}", ":::", "a", "b", "c")
+    assert again.returncode == 0
+    assert sorted(ran.read_text().split()) == ["a", "b", "c"]  # each once
+    assert b"not private" not in again.stderr
+
+
 def test_a_dry_run_with_a_journal_shows_only_what_a_run_would_run(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     assert whilst_run("-q", "--journal", str(db), "test {} != 2", ":::", "1", "2", "3").returncode

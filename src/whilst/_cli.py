@@ -478,7 +478,9 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         done = set()
         if options.journal is not None:
             try:
-                done = skipped_keys(options.journal, options.resume, identity, options.force)
+                done = skipped_keys(
+                    options.journal, options.resume, identity, options.force, values=False
+                )
             except UsageError as exc:
                 raise click.UsageError(str(exc)) from None
         for job in todo:

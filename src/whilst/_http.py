@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ._errors import Retry, UsageError, WhilstError, after_seconds, message
 
@@ -176,6 +176,8 @@ class Fetcher:
     out: Path | None = None
     connections: int = 100
     journal_identity: str = "whilst http"  # what a journal of this run records
+    #: A URL a resume skips prints nothing: its value is not wanted back.
+    journal_values: ClassVar[bool] = False
     _session: Any = None
 
     async def open(self) -> None:

@@ -30,6 +30,7 @@ import sqlite3
 import stat
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,18 +179,21 @@ def id_key(task_id: Any) -> str:
     return "u:" + _digest(key.encode("utf-8", "surrogatepass"))
 
 
-def _skipped(resume: str, owned: bool) -> str:
+def _skipped(resume: str, owned: bool, values: bool = True) -> str:
     """Which records a resume skips, as SQL: ``ok`` ones whose value can be given
     back (JSON, or a pickle in a file private to this user; others run again),
-    and with ``unfinished`` every ended one."""
+    or every ``ok`` one when values are not wanted back; and with ``unfinished``
+    every ended one."""
     restorable = "('json', 'pickle')" if owned else "('json')"
-    ok = f"status = 'ok' AND value_format IN {restorable}"
+    ok = f"status = 'ok' AND value_format IN {restorable}" if values else "status = 'ok'"
     if resume == "unfinished":
         return f"({ok}) OR status NOT IN ('ok', '{RUNNING}', '{INTERRUPTED}')"
     return ok
 
 
-def skipped_keys(path: Path, resume: str, function: str, force: bool) -> set[str]:
+def skipped_keys(
+    path: Path, resume: str, function: str, force: bool, values: bool = True
+) -> set[str]:
     """The keys of the tasks a resume on ``path`` would skip, for a dry run (the
     file is only read); none when it does not exist yet or ``resume`` is none. A
     journal of another function is refused, as the run would refuse it."""
@@ -200,7 +204,7 @@ def skipped_keys(path: Path, resume: str, function: str, force: bool) -> set[str
         old = dict(db.execute("SELECT name, value FROM meta")).get("function")
         if old is not None and old != function and not force:
             raise UsageError(_another(path, old, function))
-        query = f"SELECT key FROM tasks WHERE {_skipped(resume, _private(path))}"
+        query = f"SELECT key FROM tasks WHERE {_skipped(resume, _private(path), values)}"
         return {key for (key,) in db.execute(query)}
     except sqlite3.Error as exc:
         raise UsageError(f"journal {path} cannot be read ({exc})") from None
@@ -292,6 +296,10 @@ _to_json = json.JSONEncoder(allow_nan=True).encode
 _SHORT_INT = 10**18
 
 
+#: Why a value that is not JSON was not kept: the file is not private (no pickles).
+_NOT_JSON = "unkept: not JSON"
+
+
 def _encode(value: Any, pickles: bool) -> tuple[str | bytes | None, str]:
     """A value as kept: JSON text when JSON gives it back unchanged, else a pickle
     (only in a file private to this user), else nothing and why."""
@@ -307,7 +315,7 @@ def _encode(value: Any, pickles: bool) -> tuple[str | bytes | None, str]:
             raise ValueError("JSON would change it")
     except (TypeError, ValueError, RecursionError):
         if not pickles:
-            return None, "unkept: not JSON"
+            return None, _NOT_JSON
         try:
             data, fmt = pickle.dumps(value, 4), "pickle"
         except Exception as exc:
@@ -380,9 +388,14 @@ class JournalWriter:
         resume: str = "failed",
         force: bool = False,
         durable: bool = False,
+        values: bool = True,
     ) -> None:
         self.path = Path(path)
         self.task_id = task_id
+        # Whether a skipped task's value must come back: ``whilst run`` and ``http``
+        # print nothing for one, so theirs are skipped whatever their values became.
+        self.values = values
+        self._unkept_told = False  # the user was told values go unkept here
         self.closed = False
         self.rows: list[tuple[Any, ...]] = []  # final records, not yet committed
         self.run: int | None = None
@@ -479,7 +492,7 @@ class JournalWriter:
             return {}
         rows = self._db.execute(
             "SELECT key, idx, status, attempts, start, end, mode, worker, error_type, error, "
-            f"value, value_format FROM tasks WHERE {_skipped(resume, self.owned)}"
+            f"value, value_format FROM tasks WHERE {_skipped(resume, self.owned, self.values)}"
         )
         return {row[0]: row[1:] for row in rows}
 
@@ -514,8 +527,11 @@ class JournalWriter:
             )
         value = _decode(value, fmt, self.owned)
         if isinstance(value, Unavailable):
-            del self.done[key]
-            return None
+            if not self.values:
+                value = None
+            else:
+                del self.done[key]
+                return None
         return Result(index, item, Status.SKIPPED, value, None, attempts, start, end, mode, worker)
 
     def record(
@@ -535,6 +551,15 @@ class JournalWriter:
         """Keep how a task ended, for the next commit. A task stopped because the
         run stopped is ``interrupted``: a resume runs it again, whatever ``resume``."""
         data, fmt = _encode(value, self.owned) if status is Status.OK else (None, "none")
+        if fmt == _NOT_JSON and not self.owned and self.values and not self._unkept_told:
+            self._unkept_told = True
+            warnings.warn(
+                f"whilst: journal {self.path} is not private to you, so values that are not "
+                "JSON are not kept in it (a pickle others could write would run their code "
+                "when read back): those tasks run again on a resume; chmod 600 the file to "
+                "keep them",
+                stacklevel=2,
+            )
         word = INTERRUPTED if status is Status.CANCELLED else status._value_
         self.rows.append((
             key, index, _short(item), word, attempts, start, end, mode, worker,

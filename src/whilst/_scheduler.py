@@ -429,6 +429,7 @@ class Scheduler:
             resume=policy.resume,
             force=policy.force,
             durable=policy.durable,
+            values=getattr(self.fn, "journal_values", True),
         )
 
         def failed(exc: WhilstError) -> None:  # stop: no task may go on unrecorded

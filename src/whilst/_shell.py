@@ -576,6 +576,8 @@ class Runner:
     err: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
     shell: str = field(default_factory=lambda: posix_shell())
     journal_identity: str = ""  # what a journal of this run records as its function
+    #: A job a resume skips prints nothing: its value is not wanted back.
+    journal_values: ClassVar[bool] = False
     #: What became of a job the run stopped (a halt, the deadline): see ``stop``.
     stop_note: ClassVar[str] = "its command was killed with its process group"
 
