@@ -329,6 +329,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
     [
         (["http", "{tmp}/urls.txt"], "", "not an http(s) URL"),  # (a file: checked first)
         (["http", "-H", "no colon"], "http://127.0.0.1:9/", "Name: value"),
+        (["http", "-H", "Authorization Bearer sekrit"], "http://127.0.0.1:9/", "Name: value"),
         (["http", "--out", "/proc/version"], "http://127.0.0.1:9/", "--out"),
         (["http", "missing.txt"], "", "cannot be read"),
         (["call", "no_such_module_x:f"], "1", "not found"),
@@ -351,6 +352,7 @@ def test_bad_input_is_one_sentence_and_exit_2(
     assert run.returncode == 2, run.stderr
     assert words in run.stderr
     assert "Traceback" not in run.stderr
+    assert "sekrit" not in run.stderr  # a header with its colon missing is not shown
 
 
 TOOLS = """

@@ -487,6 +487,14 @@ def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> Non
     assert results.read_bytes().isascii()
 
 
+def test_a_trace_writes_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> None:
+    trace = tmp_path / "t.json"
+    run = whilst_run("-q", "--trace", str(trace), "echo", ":::", "a\udcfeb")
+    assert run.returncode == 0, run.stderr
+    [event] = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert "a\\xfeb" in event["name"]  # as --results writes it (it was a traceback)
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -323,8 +323,8 @@ def parse_headers(given: tuple[str, ...]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for header in given:
         name, colon, value = header.partition(":")
-        if not colon or not name.strip():
-            raise UsageError(f"-H {name!r}... is not a header; write it as 'Name: value'")
+        if not colon or not name.strip():  # (the text is not shown: it may be a secret)
+            raise UsageError("a -H value is not a header: write it as 'Name: value'")
         headers[name.strip()] = value.strip()
     return headers
 

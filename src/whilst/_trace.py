@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from ._timeline import Timeline
 
 PID = 1
+#: A lone surrogate: a byte of a file name that was not UTF-8 (no UTF-8 file holds one).
+_LONE = re.compile("[\ud800-\udfff]")
 
 
 def trace_events(timeline: Timeline, title: str = "whilst run") -> dict[str, Any]:
@@ -58,6 +61,13 @@ def trace_events(timeline: Timeline, title: str = "whilst run") -> dict[str, Any
 def write_trace(path: str | os.PathLike[str], timeline: Timeline) -> Path:
     """Write the trace of a run to ``path``."""
     target = Path(path)
-    with open(target, "w", encoding="utf-8") as f:
-        json.dump(trace_events(timeline), f, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(trace_events(timeline), ensure_ascii=False, separators=(",", ":"))
+    target.write_text(_LONE.sub(_escaped, text), encoding="utf-8")
     return target
+
+
+def _escaped(lone: re.Match[str]) -> str:
+    """A lone surrogate as the text ``\\xNN`` (the byte it stands for), in JSON, as
+    ``--results`` writes such a byte; any other as ``\\uNNNN``."""
+    code = ord(lone.group())
+    return f"\\\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\\\u{code:04x}"
