@@ -350,12 +350,16 @@ def test_halt_now_kills_the_running_jobs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signals", [1, 2])
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
     tmp_path: Path, sig: signal.Signals, code: int, signals: int
 ) -> None:
     """reliability.md 11 and 12: even a command that ignores SIGTERM is gone, after
-    the grace (one signal) or at once (a second one), and the journal is intact."""
+    the grace (one signal) or at once (a second one), and the journal is intact.
+    SIGHUP too (the terminal closed): each command has a process group of its own,
+    so the terminal's hangup never reaches them; they ran on, orphaned."""
     pids, db = tmp_path / "pids", tmp_path / "run.db"
     proc = subprocess.Popen(
         [

@@ -8,11 +8,12 @@
   (a notebook cell, an ``async def`` that calls ``whilst.map``), a loop cannot
   be nested in it, so the run gets a loop in a helper thread instead.
 
-Stopping: the first Ctrl-C (SIGINT) or SIGTERM stops the run starting tasks
-and gives the running ones ``grace`` seconds to finish, then cancels them (the
-scheduler stops its workers); a second signal cancels at once. The caller then
-gets ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM, the exit
-status of a process ended by it), after every ``finally`` has run. Handlers are
+Stopping: the first Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed)
+stops the run starting tasks and gives the running ones ``grace`` seconds to
+finish, then cancels them (the scheduler stops its workers); a second signal
+cancels at once. The caller then gets ``KeyboardInterrupt`` (SIGINT) or
+``SystemExit(128 + the signal's number)`` (143, 129: the exit status of a
+process ended by it), after every ``finally`` has run. Handlers are
 installed only in the main thread, only over the default ones, only while the
 run's loop runs.
 """
@@ -40,8 +41,18 @@ T = TypeVar("T")
 #: control back anyway (the Ctrl-C promise is "within 2 seconds").
 STOP_WAIT = 1.5
 
+#: Signals that end the process when nothing handles them: a run stopped by one
+#: ends in SystemExit(128 + its number), as the process would have. SIGHUP comes
+#: when the terminal closes: left to its default, whilst would die at once and
+#: the commands of ``whilst run``, each in a process group of its own, run on.
+TERMINATING = frozenset(
+    s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None
+)
 #: The handlers whilst replaces while it runs (never one a program installed).
-_DEFAULT_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+_DEFAULT_HANDLERS = {
+    signal.SIGINT: signal.default_int_handler,
+    **dict.fromkeys(TERMINATING, signal.SIG_DFL),
+}
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:
@@ -98,8 +109,8 @@ class Runner:
         """After the run: tell the caller it was stopped by a signal."""
         if self.caller_cancelled:
             raise asyncio.CancelledError
-        if self.signum == signal.SIGTERM:
-            raise SystemExit(128 + signal.SIGTERM)
+        if self.signum in TERMINATING:
+            raise SystemExit(128 + self.signum)
         if self.interrupted or (self.main is not None and self.main.cancelled()):
             raise KeyboardInterrupt
 
@@ -162,15 +173,15 @@ class InlineRunner(Runner):
                 self._restore(handled)
                 handled = {}
                 self._stop_main()
-            if isinstance(exc, KeyboardInterrupt) and self.signum == signal.SIGTERM:
-                raise SystemExit(128 + signal.SIGTERM) from None  # a sync task was stopped
+            if isinstance(exc, KeyboardInterrupt) and self.signum in TERMINATING:
+                raise SystemExit(128 + self.signum) from None  # a sync task was stopped
             raise
         finally:
             self._restore(handled)
             self._away_since = time.monotonic()  # the loop stands still until the next call
 
     def _handle_signals(self) -> dict[int, Any]:
-        """Install ours over the default SIGINT and SIGTERM handlers; the old ones."""
+        """Install ours over the default SIGINT, SIGTERM and SIGHUP handlers; the old ones."""
         if threading.current_thread() is not threading.main_thread():
             return {}
         handled: dict[int, Any] = {}
@@ -279,13 +290,14 @@ class ThreadRunner(Runner):
         # The caller's task, blocked in here. asyncio.run's Ctrl-C handler cancels
         # it rather than raising, which a blocking wait would not notice: look.
         caller = asyncio.current_task() if in_running_loop() else None
-        # SIGTERM would kill the process at once (asyncio.run leaves it alone, and
-        # the caller's loop, blocked here, could not run a handler of its own):
-        # handled here, as the first Ctrl-C is.
-        old = None
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            old = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # SIGTERM and SIGHUP would kill the process at once (asyncio.run leaves
+        # them alone, and the caller's loop, blocked here, could not run a handler
+        # of its own): handled here, as the first Ctrl-C is.
+        old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in TERMINATING:
+                if signal.getsignal(signum) is signal.SIG_DFL:
+                    old[signum] = signal.signal(signum, self._on_sigterm)
         try:
             while caller is not None and not fut.done():
                 with contextlib.suppress(TimeoutError):
@@ -303,8 +315,8 @@ class ThreadRunner(Runner):
             self._stop_main()
             raise
         finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.loop.call_soon_threadsafe(self._interrupt, signum)
@@ -420,8 +432,8 @@ class LoopStop:
         """After the run: tell the caller it was stopped, as :class:`Runner` does."""
         if self._grace is not None:
             self._grace.cancel()
-        if self.signum == signal.SIGTERM:
-            raise SystemExit(128 + signal.SIGTERM)
+        if self.signum in TERMINATING:
+            raise SystemExit(128 + self.signum)
         if self.signum == signal.SIGINT:
             raise KeyboardInterrupt
         if self.main.cancelled():
