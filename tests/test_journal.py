@@ -128,6 +128,8 @@ def test_a_journal_of_another_function_is_refused_unless_forced(tmp_path: Path) 
 
     with pytest.raises(whilst.UsageError, match=r"records a run of .*task.*not .*other.*force"):
         whilst.map(other, range(3), journal=db)
+    with pytest.raises(whilst.UsageError, match="pass force=True to start it afresh, dropping"):
+        whilst.map(other, range(3), journal=db, resume="none")  # ("resume it anyway": no)
     assert whilst.map(other, range(4), journal=db, force=True)[3] == 3
 
 

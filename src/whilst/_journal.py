@@ -212,14 +212,16 @@ def skipped_keys(
         db.close()
 
 
-def _another(path: Path, old: str, function: str) -> str:
-    """Why a journal of another function is refused."""
+def _another(path: Path, old: str, function: str, resume: str = "failed") -> str:
+    """Why a journal of another function is refused (even to start afresh: that
+    would drop its records)."""
     http = old.startswith("whilst http ") or function.startswith("whilst http ")
     why = " (a hash after whilst http stands for its method, headers and body)" if http else ""
     force = "--force" if function.startswith("whilst ") else "force=True"  # (the CLI's)
     return (
         f"journal {path} records a run of {old}, not {function}{why}; give this run "
-        f"another journal, or pass {force} to resume it anyway"
+        f"another journal, or pass {force} to "
+        + ("start it afresh, dropping its records" if resume == "none" else "resume it anyway")
     )
 
 
@@ -419,7 +421,7 @@ class JournalWriter:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
-            self._check(function, force)
+            self._check(function, force, resume)
             with self._db:
                 self._db.execute(
                     "UPDATE tasks SET status = ? WHERE status = ?", (INTERRUPTED, RUNNING)
@@ -461,7 +463,7 @@ class JournalWriter:
                 "or give this run another journal"
             ) from None
 
-    def _check(self, function: str, force: bool) -> None:
+    def _check(self, function: str, force: bool, resume: str) -> None:
         meta = dict(self._db.execute("SELECT name, value FROM meta"))
         version = int(meta.get("schema", SCHEMA_VERSION))
         if version > SCHEMA_VERSION:
@@ -471,7 +473,7 @@ class JournalWriter:
             )
         old = meta.get("function")
         if old is not None and old != function and not force:
-            raise UsageError(_another(self.path, old, function))
+            raise UsageError(_another(self.path, old, function, resume))
         # An older journal with records keeps its item keys (see item_key); the
         # rest of the schema is the same.
         if self._db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None:
