@@ -33,6 +33,7 @@ class Server:
     def __init__(self) -> None:
         self.hits: dict[str, list[float]] = defaultdict(list)
         self.auth: list[str | None] = []
+        self.requests: list[tuple[str, bytes]] = []  # /echo/: method and body
         self.running: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
         self.other: Server | None = None  # where /redirect sends
@@ -70,6 +71,11 @@ class Server:
                 return web.Response(status=429, headers={"Retry-After": "0.3"})
             if kind == "fail":
                 return web.Response(status=500)
+            if kind == "later":  # busy for an hour
+                return web.Response(status=503, headers={"Retry-After": "3600"})
+            if kind == "echo":
+                self.requests.append((request.method, await request.read()))
+                return web.Response(text=request.method)
             if kind == "reset" and n < 4:
                 assert request.transport is not None
                 request.transport.close()  # the connection drops mid-request
@@ -156,6 +162,41 @@ def test_a_url_still_busy_after_its_retries_shows_its_http_status(server: Server
     status, _, _, url, error = run.stdout.rstrip("\n").split("\t")
     assert (status, url) == ("429", server.url("/busy/2"))
     assert error == f"HTTP 429 from {server.url('/busy/2')}"  # no "to be retried" at the end
+
+
+def test_a_retry_after_longer_than_max_wait_fails_at_once_saying_so(
+    server: Server, tmp_path: Path
+) -> None:
+    """A 503 asking for an hour does not hold the run (it did, silently): past
+    --max-wait (default 60 s) the URL fails at once, naming the wait and the fix."""
+    results = tmp_path / "r.jsonl"
+    url = server.url("/later/1")
+    run = whilst("http", "--retries", "3", "--results", str(results), stdin=url, timeout=20)
+    assert run.returncode == 1, run.stderr
+    assert len(server.hits["later/1"]) == 1  # not retried
+    status, _, _, shown, error = run.stdout.rstrip("\n").split("\t")
+    assert (status, shown) == ("503", url)
+    assert error == (
+        f"HTTP 503 from {url}: the server asks to wait 3600 s (Retry-After), more than "
+        "--max-wait 60 s; not retried (give --max-wait 3600 to wait for it)"
+    )
+    record = json.loads(results.read_text())
+    assert (record["http_status"], record["attempts"]) == (503, 1)
+    assert "1 of 1 failed" in run.stderr
+    assert "more than --max-wait 60 s" in run.stderr.splitlines()[-1]
+    # --max-wait sets the cap: a Retry-After of 0.3 s past a cap of 0.1 s fails too
+    run = whilst("http", "--retries", "3", "--max-wait", "0.1", "-q", stdin=server.url("/busy/1"))
+    assert run.returncode == 1
+    assert "asks to wait 0.3 s (Retry-After), more than --max-wait 0.1 s" in run.stdout
+    assert len(server.hits["busy/1"]) == 1
+
+
+def test_data_implies_post_unless_x_says_otherwise(server: Server) -> None:
+    """As curl's -d: --data without -X is a POST (it was a GET with a body)."""
+    for args in (["--data", "q=1"], ["-X", "put", "--data", "q=2"], []):
+        run = whilst("http", "-q", *args, stdin=server.url("/echo/1"))
+        assert run.returncode == 0, run.stderr
+    assert server.requests == [("POST", b"q=1"), ("PUT", b"q=2"), ("GET", b"")]
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -329,6 +370,8 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
     [
         (["http", "{tmp}/urls.txt"], "", "not an http(s) URL"),  # (a file: checked first)
         (["http", "-H", "no colon"], "http://127.0.0.1:9/", "Name: value"),
+        (["http", "-X", "BAD METHOD"], "http://127.0.0.1:9/", "is not an HTTP method"),
+        (["http", "-X", "GET\r\nX-Evil: 1"], "http://127.0.0.1:9/", "is not an HTTP method"),
         (["http", "-H", "Authorization Bearer sekrit"], "http://127.0.0.1:9/", "Name: value"),
         (["http", "--out", "/proc/version"], "http://127.0.0.1:9/", "--out"),
         (["http", "missing.txt"], "", "cannot be read"),
@@ -531,6 +574,21 @@ def test_a_bad_url_on_a_stream_fails_alone(server: Server) -> None:
     assert [line.split("\t")[0] for line in lines] == ["200", "failed", "200"]
     assert "'nope' is not an http(s) URL" in lines[1]
     assert "1 of 3 failed" in run.stderr
+
+
+def test_blank_lines_and_comments_in_a_url_file_are_skipped_as_documented(
+    server: Server, tmp_path: Path
+) -> None:
+    """A line starting with # (after spaces) is a comment, in a file as on a pipe:
+    not a URL to fail on, nor a URL to count; the help says so."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"# pages\n\n{server.url('/ok/1')}\n   # {server.url('/ok/2')}\n\n")
+    run = whilst("http", "--results", str(tmp_path / "r.jsonl"), str(urls))
+    assert run.returncode == 0, run.stderr
+    assert [line.split("\t")[3] for line in run.stdout.splitlines()] == [server.url("/ok/1")]
+    assert "ok/2" not in server.hits
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    assert "lines starting with # are skipped" in " ".join(whilst("http", "--help").stdout.split())
 
 
 def test_call_results_keep_text_that_is_not_unicode_and_values_json_cannot(

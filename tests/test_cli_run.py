@@ -873,6 +873,13 @@ def test_jobs_are_as_many_at_once_as_the_open_file_limit_leaves_room_for() -> No
     assert run.returncode == 0, run.stderr
     assert sorted(map(int, run.stdout.split())) == list(range(60))
     assert b"leaves room for 11 jobs at once, not 60" in run.stderr
+    command = shlex.join([*WHILST, "run", "-q", "echo", ":::", "a"])
+    low = subprocess.run(
+        ["sh", "-c", f"ulimit -n 16 && {command}"], capture_output=True, timeout=60
+    )
+    assert low.returncode == 2  # every job would fail with "Too many open files"
+    assert b"is 16, too low to run a job" in low.stderr
+    assert low.stdout == b""
 
 
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
@@ -933,6 +940,23 @@ def test_stdin_is_read_only_so_far_ahead_of_the_jobs() -> None:
         writer.join(10)
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
+
+
+def test_a_reader_that_goes_away_ends_the_run_as_sigpipe_would() -> None:
+    """`whilst run ... | head -1`: exit 141, as GNU parallel's (a shell's status of
+    a program SIGPIPE ended), with nothing on stderr."""
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "-j", "2", "echo {}; sleep 0.01", ":::", *map(str, range(500))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()  # as head -1 does
+    assert proc.wait(timeout=60) == 141
+    with proc.stderr:
+        assert proc.stderr.read() == b""
 
 
 def test_a_job_the_deadline_stopped_says_its_command_was_killed(tmp_path: Path) -> None:

@@ -162,6 +162,11 @@ class Tally:
         return f"{self.failed} of {self.total} failed ({counts}; {named})"
 
 
+class OutputGone(Exception):
+    """Stdout's reader went away (``| head``): the run is stopped. Not an OSError,
+    which click would turn into exit status 1 on its way out."""
+
+
 def run_batch(
     fn: Callable[..., Any],
     items: Iterable[Any] | AsyncIterable[Any],
@@ -187,6 +192,8 @@ def run_batch(
         with run:
             for r in run:
                 tally.add(r)
+    except BrokenPipeError:
+        raise OutputGone from None
     finally:
         tally.close()
     return tally.finish(run.summary)
@@ -215,6 +222,8 @@ async def arun_batch(
         async with run:
             async for r in run:
                 tally.add(r)
+    except BrokenPipeError:
+        raise OutputGone from None
     finally:
         tally.close()
     return tally.finish(run.summary)

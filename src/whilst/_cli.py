@@ -28,6 +28,8 @@ from ._result import Result, Status
 EXIT_INTERRUPTED = 130
 #: Exit status after SIGTERM.
 EXIT_TERMINATED = 143
+#: Exit status once stdout's reader went away (``| head``): as SIGPIPE's.
+EXIT_BROKEN_PIPE = 141
 
 
 def main() -> NoReturn:
@@ -79,6 +81,7 @@ def _leave(code: str | int | None) -> NoReturn:
 def _command() -> None:
     """The ``whilst`` command: exits 130 after Ctrl-C (click alone would say
     "Aborted!" and exit 1) and 143 after SIGTERM (the run raises SystemExit)."""
+    from ._batch import OutputGone
     from ._errors import UsageError, WhilstError, describe
 
     try:
@@ -99,9 +102,9 @@ def _command() -> None:
     except WhilstError as exc:  # the run itself failed (say, its journal became unwritable)
         click.echo(f"whilst: {exc}", err=True)
         sys.exit(1)
-    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
-        _quiet_stdout()
-        sys.exit(1)
+    except OutputGone:  # the reader went away (| head): stop quietly, with the status
+        _quiet_stdout()  # of a program SIGPIPE ended, as cat's or GNU parallel's
+        sys.exit(EXIT_BROKEN_PIPE)
     except OSError as exc:  # say, the output cannot be written: a full disk
         _quiet_stdout()
         where = f": {exc.filename}" if exc.filename else ""
@@ -546,11 +549,12 @@ Examples:
   whilst http urls.txt --out pages/            # each body to its own file
   whilst http -j 50 --per-host 2 --rate 20 urls.txt
   cat urls.txt | whilst http --retries 3 --results fetched.jsonl
-  whilst http -X POST -H 'Content-Type: application/json' --data '{"q": 1}' urls.txt
+  whilst http -H 'Content-Type: application/json' --data '{"q": 1}' urls.txt  # POST
 
 \b
 Connection errors and 429, 502, 503, 504 are retried with --retries,
-waiting as a Retry-After header asks. Authorization, Cookie and X-Api-Key
+waiting as a Retry-After header asks, up to --max-wait; a URL asking for
+longer fails at once, saying so. Authorization, Cookie and X-Api-Key
 headers are sent, never written; URLs are shown with user:password@ and
 secret-looking query values (key, token, password...) as ***.
 
@@ -566,7 +570,18 @@ error, 130 after Ctrl-C, 143 after SIGTERM.""",
     show_default=True,
     help="Most requests in flight to one host.",
 )
-@click.option("-X", "--method", default="GET", show_default=True, help="The HTTP method.")
+@click.option(
+    "--max-wait",
+    type=Seconds(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait a Retry-After may ask for before a retry; a URL asking for "
+    "longer fails at once, saying so.",
+)
+@click.option(
+    "-X", "--method", help="The HTTP method [default: GET, or POST with --data, as curl]."
+)
 @click.option(
     "-H",
     "--header",
@@ -575,7 +590,7 @@ error, 130 after Ctrl-C, 143 after SIGTERM.""",
     metavar="'NAME: VALUE'",
     help="A request header (repeatable).",
 )
-@click.option("--data", help="The request body (with -X POST, say).")
+@click.option("--data", help="The request body; without -X, the method is POST.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -585,21 +600,24 @@ error, 130 after Ctrl-C, 143 after SIGTERM.""",
     "source", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True)
 )
 def http(source: str, **kwargs: Any) -> None:
-    """Fetch many URLs (one per line, from SOURCE or stdin), politely: a limit
-    in flight, per host and per second, retries that honour Retry-After.
+    """Fetch many URLs (one per line, from SOURCE or stdin; blank lines and lines
+    starting with # are skipped), politely: a limit in flight, per host and per
+    second, retries that honour Retry-After.
 
     Prints one line per URL: status, bytes, seconds, URL.
     """
     import asyncio
     import hashlib
+    import math
 
     from ._errors import UsageError
-    from ._http import Fetcher, check_out, check_url, parse_headers, retryable
+    from ._http import Fetcher, check_method, check_out, check_url, parse_headers, retryable
     from ._shell import NO_ITEM
 
-    per_host, method, out = kwargs.pop("per_host"), kwargs.pop("method").upper(), kwargs.pop("out")
+    per_host, out, max_wait = kwargs.pop("per_host"), kwargs.pop("out"), kwargs.pop("max_wait")
     data, given_headers = kwargs.pop("data"), kwargs.pop("headers")
     try:
+        method = check_method(kwargs.pop("method"), data)
         options = _shared(kwargs)
         headers = parse_headers(given_headers)
         check_out(out)
@@ -620,6 +638,7 @@ def http(source: str, **kwargs: Any) -> None:
         data=None if data is None else data.encode(),
         out=out,
         connections=jobs,
+        max_wait=max_wait if options.retries else math.inf,  # no retry: no wait to cap
         # A journal of another request (method, headers, body) is refused, as a
         # changed command is: header values and the body count only as a hash.
         journal_identity="whilst http "

@@ -3,7 +3,8 @@
 One aiohttp session pools connections for the run; whilst's scheduler keeps
 ``-j`` requests in flight, at most ``--per-host`` per host, at ``--rate``.
 Connection errors and 429, 502, 503 and 504 are retried (a ``Retry-After`` is
-honoured); other statuses fail. Secrets never leave the process: an item shows
+honoured up to ``--max-wait``; one asking for more fails the URL at once, saying
+so); other statuses fail. Secrets never leave the process: an item shows
 its URL with ``user:password@`` and secret-looking query values as ``***``
 (in the journal, results, report and errors), and request headers are never
 written anywhere.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -35,6 +37,8 @@ SECRET_PARAMS = re.compile(
 SECRET_HEADERS = re.compile(r"(?i)(authorization|cookie|key|token|secret|auth|session|pass)")
 #: Redirects followed, at most.
 MAX_REDIRECTS = 10
+#: An HTTP method is a token (RFC 9110, section 5.6.2).
+METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def redact(url: str) -> str:
@@ -112,9 +116,24 @@ def check_url(text: str, strict: bool = True) -> Target:
 class HTTPStatusError(WhilstError):
     """The server answered with a status that is not a success."""
 
-    def __init__(self, status: int, target: Target) -> None:
-        super().__init__(f"HTTP {status} from {target!r}")
+    def __init__(self, status: int, target: Target, why: str = "") -> None:
+        super().__init__(f"HTTP {status} from {target!r}{why}")
         self.status = status
+
+
+class TooLongToWait(HTTPStatusError):
+    """A busy answer whose Retry-After asks for a longer wait than ``--max-wait``:
+    it fails at once, not retried, rather than hold the run that long."""
+
+    def __init__(self, status: int, target: Target, after: float, max_wait: float) -> None:
+        super().__init__(
+            status,
+            target,
+            f": the server asks to wait {round(after, 1):.10g} s (Retry-After), more than "
+            f"--max-wait {max_wait:.10g} s; not retried (give --max-wait {math.ceil(after)} "
+            "to wait for it)",
+        )
+        self.after, self.max_wait = after, max_wait
 
 
 class Busy(Retry):
@@ -150,10 +169,22 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date), at most 600;
-    None (the usual backoff) when there is none or it makes no sense."""
-    seconds = after_seconds(value) if value else None
-    return None if seconds is None else min(seconds, 600.0)
+    """Seconds from a Retry-After header (seconds or an HTTP date); None (the
+    usual backoff) when there is none or it makes no sense."""
+    return after_seconds(value) if value else None
+
+
+def check_method(method: str | None, data: str | None) -> str:
+    """The method to send, upper-cased: ``-X``'s, else POST with ``--data`` (as
+    curl's ``-d``) and GET without; a UsageError when it is not an HTTP token."""
+    if method is None:
+        return "GET" if data is None else "POST"
+    if not METHOD.fullmatch(method):
+        raise UsageError(
+            f"-X {method!r} is not an HTTP method: give one word of letters, digits and "
+            "!#$%&'*+-.^_`|~ such as GET, POST or PUT"
+        )
+    return method.upper()
 
 
 def safe_name(target: Target) -> str:
@@ -175,6 +206,8 @@ class Fetcher:
     data: bytes | None = None
     out: Path | None = None
     connections: int = 100
+    #: The longest wait a Retry-After may ask for; a longer one fails the URL at once.
+    max_wait: float = 60.0
     journal_identity: str = "whilst http"  # what a journal of this run records
     #: A URL a resume skips prints nothing: its value is not wanted back.
     journal_values: ClassVar[bool] = False
@@ -203,6 +236,8 @@ class Fetcher:
             async with await self._follow(target) as response:
                 if response.status in RETRY_STATUSES:
                     after = retry_after(response.headers.get("Retry-After"))
+                    if after is not None and after > self.max_wait:
+                        raise TooLongToWait(response.status, target, after, self.max_wait)
                     raise Busy(response.status, f"HTTP {response.status} from {target!r}", after)
                 if response.status >= 400:
                     raise HTTPStatusError(response.status, target)

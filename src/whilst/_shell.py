@@ -780,13 +780,19 @@ class Runner:
 
 def jobs_with_files(jobs: int) -> int:
     """``jobs``, or fewer if the limit on open files (``ulimit -n``) leaves room for
-    fewer at once: more would fail to start ("Too many open files")."""
+    fewer at once: more would fail to start ("Too many open files"). A UsageError
+    when it leaves room for none: every job would fail."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return jobs
-    return max(1, min(jobs, (soft - FILES_KEPT) // FILES_A_JOB))
+    if (room := (soft - FILES_KEPT) // FILES_A_JOB) < 1:
+        raise UsageError(
+            f"the limit on open files (ulimit -n) is {soft}, too low to run a job: whilst "
+            f"run needs {FILES_KEPT + FILES_A_JOB} and more (raise it: ulimit -n 1024)"
+        )
+    return min(jobs, room)
 
 
 def _unread(fd: int) -> int:
