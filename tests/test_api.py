@@ -188,6 +188,29 @@ def test_a_lambda_returning_a_coroutine_is_awaited(mode: str) -> None:
     assert whilst.map(lambda x: anap(x), [0.01], mode=mode) == [0.01]
 
 
+def test_async_mode_refuses_a_plain_function_naming_the_fix_for_each_kind() -> None:
+    """A plain function may return a coroutine (a lambda sharing a session) or block:
+    the message tells both what to do (it said only threads, which fails the first)."""
+    session = object()
+    with pytest.raises(whilst.UsageError) as info:
+        whilst.aimap(lambda u: anap(session and u), [0.01], mode="async")
+    message = str(info.value)
+    assert "if it returns a coroutine" in message
+    assert "functools.partial(fn, arg)" in message
+    assert "the async def itself" in message
+    assert "mode='auto', which awaits them on the run's event loop" in message
+    assert message.endswith("if it blocks, use mode='threads'")
+
+
+def test_cluster_without_a_mode_says_the_mode_was_left_at_auto() -> None:
+    """(It said "this run's mode is 'threads'": a mode the user never asked for.)"""
+    with pytest.raises(whilst.UsageError) as info:
+        whilst.map(double, [1], cluster="tcp://10.0.0.1:8786")
+    assert "and mode was left at 'auto'; add mode='dask' (or 'ray')" in str(info.value)
+    with pytest.raises(whilst.UsageError, match="and this run's mode is 'threads'; add"):
+        whilst.map(double, [1], mode="threads", cluster="tcp://10.0.0.1:8786")
+
+
 def test_auto_chooses_by_the_kind_of_function() -> None:
     run = whilst.imap(anap, [0])
     list(run)

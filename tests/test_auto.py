@@ -3,14 +3,20 @@ measured; CPU-bound work that can be pickled moves to processes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 import whilst
 from whilst import Status
-from whilst._options import cpu_count
+from whilst._options import cpu_count, resolve
 
 from conftest import max_overlap
 
@@ -138,3 +144,136 @@ def test_a_run_too_short_to_measure_says_so() -> None:
     _, run, _ = timed(crunch, [1000, 1000], "auto")
     assert run.summary is not None
     assert run.summary.mode_reason.startswith("auto kept threads: the run's 2 tasks")
+    _, run, _ = timed(crunch, [1000], "auto")
+    assert run.summary is not None
+    assert run.summary.mode_reason.startswith("auto kept threads: the run's 1 task (too few")
+
+
+# -- a plain function that returns coroutines (from a user trial) ------------------
+
+
+@contextlib.asynccontextmanager
+async def local_server() -> AsyncIterator[tuple[str, Counter[str]]]:
+    """A real aiohttp server on 127.0.0.1, on the caller's loop: its base URL, and
+    how often each page was asked for. /slow takes 5 s, /flaky fails the first time."""
+    hits: Counter[str] = Counter()
+
+    async def page(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        hits[name] += 1
+        await asyncio.sleep(5 if name == "slow" else 0.01)
+        if name == "flaky" and hits[name] == 1:
+            return web.Response(status=500)
+        return web.Response(text=f"page {name}")
+
+    app = web.Application()
+    app.router.add_get("/{name}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", hits
+    finally:
+        await runner.cleanup()
+
+
+async def fetch(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url, raise_for_status=True) as response:
+        return await response.text()
+
+
+def test_a_lambda_sharing_the_callers_session_runs_every_task_on_the_callers_loop() -> None:
+    """``aimap(lambda u: fetch(session, u), urls)``: the coroutines the lambda returns
+    are awaited on the caller's loop, which owns the session (they were awaited on
+    each thread's own loop: every task failed, "attached to a different loop"), and
+    once they are known the calls run there too, with no thread each."""
+    caller = threading.current_thread()
+    called_in: list[threading.Thread] = []
+
+    def get(session: aiohttp.ClientSession, url: str) -> object:
+        called_in.append(threading.current_thread())
+        return fetch(session, url)
+
+    async def main() -> tuple[whilst.AsyncRun, list[whilst.Result], list[str], list[str]]:
+        async with local_server() as (base, _), aiohttp.ClientSession() as session:
+            urls = [f"{base}/{i}" for i in range(30)]
+            run = whilst.aimap(lambda u: get(session, u), urls)
+            results = [r async for r in run]
+            values = await whilst.amap(lambda u: fetch(session, u), urls)
+            return run, results, values, urls
+
+    run, results, values, urls = asyncio.run(main())
+    assert [(r.status, r.value) for r in results] == [(Status.OK, f"page {i}") for i in range(30)]
+    assert values == [f"page {i}" for i in range(30)]
+    assert {r.mode for r in results} == {"async"}
+    assert all(r.worker.startswith("loop-") for r in results)
+    assert run.summary is not None
+    assert run.summary.mode == "async"
+    assert run.summary.mode_reason == "auto chose async: the function returns coroutines"
+    # Only the first tasks, handed to threads before any came back, were called there.
+    in_threads = sum(thread is not caller for thread in called_in)
+    assert in_threads <= resolve(abs).limit < len(urls)
+
+
+def test_timeouts_retries_and_cancellation_of_such_tasks_act_on_the_callers_loop() -> None:
+    """A timed-out attempt is cancelled on the loop (no thread is abandoned, the run
+    does not wait for it), a failed one is retried, and cancelling the caller's
+    amap stops the run at once, leaving no coroutine unawaited."""
+
+    async def main() -> tuple[list[whilst.Result], float, float]:
+        async with local_server() as (base, hits), aiohttp.ClientSession() as session:
+            urls = [f"{base}/slow", f"{base}/flaky", *(f"{base}/{i}" for i in range(10))]
+            began = time.monotonic()
+            run = whilst.aimap(
+                lambda u: fetch(session, u), urls, timeout=0.5, retries=1, backoff=0.01
+            )
+            results = [r async for r in run]
+            took = time.monotonic() - began
+            assert hits["flaky"] == 2
+            began = time.monotonic()
+            amap = asyncio.ensure_future(
+                whilst.amap(lambda u: fetch(session, u), [f"{base}/slow"] * 20)
+            )
+            await asyncio.sleep(0.3)
+            amap.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await amap
+            return results, took, time.monotonic() - began
+
+    results, took, cancel_took = asyncio.run(main())
+    slow, flaky, *rest = results
+    assert slow.status is Status.TIMED_OUT
+    assert slow.attempts == 2
+    assert slow.mode == "async"
+    assert "it was cancelled" in str(slow.error)
+    assert "thread" not in str(slow.error)
+    assert (flaky.status, flaky.value, flaky.attempts) == (Status.OK, "page flaky", 2)
+    assert all(r.status is Status.OK and r.mode == "async" for r in rest)
+    assert took < 3  # two 0.5 s attempts, not the 5 s the page takes
+    assert cancel_took < 2
+
+
+def where(x: int) -> str:
+    """A plain function returning a coroutine that says which thread awaits it."""
+
+    async def inner() -> str:
+        await asyncio.sleep(0.01)
+        return threading.current_thread().name
+
+    return inner()
+
+
+def test_a_lambda_returning_coroutines_in_plain_code_runs_them_on_the_runs_loop() -> None:
+    """``whilst.map`` from plain code (no loop running): the run's own loop, in the
+    caller's thread, awaits them, as in async mode (a thread's own loop did)."""
+    me = threading.current_thread().name
+    assert whilst.map(lambda x: where(x), range(20)) == [me] * 20
+    run = whilst.imap(lambda x: where(x), range(20))
+    results = list(run)
+    assert [r.value for r in results] == [me] * 20
+    assert {r.mode for r in results} == {"async"}
+    assert run.summary is not None
+    assert run.summary.mode == "async"
+    assert run.summary.mode_reason == "auto chose async: the function returns coroutines"

@@ -33,8 +33,10 @@ def map(
     Args:
         fn: a plain function or a coroutine function of one item.
         items: any iterable or async iterable; it is read lazily.
-        mode: ``"auto"`` (coroutine functions on the event loop, plain ones in
-            threads), ``"sync"``, ``"async"``, ``"threads"`` or ``"processes"``.
+        mode: ``"auto"`` (coroutine functions on the event loop; plain ones in
+            threads, then in processes if CPU-bound, or on the loop if they
+            return coroutines), ``"sync"``, ``"async"``, ``"threads"`` or
+            ``"processes"``.
         limit: most tasks in flight at once. Defaults: async 100, threads
             ``min(32, cpus + 4)``, processes the CPU count, sync 1.
 

@@ -126,18 +126,22 @@ def resolve(
             "awaits one value per item; return the value instead of yielding it"
         )
     is_async = is_async_callable(fn)
-    reason = f"mode={mode!r} was asked for"
+    reason, asked = f"mode={mode!r} was asked for", mode
     measure = False
     if mode == "auto":
         if is_async:
             mode, reason = "async", "auto chose async: fn is a coroutine function (async def)"
-        else:  # threads while the first tasks are measured; maybe processes after
+        else:  # threads while the first tasks are measured; maybe processes or async after
             mode, reason, measure = "threads", "auto measured too few tasks to choose", True
     if mode == "async" and not is_async:
+        # Only a call tells what a plain function returns, and on the loop a call
+        # that blocks stalls every task: auto makes its first calls in threads.
         raise UsageError(
             f"mode='async' runs coroutine functions on the event loop, but {_name(fn)} is a "
-            "plain function that would block it; use mode='threads' (or 'auto') for blocking "
-            "code, or make it async def"
+            "plain function, and only calling it there would tell whether it blocks the "
+            "loop: if it returns a coroutine, pass the async def itself or "
+            "functools.partial(fn, arg), or use mode='auto', which awaits them on the run's "
+            "event loop; if it blocks, use mode='threads'"
         )
     if mode == "sync" and limit not in (None, 1):
         raise UsageError(
@@ -148,9 +152,9 @@ def resolve(
     watching = {name: rest.pop(name, None) for name in WATCHING}
     cluster, insecure = rest.pop("cluster", None), bool(rest.pop("cluster_insecure", False))
     if cluster is not None and mode not in ("dask", "ray"):
+        what = "mode was left at 'auto'" if asked == "auto" else f"this run's mode is {mode!r}"
         raise UsageError(
-            f"cluster= is for mode='dask' or 'ray', and this run's mode is {mode!r}; "
-            "add mode='dask' (or 'ray')"
+            f"cluster= is for mode='dask' or 'ray', and {what}; add mode='dask' (or 'ray')"
         )
     if mode == "dask" and isinstance(cluster, str):
         from ._modes._dask import check_address

@@ -10,18 +10,26 @@ wait. The probe ends after ``PROBE_TASKS`` tasks or ``PROBE_SECONDS``, whichever
 comes first, finished or not. Mostly CPU, more than one CPU, and a function that
 can be pickled: the rest of the run goes to processes. Otherwise it stays in
 threads. The reason is kept for the summary and the report.
+
+A plain function may return a coroutine (``lambda u: fetch(session, u)``), which
+whilst learns only by calling it. Its threads hand such coroutines back to be
+awaited on the scheduler's loop (the caller's, for ``amap``), where what they use
+(a session, a lock) belongs, not on a thread's own; and the rest of the run is
+``async``: each call and its coroutine on that loop, with no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._options import cpu_count
 from . import _worker
 from ._base import Mode, Outcomes
-from ._threads import ThreadsMode
+from ._threads import ThreadsMode, close_coroutines
 
 #: Tasks measured before choosing, unless the probe has taken this long already.
 PROBE_TASKS = 8
@@ -32,15 +40,19 @@ CPU_BOUND = 0.5
 
 
 class AutoMode(Mode):
-    """Threads first; processes for the rest once the first tasks prove CPU-bound."""
+    """Threads first; processes for the rest once the first tasks prove CPU-bound,
+    the loop once the function proves to return coroutines."""
 
     batching = True
-    auto_batch = True
 
     def __init__(self, fn: Any, *, limit: int, is_async: bool) -> None:
         super().__init__(fn, limit=limit, is_async=is_async)
         self.threads = ThreadsMode(fn, limit=limit, is_async=is_async)
+        self.threads.hand_back = True
         self.active: Mode = self.threads
+        # Threads whose slot's latest attempt ran on the loop: the scheduler named
+        # its worker as it began, maybe before the function proved to return coroutines.
+        self._on_loop: set[str] = set()
         self.reason = "auto is measuring the first tasks in threads"
         self._cpu = 0.0
         self._tasks = 0
@@ -61,10 +73,16 @@ class AutoMode(Mode):
     def abandons(self) -> bool:  # type: ignore[override]
         return True  # a thread of the probe may still run a timed-out attempt: wait for it
 
+    @property
+    def auto_batch(self) -> bool:  # type: ignore[override]
+        return self.active.auto_batch
+
     def ran_in(self, outcomes: Outcomes) -> str:
         return "threads" if outcomes.cpu >= 0 else self.active.name  # threads measure CPU
 
     def mode_of(self, worker: str) -> str:
+        if worker in self._on_loop:  # (an attempt stopped on the loop: see __init__)
+            return "async"
         return "threads" if worker.startswith("thread-") else self.active.name
 
     def note_for(self, worker: str) -> str:
@@ -81,6 +99,9 @@ class AutoMode(Mode):
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         if self._choosing is not None and not self._choosing.done():
             await asyncio.shield(self._choosing)  # the processes are being started
+        if isinstance(self.active, OnLoop):
+            self._on_loop.add(self.threads.worker(slot))
+            return await self.active.run_batch(slot, items)
         if self.active is not self.threads:
             try:
                 _worker.dumps(items)  # what processes mode would send
@@ -90,8 +111,11 @@ class AutoMode(Mode):
         if self._began is None:  # the probe starts: it ends in time, tasks over or not
             self._began = time.time()
             self._timer = asyncio.get_running_loop().call_later(PROBE_SECONDS, self._decide)
+        self._on_loop.discard(self.threads.worker(slot))
         outcomes = await self.threads.run_batch(slot, items)
-        if self._choosing is None:
+        if outcomes.unawaited:
+            return await self._await_handed(slot, outcomes)
+        if self._choosing is None and self.active is self.threads:
             ran = len(outcomes.values)  # fewer than items: the rest were taken back
             self._probed.append((items[:ran], outcomes.values))
             self._cpu += max(outcomes.cpu, 0.0)
@@ -100,11 +124,28 @@ class AutoMode(Mode):
                 self._decide()
         return outcomes
 
+    async def _await_handed(self, slot: int, outcomes: Outcomes) -> Outcomes:
+        """A batch whose values include coroutines its thread handed back: each is
+        awaited here, in turn, and the rest of the run is async."""
+        self._on_loop.add(self.threads.worker(slot))
+        if self.active is self.threads:
+            self.active = OnLoop(self.fn, limit=self.limit, is_async=False)
+            self.reason = "auto chose async: the function returns coroutines"
+            if self._timer is not None:
+                self._timer.cancel()
+        worker, values = self.active.worker(slot), outcomes.values
+        try:
+            return await awaited(_same, values, outcomes.start, outcomes.errors, worker)
+        finally:
+            close_coroutines(values)  # those a stop left unawaited
+
     def _decide(self) -> None:
         if self._choosing is None:
             self._choosing = asyncio.get_running_loop().create_task(self._choose())
 
     async def _choose(self) -> None:
+        if self.active is not self.threads:  # it went async
+            return
         wall = time.time() - (self._began or time.time())
         cpu = self.threads.cpu_seconds()
         share = (self._cpu if cpu is None else cpu) / wall if wall > 0 else 0.0
@@ -174,17 +215,72 @@ class AutoMode(Mode):
             self._timer.cancel()
         if self._choosing is not None and not self._choosing.done():
             self._choosing.cancel()
-        if self._choosing is None and self._tasks:  # over before the probe was
+        if self._choosing is not None or self.active is not self.threads:
+            pass  # the reason is given
+        elif self._tasks:  # over before the probe was
             wall = time.time() - (self._began or time.time())
             share = self._cpu / wall if wall > 0 else 0.0
+            tasks = "task" if self._tasks == 1 else "tasks"
             self.reason = (
-                f"auto kept threads: the run's {self._tasks} tasks (too few to move) spent "
+                f"auto kept threads: the run's {self._tasks} {tasks} (too few to move) spent "
                 f"{share:.0%} of their time on the CPU"
             )
-        elif self._choosing is None:
+        else:
             self.reason = "auto ran no tasks (the input was empty, or a journal had them all)"
         try:
             await self.threads.close(abort=abort)
         finally:
             if self.active is not self.threads:
                 await self.active.close(abort=abort)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class OnLoop(Mode):
+    """Auto's ``async``, once the function proved to return coroutines: each call,
+    and the coroutine it returns awaited, on the scheduler's loop. Batches stay at
+    one item (the scheduler's slots are batching ones by now): a slot awaits one
+    coroutine at a time, as in ``async`` mode."""
+
+    name = "async"
+    batching = True
+
+    async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
+        return await awaited(self.fn, items, time.time(), {}, self.worker(slot))
+
+    def worker(self, slot: int) -> str:
+        return f"loop-{slot}"
+
+
+async def awaited(
+    call: Callable[[Any], Any],
+    args: list[Any],
+    start: float,
+    errors: dict[int, BaseException],
+    worker: str,
+) -> Outcomes:
+    """``call`` of each of ``args`` in turn on this loop, a coroutine it returns
+    awaited, as one batch's outcomes; those already in ``errors`` are not called.
+    ``worker`` is named: the scheduler may have handed the batch to a thread's."""
+    values: list[Any] = []
+    ends: list[float] = []
+    errors = dict(errors)
+    for i, arg in enumerate(args):
+        value = None
+        if i not in errors:
+            try:
+                value = call(arg)
+                if inspect.iscoroutine(value):
+                    value = await value
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # a timeout or the run's stop, not the task's own
+                value, errors[i] = None, exc
+            except BaseException as exc:  # the task's error is its result, as in a thread
+                value, errors[i] = None, _worker.as_raised(exc)
+        values.append(value)
+        ends.append(time.time())
+    return Outcomes(start, ends, values, errors, workers=[worker] * len(values))

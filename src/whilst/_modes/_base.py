@@ -32,6 +32,9 @@ class Outcomes(NamedTuple):
     #: (after a crash its items run again one at a time, maybe on new workers).
     workers: Sequence[str] = ()
     timed: bool = True
+    #: Some values are coroutines the function returned, not awaited yet: a thread
+    #: of auto's hands them back to the scheduler's loop (see ``AutoMode``).
+    unawaited: bool = False
 
     def where(self, worker: str) -> Sequence[str]:
         """Where each item ran: ``workers``, or all in ``worker`` (the batch's)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import operator
 import queue
 import threading
@@ -48,7 +49,10 @@ class _Completions:
             fut, value = pending.popleft()
             if not fut.done():
                 fut.set_result(value)
-            elif self.settling:  # the slot gave up on it (timeout) and waits for the thread
+                continue
+            if value.unawaited:  # the job was given up on: its coroutines never will be
+                close_coroutines(value.values)
+            if self.settling:  # the slot gave up on it (timeout) and waits for the thread
                 waiter = self.settling.pop(fut, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -58,11 +62,24 @@ def _same(exc: BaseException) -> BaseException:
     return exc
 
 
+def close_coroutines(values: list[Any]) -> None:
+    """Close the coroutines among ``values`` that will not be awaited (a closed
+    one says nothing, where one left to the garbage collector warns that it was
+    never awaited); closing one that ended does nothing."""
+    for value in values:
+        if inspect.iscoroutine(value):
+            value.close()
+
+
 class _SlotThread(threading.Thread):
-    def __init__(self, fn: Any, done: _Completions, name: str, timed: bool) -> None:
+    def __init__(
+        self, fn: Any, done: _Completions, name: str, timed: bool, hand_back: bool
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.fn = fn
         self.timed = timed
+        self.hand_back = hand_back
+        self._handed = False  # this job handed a coroutine back
         self.done = done
         self.inbox: queue.SimpleQueue[tuple[asyncio.Future[Any], Iterator[Any]] | None] = (
             queue.SimpleQueue()
@@ -75,19 +92,27 @@ class _SlotThread(threading.Thread):
 
     def run(self) -> None:
         get, post, thread_time, timed = self.inbox.get, self.done.post, time.thread_time, self.timed
+        await_ = self._hand_back if self.hand_back else self._await
         try:
             while (job := get()) is not None:
                 fut, items = job
                 self._running = fut
                 cpu = thread_time()
-                start, ends, values, errors = run_batch(self.fn, items, _same, self._await, timed)
+                start, ends, values, errors = run_batch(self.fn, items, _same, await_, timed)
                 cpu = thread_time() - cpu
+                handed, self._handed = self._handed, False
                 self.last_done = fut  # before post: see ThreadsMode.settle
-                post(fut, Outcomes(start, ends, values, errors, cpu, timed=timed))
+                post(fut, Outcomes(start, ends, values, errors, cpu, timed=timed, unawaited=handed))
                 del job, fut, items
         finally:
             if self._runner is not None:
                 self._runner.close()
+
+    def _hand_back(self, coro: Any) -> Any:
+        """Auto's threads leave a coroutine the function returned for the scheduler's
+        loop to await: what it uses (a session, a lock) may belong to that loop."""
+        self._handed = True
+        return coro
 
     def _await(self, coro: Any) -> Any:
         """A coroutine function in threads mode runs on this thread's own loop."""
@@ -131,6 +156,9 @@ class ThreadsMode(Mode):
         "and its thread takes no other task until it returns "
         "(use mode='processes' for code that must be stopped)"
     )
+    #: A coroutine a plain function returns is left among the values (``unawaited``)
+    #: for the scheduler's loop to await, not awaited on the thread's own (auto).
+    hand_back = False
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -143,7 +171,7 @@ class ThreadsMode(Mode):
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         thread = self._threads.get(slot)
         if thread is None:
-            thread = _SlotThread(self.fn, self._done, self.worker(slot), self.timed)
+            thread = _SlotThread(self.fn, self._done, self.worker(slot), self.timed, self.hand_back)
             self._threads[slot] = thread
             thread.start()
         fut = thread.job = self._loop.create_future()
