@@ -880,6 +880,10 @@ def test_jobs_are_as_many_at_once_as_the_open_file_limit_leaves_room_for() -> No
     assert low.returncode == 2  # every job would fail with "Too many open files"
     assert b"is 16, too low to run a job" in low.stderr
     assert low.stdout == b""
+    enough = subprocess.run(
+        ["sh", "-c", f"ulimit -n 22 && {command}"], capture_output=True, timeout=60
+    )
+    assert (enough.returncode, enough.stdout) == (0, b"a\n")  # one job at a time
 
 
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
@@ -942,11 +946,13 @@ def test_stdin_is_read_only_so_far_ahead_of_the_jobs() -> None:
             proc.stdin.close()
 
 
-def test_a_reader_that_goes_away_ends_the_run_as_sigpipe_would() -> None:
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_a_reader_that_goes_away_ends_the_run_as_sigpipe_would(dry: list[str]) -> None:
     """`whilst run ... | head -1`: exit 141, as GNU parallel's (a shell's status of
     a program SIGPIPE ended), with nothing on stderr."""
+    many = map(str, range(500 if not dry else 20_000))
     proc = subprocess.Popen(
-        [*WHILST, "run", "-q", "-j", "2", "echo {}; sleep 0.01", ":::", *map(str, range(500))],
+        [*WHILST, "run", "-q", "-j", "2", *dry, "echo {}; sleep 0.01", ":::", *many],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

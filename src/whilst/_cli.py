@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from ._batch import BatchOptions, arun_batch, common_record, json_line, run_batch
+from ._batch import BatchOptions, OutputGone, arun_batch, common_record, json_line, run_batch
 from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
@@ -81,7 +81,6 @@ def _leave(code: str | int | None) -> NoReturn:
 def _command() -> None:
     """The ``whilst`` command: exits 130 after Ctrl-C (click alone would say
     "Aborted!" and exit 1) and 143 after SIGTERM (the run raises SystemExit)."""
-    from ._batch import OutputGone
     from ._errors import UsageError, WhilstError, describe
 
     try:
@@ -407,7 +406,8 @@ literal argument.
 
 \b
 Exit status: 0 when every job succeeded, 1 when any failed, 2 for a usage
-error, 130 after Ctrl-C, 143 after SIGTERM.""",
+error, 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, 141 once the
+output's reader went away (| head).""",
 )
 @batch_options("the CPU count")
 @click.option("-0", "--null", is_flag=True, help="Inputs are separated by NUL, not newline.")
@@ -486,12 +486,16 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
                 )
             except UsageError as exc:
                 raise click.UsageError(str(exc)) from None
-        for job in todo:
-            if done and id_key(task_id(job.args)) in done:
-                continue
-            line = template.command(job.args, job.seq, 1)
-            text = line if isinstance(line, str) else shlex.join(line)
-            out.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        try:
+            for job in todo:
+                if done and id_key(task_id(job.args)) in done:
+                    continue
+                line = template.command(job.args, job.seq, 1)
+                text = line if isinstance(line, str) else shlex.join(line)
+                out.write(text.encode("utf-8", "surrogateescape") + b"\n")
+            out.flush()
+        except BrokenPipeError:
+            raise OutputGone from None
         return
     from ._options import default_limit
 
@@ -560,7 +564,8 @@ secret-looking query values (key, token, password...) as ***.
 
 \b
 Exit status: 0 when every URL was fetched, 1 when any failed, 2 for a usage
-error, 130 after Ctrl-C, 143 after SIGTERM.""",
+error, 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, 141 once the
+output's reader went away (| head).""",
 )
 @batch_options("100")
 @click.option(
@@ -754,7 +759,8 @@ Examples:
 Each result is one JSON line on stdout: {"index", "item", "ok", "value"},
 or "status" and "error" when it failed (values that are not JSON are
 shown as their repr). Exit status: 0 when every call succeeded, 1 when any
-failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM.""",
+failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, 141 once the
+output's reader went away (| head).""",
 )
 @batch_options("as --mode chooses")
 @click.option(

@@ -397,7 +397,7 @@ class JournalWriter:
         # Whether a skipped task's value must come back: ``whilst run`` and ``http``
         # print nothing for one, so theirs are skipped whatever their values became.
         self.values = values
-        self._unkept_told = False  # the user was told values go unkept here
+        self._unkept = False  # values went unkept: the file is not private
         self.closed = False
         self.rows: list[tuple[Any, ...]] = []  # final records, not yet committed
         self.run: int | None = None
@@ -553,15 +553,8 @@ class JournalWriter:
         """Keep how a task ended, for the next commit. A task stopped because the
         run stopped is ``interrupted``: a resume runs it again, whatever ``resume``."""
         data, fmt = _encode(value, self.owned) if status is Status.OK else (None, "none")
-        if fmt == _NOT_JSON and not self.owned and self.values and not self._unkept_told:
-            self._unkept_told = True
-            warnings.warn(
-                f"whilst: journal {self.path} is not private to you, so values that are not "
-                "JSON are not kept in it (a pickle others could write would run their code "
-                "when read back): those tasks run again on a resume; chmod 600 the file to "
-                "keep them",
-                stacklevel=2,
-            )
+        if fmt == _NOT_JSON and not self.owned:
+            self._unkept = self.values  # said once the run is over (see close)
         word = INTERRUPTED if status is Status.CANCELLED else status._value_
         self.rows.append((
             key, index, _short(item), word, attempts, start, end, mode, worker,
@@ -617,6 +610,14 @@ class JournalWriter:
                     del _held[key]
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = -1
+        if self._unkept:  # (now: every record is in; under -W error, this raises)
+            warnings.warn(
+                f"whilst: journal {self.path} is not private to you, so values that are not "
+                "JSON were not kept in it (a pickle others could write would run their code "
+                "when read back): those tasks run again on a resume; chmod 600 the file to "
+                "keep them",
+                stacklevel=2,
+            )
 
 
 _COLUMNS = [

@@ -95,7 +95,7 @@ class DaskMode(ClusterMode):
                 n_workers=min(self.limit, cpu_count()),
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # (None is Dask's 8787, maybe taken: a warning)
                 asynchronous=True,
             )
             cluster = self._own_cluster
