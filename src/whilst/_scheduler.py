@@ -767,6 +767,8 @@ class Scheduler:
                     if mode.auto_batch:
                         busy = outcomes.ends[-1] - outcomes.start
                         size = self._next_size(size, busy, len(outcomes.values))
+                    else:  # (no longer: auto went async)
+                        size = 1
         finally:
             del self._flying[slot]
             for _, _, _, task, _ in flying:

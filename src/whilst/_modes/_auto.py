@@ -133,9 +133,11 @@ class AutoMode(Mode):
             self.reason = "auto chose async: the function returns coroutines"
             if self._timer is not None:
                 self._timer.cancel()
+        assert isinstance(self.active, OnLoop)
         worker, values = self.active.worker(slot), outcomes.values
         try:
-            return await awaited(_same, values, outcomes.start, outcomes.errors, worker)
+            async with self.active.turn(slot):
+                return await awaited(_same, values, outcomes.start, outcomes.errors, worker)
         finally:
             close_coroutines(values)  # those a stop left unawaited
 
@@ -187,6 +189,9 @@ class AutoMode(Mode):
         processes = ProcessesMode(self.fn, limit=cpu_count(), is_async=self.is_async)
         processes.timed = self.timed
         await processes.open()
+        if self.active is not self.threads:  # it went async while the processes started
+            await processes.close()
+            return
         self.active = processes
         self.reason = f"auto chose processes: {measured}"
 
@@ -247,8 +252,19 @@ class OnLoop(Mode):
     name = "async"
     batching = True
 
+    def __init__(self, fn: Any, *, limit: int, is_async: bool) -> None:
+        super().__init__(fn, limit=limit, is_async=is_async)
+        # A slot may have two batches out (grown while the function returned
+        # values): one at a time here, so no more than ``limit`` tasks run at once.
+        self._slots: dict[int, asyncio.Lock] = {}
+
+    def turn(self, slot: int) -> asyncio.Lock:
+        """Held while one of ``slot``'s batches runs here."""
+        return self._slots.setdefault(slot, asyncio.Lock())
+
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
-        return await awaited(self.fn, items, time.time(), {}, self.worker(slot))
+        async with self.turn(slot):
+            return await awaited(self.fn, items, time.time(), {}, self.worker(slot))
 
     def worker(self, slot: int) -> str:
         return f"loop-{slot}"
