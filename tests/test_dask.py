@@ -93,6 +93,29 @@ def test_tasks_go_around_a_worker_a_timed_out_task_still_holds() -> None:
     assert time.monotonic() - started < 20  # not waiting for the hung task
 
 
+def sleep_10(x: int) -> int:
+    time.sleep(10)
+    return x
+
+
+def test_timeouts_act_at_once_with_the_callers_synchronous_client() -> None:
+    """A batch of a synchronous Client's waits without holding one of the loop's few
+    threads: 8 timed out at once took 10 s, the tasks' whole time, when their waits
+    held every thread the clean-up needed."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=8, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        started = time.monotonic()
+        results = list(
+            whilst.imap(sleep_10, range(8), mode="dask", cluster=client, limit=8, timeout=1)
+        )
+        assert time.monotonic() - started < 6
+    assert [r.status for r in results] == [Status.TIMED_OUT] * 8
+
+
 def kill_worker_at_1(x: int) -> int:
     time.sleep(0.1)
     if x == 1:

@@ -75,6 +75,7 @@ class DaskMode(ClusterMode):
     #: each until its probe, pinned to it, has run. Made in open.
     _held: dict[str, tuple[Any, asyncio.Task[None]]]
     _workers: list[str]  # the cluster's, when a worker was last held
+    _asking: asyncio.Future[dict[str, Any]] | None = None  # see _running_on
 
     async def open(self) -> None:
         self._payload = self.payload()
@@ -133,10 +134,7 @@ class DaskMode(ClusterMode):
 
         async def release() -> None:
             try:
-                if getattr(client, "asynchronous", False):
-                    await probe
-                else:
-                    await asyncio.to_thread(probe.result)
+                await _result(client, probe)
             except Exception:
                 pass  # it was cancelled, or the worker lost: nothing waits for it
             finally:
@@ -150,10 +148,7 @@ class DaskMode(ClusterMode):
             _run_on_worker, self._payload, items, pure=False, **self._placement()
         )
         try:
-            if getattr(client, "asynchronous", False):
-                start, ends, values, wired, where = await future
-            else:  # a synchronous Client of the caller's: wait without blocking the loop
-                start, ends, values, wired, where = await asyncio.to_thread(future.result)
+            start, ends, values, wired, where = await _result(client, future)
         except Exception as exc:
             if type(exc).__name__ == "KilledWorker":  # Dask ran out of workers to try
                 raise WorkerCrashed(None) from exc
@@ -168,17 +163,23 @@ class DaskMode(ClusterMode):
 
     async def _running_on(self, key: Any) -> str | None:
         """The worker a task was handed to (running or waiting there), if any; and
-        the cluster's workers as they are now, kept."""
-        client = self._client
+        the cluster's workers as they are now, kept. One question to the scheduler
+        at a time, shared by every batch given up on meanwhile (a halt gives up
+        on all of them at once)."""
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self._processing())
         try:
-            if getattr(client, "asynchronous", False):
-                processing = await client.processing()
-            else:
-                processing = await asyncio.to_thread(client.processing)
+            processing = await asyncio.shield(self._asking)
         except Exception:  # (the client closing): the attempt's own end is what matters
             return None
         self._workers = list(processing)  # every worker, each with what it was handed
         return next((w for w, keys in processing.items() if key in keys), None)
+
+    async def _processing(self) -> dict[str, Any]:
+        client = self._client
+        if getattr(client, "asynchronous", False):
+            return await client.processing()  # type: ignore[no-any-return]
+        return await asyncio.to_thread(client.processing)
 
     def worker(self, slot: int) -> str:
         return self._where.get(slot, "dask")
@@ -202,3 +203,26 @@ async def _cancel(future: Any) -> None:
     if inspect.isawaitable(cancelled):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cancelled, CANCEL_WAIT)
+
+
+async def _result(client: Any, future: Any) -> Any:
+    """A Dask future's result, awaited without blocking the loop or holding a thread
+    while it waits: an asynchronous client's future is awaitable; a synchronous
+    client's tells a callback (in a thread of Dask's) when it is done, and its
+    result is then fetched in a thread (a round trip to the worker holding it)."""
+    if getattr(client, "asynchronous", False):
+        return await future
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished(_: Any) -> None:
+        def tell() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(tell)
+
+    future.add_done_callback(finished)
+    await done
+    return await asyncio.to_thread(future.result)
