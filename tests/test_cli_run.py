@@ -97,6 +97,8 @@ ORACLE = [
     # {-1} the last column; as Perl indexes, of 2 columns {-3} is the second, {-5} none
     ["echo", "{-1}", "{-2.}", "[{-3/}]", "[{-5}]", "x{-1}y", ":::", "a.x", "d/b.y", ":::", "1"],
     ["--colsep", ",", "echo", "{-1}", "{-2}", "::::", "pairs"],
+    ["--dry-run", "--tag", "echo", ":::", "a", "b c"],
+    ["--dry-run", "--tag", "echo {1} {2}", ":::", "a", ":::", "x y"],
     # braces that are no replacement string stay as they are
     ["echo '{foo} {a,b} {-} {-x} {+1} {=} {1..3} {1,-1}' ${HOME+x} x{}y", ":::", "a"],
     ["echo {} | awk '{print $2}'", ":::", "a b"],

@@ -492,6 +492,8 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
                     continue
                 line = template.command(job.args, job.seq, 1)
                 text = line if isinstance(line, str) else shlex.join(line)
+                if tag:  # as GNU parallel's --dry-run --tag: the input, a tab, the command
+                    text = f"{job.text}\t{text}"
                 out.write(text.encode("utf-8", "surrogateescape") + b"\n")
             out.flush()
         except BrokenPipeError:
