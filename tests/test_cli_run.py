@@ -393,6 +393,26 @@ def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
     assert statuses == ["interrupted"] * 3  # job 4 never started
 
 
+def test_a_signal_says_what_ended_before_it(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "-j", "2", "--grace", "0.2", f"sleep {{}} && echo {{}} >> {done}",
+         ":::", "0.1", "0.1", "30", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not done.exists() or len(done.read_text().split()) < 2):
+        time.sleep(0.05)
+    time.sleep(0.2)  # (their results handed out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.decode().splitlines()[-2:] == [
+        "whilst: 2 ended before the stop (2 ok)",  # (it said "terminated" alone)
+        "terminated",
+    ]
+
+
 def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     db, counter = tmp_path / "run.db", tmp_path / "count"
     template = f"echo {{}} >> {counter}; [ {{}} != 3 ]"

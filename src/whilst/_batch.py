@@ -3,6 +3,7 @@ map onto the scheduler, and the loop that prints results as they come."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import functools
@@ -117,6 +118,18 @@ class Tally:
         if self._results is not None:
             self._results.close()
 
+    def stopped(self) -> None:
+        """A signal stopped the run: one line says what ended before it."""
+        self.close()
+        if self.total:
+            ok = self.total - self.failed - self.cancelled
+            ended = [f"{ok} ok", *(f"{n} {kind}" for kind, n in self.failures.items())]
+            if self.cancelled:
+                ended.append(f"{self.cancelled} cancelled")
+            print(
+                f"whilst: {self.total} ended before the stop ({', '.join(ended)})", file=sys.stderr
+            )
+
     def finish(self, summary: Summary | None) -> int:
         """Print the summary (unless --quiet); the exit status: 0 when every task
         succeeded, else 1."""
@@ -194,6 +207,9 @@ def run_batch(
                 tally.add(r)
     except BrokenPipeError:
         raise OutputGone from None
+    except (KeyboardInterrupt, SystemExit):
+        tally.stopped()
+        raise
     finally:
         tally.close()
     return tally.finish(run.summary)
@@ -224,6 +240,9 @@ async def arun_batch(
                 tally.add(r)
     except BrokenPipeError:
         raise OutputGone from None
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        tally.stopped()
+        raise
     finally:
         tally.close()
     return tally.finish(run.summary)
