@@ -96,7 +96,7 @@ def _command() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except UsageError as exc:  # found by the library before anything ran
-        click.echo(f"whilst: {exc}", err=True)
+        click.echo(f"whilst: {_as_options(str(exc))}", err=True)
         sys.exit(2)
     except WhilstError as exc:  # the run itself failed (say, its journal became unwritable)
         click.echo(f"whilst: {exc}", err=True)
@@ -109,6 +109,14 @@ def _command() -> None:
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"whilst: {exc.strerror or describe(exc)}{where}", err=True)
         sys.exit(1)
+
+
+def _as_options(text: str) -> str:
+    """The library's words for a mode as the command line's: ``--mode threads``,
+    not ``mode='threads'``."""
+    import re
+
+    return re.sub(r"\bmode='(\w+)'", r"--mode \1", text)
 
 
 def _quiet_stdout() -> None:
