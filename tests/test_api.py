@@ -511,6 +511,15 @@ def test_aimap_closed_by_another_task_ends_its_readers_loop_quietly() -> None:
     assert summary.counts["ok"] >= 1
 
 
+def test_aimap_in_a_plain_for_loop_names_the_form_to_use() -> None:
+    async def echo(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match=r"`async for` inside a coroutine.*whilst.imap"):
+        for _ in whilst.aimap(echo, [1]):  # (it said "'AsyncRun' object is not iterable")
+            pass
+
+
 def test_aimap_raises_an_input_error_once() -> None:
     async def items():  # type: ignore[no-untyped-def]
         yield 1

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Generator, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from ._options import Options
 from ._output import Chunk, Stream, window_for
@@ -177,6 +177,12 @@ class AsyncRun(AsyncIterator[Result]):
 
     def __aiter__(self) -> AsyncRun:
         return self
+
+    def __iter__(self) -> NoReturn:  # (a plain for loop: say which form it wants)
+        raise TypeError(
+            "whilst.aimap(...) hands out results to `async for` inside a coroutine; in "
+            "plain code, use whilst.imap(...) with a plain for loop"
+        )
 
     async def __anext__(self) -> Result:
         while (result := next(self._ready, None)) is None:
