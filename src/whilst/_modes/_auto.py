@@ -21,7 +21,6 @@ awaited on the scheduler's loop (the caller's, for ``amap``), where what they us
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -137,7 +136,7 @@ class AutoMode(Mode):
         worker, values = self.active.worker(slot), outcomes.values
         try:
             async with self.active.turn(slot):
-                return await awaited(_same, values, outcomes.start, outcomes.errors, worker)
+                return await awaited(_same, values, worker, outcomes.errors, outcomes.start)
         finally:
             close_coroutines(values)  # those a stop left unawaited
 
@@ -264,7 +263,7 @@ class OnLoop(Mode):
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         async with self.turn(slot):
-            return await awaited(self.fn, items, time.time(), {}, self.worker(slot))
+            return await awaited(self.fn, items, self.worker(slot))
 
     def worker(self, slot: int) -> str:
         return f"loop-{slot}"
@@ -273,30 +272,11 @@ class OnLoop(Mode):
 async def awaited(
     call: Callable[[Any], Any],
     args: list[Any],
-    start: float,
-    errors: dict[int, BaseException],
     worker: str,
+    errors: dict[int, BaseException] | None = None,
+    start: float | None = None,
 ) -> Outcomes:
-    """``call`` of each of ``args`` in turn on this loop, a coroutine it returns
-    awaited, as one batch's outcomes; those already in ``errors`` are not called.
-    ``worker`` is named: the scheduler may have handed the batch to a thread's."""
-    values: list[Any] = []
-    ends: list[float] = []
-    errors = dict(errors)
-    for i, arg in enumerate(args):
-        value = None
-        if i not in errors:
-            try:
-                value = call(arg)
-                if inspect.iscoroutine(value):
-                    value = await value
-            except asyncio.CancelledError as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # a timeout or the run's stop, not the task's own
-                value, errors[i] = None, exc
-            except BaseException as exc:  # the task's error is its result, as in a thread
-                value, errors[i] = None, _worker.as_raised(exc)
-        values.append(value)
-        ends.append(time.time())
+    """:func:`_worker.arun_batch` as one batch's outcomes, errors kept as raised,
+    ``worker`` named: the scheduler may have handed the batch to a thread's."""
+    start, ends, values, errors = await _worker.arun_batch(call, args, _same, errors, start)
     return Outcomes(start, ends, values, errors, workers=[worker] * len(values))

@@ -173,6 +173,46 @@ def run_batch(
     return start, ends, values, errors
 
 
+async def arun_batch(
+    call: Callable[[Any], Any],
+    items: Iterable[Any],
+    fail: Callable[[BaseException], Any] = _wire,
+    errors: dict[int, Any] | None = None,
+    start: float | None = None,
+) -> tuple[float, array[float], list[Any], dict[int, Any]]:
+    """:func:`run_batch` on the running event loop: ``call`` of each item in turn,
+    a coroutine it returns awaited. Items already in ``errors`` are not called
+    (their call raised elsewhere). A cancellation of the running task (a timeout,
+    the run's stop) goes on; one a coroutine raised of itself is its error.
+
+    Shared by worker processes serving a coroutine function and auto mode once
+    its function proved to return coroutines."""
+    import asyncio
+
+    values: list[Any] = []
+    ends = array("d")
+    errors = dict(errors or {})
+    coroutine, now = types.CoroutineType, time.time
+    start = now() if start is None else start
+    for i, item in enumerate(items):
+        value = None
+        if i not in errors:
+            try:
+                value = call(item)
+                if type(value) is coroutine:
+                    value = await value
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                value, errors[i] = None, fail(exc)
+            except BaseException as exc:  # the task's error is its result
+                value, errors[i] = None, fail(as_raised(exc))
+        values.append(value)
+        ends.append(now())
+    return start, ends, values, errors
+
+
 def _encode(tag: int, outcomes: tuple[float, array[float], list[Any], dict[int, Any]]) -> bytes:
     try:
         return dumps((tag, outcomes))
@@ -234,18 +274,7 @@ async def _serve_async(read_fd: int, send: Callable[[bytes], None], fn: Any) -> 
         inbox.put_nowait(data)
 
     async def run(tag: int, items: list[Any]) -> None:
-        values: list[Any] = []
-        ends = array("d")
-        errors: dict[int, Any] = {}
-        start = time.time()
-        for i, item in enumerate(items):
-            try:
-                values.append(await fn(item))
-            except BaseException as exc:
-                values.append(None)
-                errors[i] = _wire(as_raised(exc))
-            ends.append(time.time())
-        send(_encode(tag, (start, ends, values, errors)))
+        send(_encode(tag, await arun_batch(fn, items)))
 
     loop.add_reader(read_fd, readable)
     try:
