@@ -286,6 +286,22 @@ def test_percentiles_are_within_2_percent_and_skip_what_did_not_run(spread: floa
     assert bulk.buckets == one_by_one.buckets
 
 
+def test_a_duration_past_a_float32_counts_in_bulk_as_one_by_one() -> None:
+    # A clock that jumped: 1e39 s does not fit a float32; a clock that went back: -0.5 s.
+    results = [
+        whilst.Result(0, 0, Status.OK, None, None, 1, 0.0, 1e39),
+        whilst.Result(1, 1, Status.OK, None, None, 1, 1.0, 0.5),
+        whilst.Result(2, 2, Status.OK, None, None, 1, 1.0, 1.25),
+    ]
+    bulk, one_by_one = Stats(), Stats()
+    bulk.add(results)
+    for r in results:
+        one_by_one.add_one(r)
+    assert bulk.buckets == one_by_one.buckets
+    assert bulk.longest == 1e39
+    assert bulk.percentile(1.0) > 1e37
+
+
 def test_map_summary_true_prints_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
     whilst.map(abs, range(10), mode="sync", summary=True)
     err = capsys.readouterr().err
