@@ -4,6 +4,7 @@ timeouts, halts and signals leave no process behind (issue 6; reliability.md
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -511,6 +512,19 @@ def test_results_write_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> Non
     assert record["args"] == ["a\\xfeb"]
     assert record["stdout"] == "a\\xfeb\n"
     assert results.read_bytes().isascii()
+
+
+def test_results_give_output_that_is_not_utf8_as_its_exact_bytes_too(tmp_path: Path) -> None:
+    # The text of a byte 0xfe and of a job printing the characters \xfe are the same.
+    results = tmp_path / "r.jsonl"
+    script = "printf 'a\\376b\\n'; printf '%s\\n' '\\xfe' >&2; : {}"
+    run = whilst_run("-q", "--results", str(results), script, ":::", "x")
+    assert run.returncode == 0, run.stderr
+    [record] = map(json.loads, results.read_text().splitlines())
+    assert record["stdout"] == "a\\xfeb\n"
+    assert record["stderr"] == "\\xfe\n"
+    assert base64.b64decode(record["stdout_base64"]) == b"a\xfeb\n"
+    assert "stderr_base64" not in record  # it was UTF-8: its text is exact
 
 
 def test_a_trace_writes_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ loop's subprocess support (see ``bench/``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import fcntl
@@ -878,7 +879,7 @@ def result_record(job: Job, result: Any, template: Template) -> dict[str, Any]:
         command = template.command(job.args, job.seq, 0)
     if command is not None:
         command = escaped(command) if isinstance(command, str) else list(map(escaped, command))
-    return {
+    record = {
         "seq": job.seq,
         "args": [escaped(arg) for arg in job.args],
         "command": command,
@@ -892,3 +893,18 @@ def result_record(job: Job, result: Any, template: Template) -> dict[str, Any]:
         "attempts": result.attempts,
         "error": describe(result.error) or None,
     }
+    # Output that is not UTF-8 also as its exact bytes: its text cannot tell a
+    # byte 0xff from a job that printed the four characters \xff.
+    for name in ("stdout", "stderr"):
+        data = getattr(ran, name, b"")
+        if data and not _is_utf8(data):
+            record[f"{name}_base64"] = base64.b64encode(data).decode("ascii")
+    return record
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
