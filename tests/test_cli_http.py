@@ -71,6 +71,8 @@ class Server:
                 return web.Response(status=429, headers={"Retry-After": "0.3"})
             if kind == "fail":
                 return web.Response(status=500)
+            if kind == "pause" and n < 2:  # busy for 2 s: long enough to be said
+                return web.Response(status=503, headers={"Retry-After": "2"})
             if kind == "later":  # busy for an hour
                 return web.Response(status=503, headers={"Retry-After": "3600"})
             if kind == "echo":
@@ -162,6 +164,21 @@ def test_a_url_still_busy_after_its_retries_shows_its_http_status(server: Server
     status, _, _, url, error = run.stdout.rstrip("\n").split("\t")
     assert (status, url) == ("429", server.url("/busy/2"))
     assert error == f"HTTP 429 from {server.url('/busy/2')}"  # no "to be retried" at the end
+
+
+def test_a_long_retry_after_is_said_once_per_host_and_a_short_one_not_at_all(
+    server: Server,
+) -> None:
+    urls = [server.url("/pause/1"), server.url("/pause/2"), server.url("/busy/3")]
+    run = whilst("http", "--retries", "2", "-q", stdin="\n".join(urls))
+    assert run.returncode == 0, run.stderr
+    notes = [line for line in run.stderr.splitlines() if "Retry-After" in line]
+    assert notes == [
+        "whilst: HTTP 503 from 127.0.0.1:"
+        f"{server.port} asks to wait 2 s (Retry-After, at most --max-wait 60 s): retries of "
+        "its URLs wait that long"
+    ]
+    assert sorted(line.split("\t")[0] for line in run.stdout.splitlines()) == ["200"] * 3
 
 
 def test_a_retry_after_longer_than_max_wait_fails_at_once_saying_so(

@@ -567,10 +567,11 @@ Examples:
 
 \b
 Connection errors and 429, 502, 503, 504 are retried with --retries,
-waiting as a Retry-After header asks, up to --max-wait; a URL asking for
-longer fails at once, saying so. Authorization, Cookie and X-Api-Key
-headers are sent, never written; URLs are shown with user:password@ and
-secret-looking query values (key, token, password...) as ***.
+waiting as a Retry-After header asks, up to --max-wait (a wait of 2 s or
+more is said on stderr); a URL asking for longer fails at once, saying
+so. Authorization, Cookie and X-Api-Key headers are sent, never written;
+URLs are shown with user:password@ and secret-looking query values (key,
+token, password...) as ***.
 
 \b
 Exit status: 0 when every URL was fetched, 1 when any failed, 2 for a usage
@@ -654,6 +655,7 @@ def http(source: str, **kwargs: Any) -> None:
         out=out,
         connections=jobs,
         max_wait=max_wait if options.retries else math.inf,  # no retry: no wait to cap
+        note=_note if options.retries else None,
         # A journal of another request (method, headers, body) is refused, as a
         # changed command is: header values and the body count only as a hash.
         journal_identity="whilst http "
@@ -707,6 +709,10 @@ def http(source: str, **kwargs: Any) -> None:
 
 def _host(target: Any) -> str:
     return str(target.host)
+
+
+def _note(text: str) -> None:
+    click.echo(text, err=True)
 
 
 def _read(

@@ -20,6 +20,7 @@ import re
 import secrets
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +38,8 @@ SECRET_PARAMS = re.compile(
 SECRET_HEADERS = re.compile(r"(?i)(authorization|cookie|key|token|secret|auth|session|pass)")
 #: Redirects followed, at most.
 MAX_REDIRECTS = 10
+#: A Retry-After of this many seconds or more is said on stderr: the run may seem stuck.
+NOTE_WAIT = 2.0
 #: An HTTP method is a token (RFC 9110, section 5.6.2).
 METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -209,9 +212,12 @@ class Fetcher:
     #: The longest wait a Retry-After may ask for; a longer one fails the URL at once.
     max_wait: float = 60.0
     journal_identity: str = "whilst http"  # what a journal of this run records
+    #: Told of a long Retry-After (see NOTE_WAIT), once per host while it lasts.
+    note: Callable[[str], None] | None = None
     #: A URL a resume skips prints nothing: its value is not wanted back.
     journal_values: ClassVar[bool] = False
     _session: Any = None
+    _quiet: dict[str, float] = field(default_factory=dict)  # host -> no note until then
 
     async def open(self) -> None:
         """The session, on the run's loop (before the run: its set-up is no task's time)."""
@@ -238,6 +244,8 @@ class Fetcher:
                     after = retry_after(response.headers.get("Retry-After"))
                     if after is not None and after > self.max_wait:
                         raise TooLongToWait(response.status, target, after, self.max_wait)
+                    if after is not None and after >= NOTE_WAIT:
+                        self._tell_wait(response.status, target, after)
                     raise Busy(response.status, f"HTTP {response.status} from {target!r}", after)
                 if response.status >= 400:
                     raise HTTPStatusError(response.status, target)
@@ -245,6 +253,17 @@ class Fetcher:
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise FetchError(f"{_reason(exc, target)} (fetching {target!r})") from None
         return Fetched(response.status, size, time.perf_counter() - started, saved)
+
+    def _tell_wait(self, status: int, target: Target, after: float) -> None:
+        now = time.monotonic()
+        if self.note is None or self._quiet.get(target.host, 0.0) > now:
+            return
+        self._quiet[target.host] = now + after
+        self.note(
+            f"whilst: HTTP {status} from {target.host} asks to wait {round(after, 1):.10g} s "
+            f"(Retry-After, at most --max-wait {self.max_wait:.10g} s): retries of its URLs "
+            "wait that long"
+        )
 
     async def _follow(self, target: Target) -> Any:
         """The response, redirects followed by hand: a secret-looking header given
