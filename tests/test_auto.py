@@ -277,3 +277,27 @@ def test_a_lambda_returning_coroutines_in_plain_code_runs_them_on_the_runs_loop(
     assert run.summary is not None
     assert run.summary.mode == "async"
     assert run.summary.mode_reason == "auto chose async: the function returns coroutines"
+
+
+def test_once_it_proves_to_return_coroutines_async_limit_applies_unless_one_was_asked() -> None:
+    """Auto starts with the threads' default limit (CPUs + 4): held to it, a run of
+    network calls went 6 at a time, 17x slower than as an ``async def``."""
+    running, peaks = 0, []
+
+    async def call(x: int) -> int:
+        nonlocal running
+        running += 1
+        peaks.append(running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return x
+
+    for limit, most in ((None, 100), (4, 4)):
+        peaks.clear()
+        run = whilst.imap(lambda x: call(x), range(300), limit=limit)
+        assert [r.value for r in run] == list(range(300))
+        assert run.summary is not None
+        assert run.summary.limit == most
+        assert max(peaks) <= most
+        if limit is None:
+            assert max(peaks) > resolve(abs).limit  # more than the threads' default

@@ -86,6 +86,7 @@ class Options:
     is_async: bool
     policy: Policy = field(default_factory=Policy)
     measure: bool = False  # auto for a plain function: threads, measured (see _modes/_auto)
+    grow_limit: bool = False  # measured, no limit asked for: async's, should it go async
     cluster: Any = None  # mode="dask": a scheduler address or a distributed.Client
     cluster_insecure: bool = False  # let a plain tcp:// address off this machine be used
     progress: ProgressCallback | None = None
@@ -167,6 +168,7 @@ def resolve(
         ordered=ordered,
         is_async=is_async,
         measure=measure,
+        grow_limit=measure and limit is None,
         cluster=cluster,
         cluster_insecure=insecure,
         policy=make_policy(**rest),

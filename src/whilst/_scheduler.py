@@ -45,7 +45,7 @@ from ._errors import TaskCancelled, TaskTimeout, UsageTypeError, WhilstError, Wo
 from ._events import Event, EventKind, Sink
 from ._modes import Call, Mode, Outcomes, mode_class
 from ._modes._worker import as_raised
-from ._options import Options
+from ._options import Options, default_limit
 from ._output import Record, window_for
 from ._policy import POISON_DEATHS, KeyLimit, RateLimit
 from ._progress import EVERY as PROGRESS_EVERY
@@ -160,6 +160,7 @@ class Scheduler:
         sinks: Sequence[Sink] = (),
     ) -> None:
         self.options = options
+        self.limit = options.limit  # auto may raise it: see _went_async
         self.policy = options.policy
         self.fn = fn
         self._journal: Journaled | None = None  # also self.output while it is kept
@@ -181,6 +182,8 @@ class Scheduler:
             from ._modes._auto import AutoMode
 
             self.mode: Mode = AutoMode(fn, limit=options.limit, is_async=options.is_async)
+            if options.grow_limit:
+                self.mode.went_async = self._went_async
         elif options.mode in ("dask", "ray"):
             from ._modes._dask import DaskMode
             from ._modes._ray import RayMode
@@ -356,7 +359,7 @@ class Scheduler:
             wall=self.ended - self.started,
             mode=self.mode.name,
             mode_reason=self.mode_reason,
-            limit=self.options.limit,
+            limit=self.limit,
             # (a slot waiting on a batch whose items idle slots took back counted too)
             peak=min(self.peak, self._pulled),
             retries=self.retried,
@@ -510,8 +513,16 @@ class Scheduler:
         self._exhausted = True
         self._items = iter(())
 
+    def _went_async(self) -> None:
+        """Auto found that the function returns coroutines, and no limit was asked
+        for: async's default from now on, as for an ``async def`` (the threads'
+        default, CPUs + 4, held a run of network calls to 6 at once)."""
+        self.limit = max(self.limit, default_limit("async"))
+        self.output.fit_batch(2, self.limit)  # room for two results a slot, as window_for
+        self._spawn()  # (each slot spawns the next as it takes an item)
+
     def _spawn(self) -> None:
-        if self._group is None or self._slots >= self.options.limit or self._exhausted:
+        if self._group is None or self._slots >= self.limit or self._exhausted:
             return
         slot, self._slots = self._slots, self._slots + 1
         policy = self.policy
@@ -981,7 +992,7 @@ class Scheduler:
         elif busy > BATCH_TARGET * 4:
             size //= 2
         size = max(1, min(size, self._max_batch))
-        self.output.fit_batch(size, self.options.limit)
+        self.output.fit_batch(size, self.limit)
         return size
 
     # -- the policy path -----------------------------------------------------

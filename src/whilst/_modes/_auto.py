@@ -59,6 +59,8 @@ class AutoMode(Mode):
         self._timer: asyncio.TimerHandle | None = None
         self._choosing: asyncio.Task[None] | None = None
         self._probed: list[tuple[list[Any], list[Any]]] = []  # the probe's items and values
+        #: Told when the function proved to return coroutines (the rest of the run is async).
+        self.went_async: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -132,6 +134,8 @@ class AutoMode(Mode):
             self.reason = "auto chose async: the function returns coroutines"
             if self._timer is not None:
                 self._timer.cancel()
+            if self.went_async is not None:
+                self.went_async()
         assert isinstance(self.active, OnLoop)
         worker, values = self.active.worker(slot), outcomes.values
         try:
