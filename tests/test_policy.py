@@ -30,6 +30,7 @@ import pytest
 import vclock
 import whilst
 from whilst import Result, Retry, Status, TaskCancelled
+from whilst._policy import make_policy
 
 from conftest import anap, for_mode
 
@@ -1064,7 +1065,18 @@ BAD = {
     "retires=3": ({"retires": 3}, ["retires", "did you mean retries="]),
     "key without per_key": ({"key": str}, ["key=", "per_key="]),
     "burst without rate": ({"burst": 3}, ["burst=", "rate="]),
+    "max_backoff below backoff": (
+        {"backoff": 10, "max_backoff": 5},
+        ["max_backoff=5 is below backoff=10", "raise max_backoff or lower backoff"],
+    ),
 }
+
+
+def test_a_backoff_longer_than_the_default_cap_raises_the_cap() -> None:
+    # backoff=60 alone: its waits were cut to the default cap of 30 s without a word.
+    assert make_policy(backoff=60).max_backoff == 60
+    assert make_policy(backoff=2).max_backoff == 30
+    assert make_policy(backoff=2, max_backoff=2).max_backoff == 2
 
 
 def _form(form: str, fn: Callable[..., Any], items: Any, options: dict[str, Any]) -> None:

@@ -45,7 +45,8 @@ def map(
             most 4 attempts; GNU parallel's ``--retries 3`` means 3 in all).
         backoff, max_backoff: the wait before retry ``n`` is drawn uniformly
             below ``backoff * 2**(n-1)`` seconds, at most ``max_backoff``
-            (exponential backoff with full jitter). Defaults 0.5 and 30.
+            (exponential backoff with full jitter). Defaults 0.5 and 30 (or
+            backoff, when that is longer); max_backoff below backoff is an error.
         retry_on: which errors to retry: an exception type, a tuple of them or
             a function of the error. Default: any Exception. A task may raise
             :class:`whilst.Retry` to be retried after a given delay.

@@ -49,7 +49,7 @@ class PolicyOptions(TypedDict, total=False):
 
     retries: int
     backoff: float
-    max_backoff: float
+    max_backoff: float | None
     retry_on: RetryOn
     timeout: float | None
     deadline: float | None

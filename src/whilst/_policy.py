@@ -20,6 +20,8 @@ RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Base
 
 #: Worker deaths after which a task is ``poisoned`` and not tried again.
 POISON_DEATHS = 3
+#: The longest wait between attempts, unless asked (or backoff is longer).
+MAX_BACKOFF = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,7 @@ class Policy:
 
     retries: int = 0
     backoff: float = 0.5
-    max_backoff: float = 30.0
+    max_backoff: float = MAX_BACKOFF  # (or backoff, when that is longer)
     retry_on: RetryOn = Exception
     timeout: float | None = None
     deadline: float | None = None
@@ -226,7 +228,7 @@ def make_policy(
     *,
     retries: int = 0,
     backoff: float = 0.5,
-    max_backoff: float = 30.0,
+    max_backoff: float | None = None,
     retry_on: RetryOn = Exception,
     timeout: float | None = None,
     deadline: float | None = None,
@@ -244,8 +246,16 @@ def make_policy(
 ) -> Policy:
     """Check every policy option; a UsageError naming the fix for the first bad one."""
     _whole("retries", retries, 0, "use retries=0 for a single attempt")
-    for name, value in (("backoff", backoff), ("max_backoff", max_backoff), ("grace", grace)):
+    for name, value in (("backoff", backoff), ("grace", grace)):
         _seconds(name, value, zero=True)
+    if max_backoff is None:  # 30 s, or backoff itself when that is longer
+        max_backoff = max(MAX_BACKOFF, backoff)
+    _seconds("max_backoff", max_backoff, zero=True)
+    if max_backoff < backoff:
+        raise UsageError(
+            f"max_backoff={max_backoff!r} is below backoff={backoff!r}, so every wait "
+            "would be cut to max_backoff; raise max_backoff or lower backoff"
+        )
     _seconds("timeout", timeout)
     _seconds("deadline", deadline)
     if not (_exception_types(retry_on) or (callable(retry_on) and not isinstance(retry_on, type))):
