@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -17,6 +17,7 @@ from aiohttp import web
 import whilst
 from whilst import Status
 from whilst._options import cpu_count, resolve
+from whilst._output import window_for
 
 from conftest import max_overlap
 
@@ -301,3 +302,37 @@ def test_once_it_proves_to_return_coroutines_async_limit_applies_unless_one_was_
         assert max(peaks) <= most
         if limit is None:
             assert max(peaks) > resolve(abs).limit  # more than the threads' default
+
+
+def test_once_it_goes_async_with_a_policy_its_batches_and_read_ahead_stay_small() -> None:
+    """The policy path's batches had grown while the tasks looked tiny in threads,
+    and kept growing on the loop (1,365 coroutines a batch, one after another):
+    the window grew with them, and a reader that paused found tens of thousands
+    of items read ahead, against the 416 results async's limit holds."""
+    read = 0
+
+    def items() -> Iterator[int]:
+        nonlocal read
+        for i in range(20_000):
+            read += 1
+            yield i
+
+    async def noop(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    async def main() -> tuple[int, int, whilst.AsyncRun]:
+        run = whilst.aimap(lambda x: noop(x), items(), retries=1)
+        taken, ahead = 0, 0
+        async for _ in run:
+            taken += 1
+            if taken in (1, 5_000):  # the reader pauses; the run goes on meanwhile
+                await asyncio.sleep(0.3)
+                ahead = max(ahead, read - taken)
+        return taken, ahead, run
+
+    taken, ahead, run = asyncio.run(main())
+    assert taken == 20_000
+    assert run.summary is not None
+    assert run.summary.limit == 100
+    assert ahead <= 2 * window_for(100) + 100  # held, set aside, and one in flight a slot

@@ -175,8 +175,8 @@ def test_a_long_retry_after_is_said_once_per_host_and_a_short_one_not_at_all(
     notes = [line for line in run.stderr.splitlines() if "Retry-After" in line]
     assert notes == [
         "whilst: HTTP 503 from 127.0.0.1:"
-        f"{server.port} asks to wait 2 s (Retry-After, at most --max-wait 60 s): retries of "
-        "its URLs wait that long"
+        f"{server.port} asks to wait 2 s (Retry-After): its URLs are retried after that "
+        "wait, while --retries last"
     ]
     assert sorted(line.split("\t")[0] for line in run.stdout.splitlines()) == ["200"] * 3
 

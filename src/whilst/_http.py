@@ -261,8 +261,7 @@ class Fetcher:
         self._quiet[target.host] = now + after
         self.note(
             f"whilst: HTTP {status} from {target.host} asks to wait {round(after, 1):.10g} s "
-            f"(Retry-After, at most --max-wait {self.max_wait:.10g} s): retries of its URLs "
-            "wait that long"
+            "(Retry-After): its URLs are retried after that wait, while --retries last"
         )
 
     async def _follow(self, target: Target) -> Any:

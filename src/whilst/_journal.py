@@ -863,8 +863,8 @@ class Journaled:
             self.commit()
         await self.inner.room()
 
-    def fit_batch(self, size: int, slots: int) -> None:
-        self.inner.fit_batch(size, slots)
+    def widen(self, window: int) -> None:
+        self.inner.widen(window)
 
     def finish(self) -> None:
         self.inner.finish()

@@ -86,7 +86,7 @@ class Collect:
     async def room(self) -> None:
         pass
 
-    def fit_batch(self, size: int, slots: int) -> None:
+    def widen(self, window: int) -> None:
         pass
 
     def finish(self) -> None:
@@ -352,9 +352,10 @@ class Stream:
         if reader is not None and not reader.done():
             reader.set_result(None)
 
-    def fit_batch(self, size: int, slots: int) -> None:
-        """Batches of ``size`` results arrive at once: make room for two per slot."""
-        self.window = max(self.window, 2 * size * slots)
+    def widen(self, window: int) -> None:
+        """Hold up to ``window`` results (if that is more): for batches of results
+        arriving at once, or more slots."""
+        self.window = max(self.window, window)
         self.full = self.held >= self.window
 
     def finish(self) -> None:

@@ -108,7 +108,7 @@ class Output(Protocol):
 
     async def room(self) -> None: ...
 
-    def fit_batch(self, size: int, slots: int) -> None: ...
+    def widen(self, window: int) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -244,20 +244,16 @@ class Scheduler:
         self._pulled = 0  # the index of the next item
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
-        self._max_batch = max(1, BATCH_BUDGET // (2 * options.limit))  # 2 batches a slot
-        if isinstance(items, Sized):
-            # Four batches per slot at least, so the last ones do not leave slots idle.
-            share = math.ceil(len(items) / (4 * options.limit))
-            self._max_batch = max(1, min(self._max_batch, share))
-        # -- the policy path's state (see _policy_slot) --
         self._total = len(items) if isinstance(items, Sized) else None
+        self._max_batch = self._aside = 1  # (what follows from the limit: see _fit_limit)
+        self._fit_limit()
+        # -- the policy path's state (see _policy_slot) --
         self._rest = self._items  # what a halted run drains into cancelled results
         self._retries: list[tuple[float, int, _Task]] = []  # a heap: (due, seq, task)
         self._seq = itertools.count()
         self._retry_timer: asyncio.TimerHandle | None = None  # the earliest retry's
         self._timer_due = math.inf
         self._held: collections.deque[_Task] = collections.deque()  # ready, maybe key-blocked
-        self._aside = window_for(options.limit)  # most tasks read ahead and set aside
         self._keys = KeyLimit(self.policy.per_key) if self.policy.per_key is not None else None
         self._rate = (
             RateLimit(self.policy.rate, self.policy.burst) if self.policy.rate is not None else None
@@ -513,12 +509,23 @@ class Scheduler:
         self._exhausted = True
         self._items = iter(())
 
+    def _fit_limit(self) -> None:
+        """What follows from the limit: the largest batch (two a slot within the
+        budget; of an input of known length, four a slot at least, so the last
+        ones do not leave slots idle) and the most tasks read ahead and set aside."""
+        self._max_batch = max(1, BATCH_BUDGET // (2 * self.limit))
+        if self._total is not None:
+            share = math.ceil(self._total / (4 * self.limit))
+            self._max_batch = max(1, min(self._max_batch, share))
+        self._aside = window_for(self.limit)
+
     def _went_async(self) -> None:
         """Auto found that the function returns coroutines, and no limit was asked
         for: async's default from now on, as for an ``async def`` (the threads'
         default, CPUs + 4, held a run of network calls to 6 at once)."""
         self.limit = max(self.limit, default_limit("async"))
-        self.output.fit_batch(2, self.limit)  # room for two results a slot, as window_for
+        self._fit_limit()
+        self.output.widen(window_for(self.limit))
         self._spawn()  # (each slot spawns the next as it takes an item)
 
     def _spawn(self) -> None:
@@ -647,7 +654,7 @@ class Scheduler:
         """
         mode = self.mode
         call, worker, name = mode.caller(slot), mode.worker(slot), mode.name
-        output, limit = self.output, self.options.limit
+        output, limit = self.output, self.limit
         record, rows = output.recorder(name, worker), output.rows
         if self.sinks:
             record, rows = self._telling(record, name, worker), None
@@ -992,7 +999,7 @@ class Scheduler:
         elif busy > BATCH_TARGET * 4:
             size //= 2
         size = max(1, min(size, self._max_batch))
-        self.output.fit_batch(size, self.limit)
+        self.output.widen(2 * size * self.limit)  # room for two such batches a slot
         return size
 
     # -- the policy path -----------------------------------------------------
@@ -1157,7 +1164,8 @@ class Scheduler:
                 continue
             else:
                 break
-            size = self._next_size(size, busy, ran)
+            # (no longer batching: auto went async, one coroutine at a time a slot)
+            size = self._next_size(size, busy, ran) if self.mode.auto_batch else 1
         self._wake_all()  # nothing left to start: napping slots may end too
 
     def _failed_batch(self, first: int, items: list[Any], outcomes: Outcomes, worker: str) -> None:

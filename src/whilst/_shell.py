@@ -886,25 +886,18 @@ def result_record(job: Job, result: Any, template: Template) -> dict[str, Any]:
         "status": result.status.value,
         "exit_code": None if ran is None else ran.exit_code,
         "signal": None if ran is None else ran.signal,
-        "stdout": text(ran.stdout) if ran else "",
-        "stderr": text(ran.stderr) if ran else "",
+        "stdout": "",
+        "stderr": "",
         "start": result.start,
         "duration": result.duration,
         "attempts": result.attempts,
         "error": describe(result.error) or None,
     }
-    # Output that is not UTF-8 also as its exact bytes: its text cannot tell a
-    # byte 0xff from a job that printed the four characters \xff.
     for name in ("stdout", "stderr"):
         data = getattr(ran, name, b"")
-        if data and not _is_utf8(data):
+        try:
+            record[name] = data.decode("utf-8")
+        except UnicodeDecodeError:  # also as its exact bytes: its text cannot tell a
+            record[name] = text(data)  # byte 0xff from a job printing the characters \xff
             record[f"{name}_base64"] = base64.b64encode(data).decode("ascii")
     return record
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True

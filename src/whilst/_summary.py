@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 #: run of any length costs a few thousand counters at most.
 _FLOAT, _WORD = struct.Struct("<f"), struct.Struct("<I")
 _NEGATIVE = 0x8000  # buckets from here on hold durations below zero (a clock went back)
+_FLOAT32_MOST = 1e38  # a longer duration (a clock jumped) counts as this: a float32 holds it
 _HIGH = 1 if sys.byteorder == "little" else 0  # the top half of a float32 as 16-bit words
 
 
@@ -209,8 +210,8 @@ class Stats:
             self.task_time += sum(took)
             longest = max(took)
             self.longest = max(self.longest, longest)
-            if longest > 1e38:  # past a float32 (a clock jumped): as _bucket does
-                took = [min(t, 1e38) for t in took]
+            if longest > _FLOAT32_MOST:
+                took = [min(t, _FLOAT32_MOST) for t in took]
             # struct, not array("f", took): array parses each float as an argument
             # (an imap of no-op coroutines: 50 ns less a task, 2%)
             floats = struct.pack(f"{len(took)}f", *took)
@@ -280,7 +281,7 @@ class Stats:
 
 def _bucket(took: float) -> int:
     """The bucket of one duration (as :meth:`Stats.add` finds them for many)."""
-    word: int = _WORD.unpack(_FLOAT.pack(min(took, 1e38)))[0]
+    word: int = _WORD.unpack(_FLOAT.pack(min(took, _FLOAT32_MOST)))[0]
     return word >> 16
 
 
