@@ -1327,3 +1327,28 @@ def test_a_coroutine_that_swallows_its_timeout_ends_timed_out() -> None:
         assert r.status is Status.TIMED_OUT, r
         assert r.value is None
         assert "caught its cancellation" in str(r.error)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["threads", "async"])
+def test_a_halt_or_the_deadline_leaves_an_endless_generator_unread(mode: str) -> None:
+    """An input of no length is not read past a stop, as an async one is not: a
+    halted map over itertools.count() read on for ever, making a cancelled
+    result per item (464 MB in 4 s), and never returned."""
+
+    def check(x: int) -> int:
+        if x == 3:
+            raise ValueError(x)
+        return x
+
+    async def acheck(x: int) -> int:
+        return check(x)
+
+    fn = check if mode == "threads" else acheck
+    with pytest.raises(whilst.TasksFailed, match="the rest of the input was not read"):
+        whilst.map(fn, itertools.count(), mode=mode, halt="now,fail=1")
+    run = whilst.imap(fn, itertools.count(), mode=mode, deadline=0.2, retries=10**9)
+    results = list(run)
+    assert run.summary is not None
+    assert run.summary.left_unread == "the run's deadline of 0.2 s passed"
+    assert sorted(r.index for r in results) == list(range(len(results)))  # none missing

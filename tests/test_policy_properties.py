@@ -265,8 +265,8 @@ def test_policy_invariants(
     if results is None:  # amap returned every value: each item ended ok
         outcomes = {i: (Status.OK, len(attempts[i])) for i in range(n)}
     else:
-        if kind == "aiter" and halt is not None:
-            n = len(results)  # after a halt, an async input is not read further
+        if kind != "list" and halt is not None:
+            n = len(results)  # after a halt, an input of no length is not read further
         assert sorted(r.index for r in results) == list(range(n))
         if form == "aimap" and ordered:
             assert [r.index for r in results] == list(range(n))

@@ -194,8 +194,9 @@ def _print_summary(collect: Collect, scheduler: Scheduler) -> None:
 def _values(collect: Collect, unread: str | None) -> list[Any]:
     """Every value in input order, or TasksFailed with every result.
 
-    A halted run leaves an async input unread (it may never end), so the values
-    would be silently short: that raises too, even when every task read was ok.
+    A halted run leaves an input of no known length unread (it may never end),
+    so the values would be silently short: that raises too, even when every
+    task read was ok.
     """
     if not collect.failed and unread is None:
         return collect.values()
@@ -204,7 +205,7 @@ def _values(collect: Collect, unread: str | None) -> list[Any]:
     errors = _errors(failed)
     message = _failure_message(failed, len(results)) if failed else ""
     if unread is not None:
-        errors.append(TaskCancelled(f"{unread}: the rest of the async input was not read"))
+        errors.append(TaskCancelled(f"{unread}: the rest of the input was not read"))
         message = "; ".join(filter(None, [message, errors[-1].args[0]]))
     raise TasksFailed(message, errors, results)
 

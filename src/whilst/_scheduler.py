@@ -239,6 +239,7 @@ class Scheduler:
         self._asks: set[asyncio.Future[None]] = set()  # asks of busy workers not answered yet
         self._again: asyncio.Future[None] | None = None  # done when items taken back go out
         self._source_done = False  # the last read found the input's end
+        self._read_to_end = False  # a guarded input ended, or raised (see _guarded)
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
         self.left_unread: str | None = None  # why a halted run left an async input unread
         self._pulled = 0  # the index of the next item
@@ -553,7 +554,8 @@ class Scheduler:
         except Exception as exc:
             self.input_error = exc
         except InputInterrupted:
-            pass
+            return
+        self._read_to_end = True
 
     async def _take(self, n: int) -> tuple[int, list[Any]]:
         """Up to ``n`` consecutive items to run and the index of the first; no items
@@ -1393,8 +1395,10 @@ class Scheduler:
     async def _drain(self) -> None:
         """After a halted run's slots ended: every item that did not finish gets its
         result, so none is missing: retries waiting, items waiting for their key,
-        and the rest of a (synchronous) input, read to its end. An async input is
-        not read further: it may never end, or only slowly."""
+        and the rest of an input with a length, read to its end. An input of no
+        known length (a generator, a file, an async input) is not read further:
+        it may never end (``itertools.count()`` read on for its cancelled
+        results grew without bound), or only slowly."""
         output = self.output
         unread = (
             _Task(i, item) for first, run in self._unread for i, item in enumerate(run, first)
@@ -1406,8 +1410,8 @@ class Scheduler:
         self._unread.clear()
         if self._stopping is None or self.interrupted or self.journal_error is not None:
             return  # (a run whose journal failed ends at once, with that error)
-        if self._aitems is not None:
-            if not self._input_ended:
+        if self._aitems is not None or self._total is None:
+            if not (self._input_ended if self._aitems is not None else self._read_to_end):
                 self.left_unread = self._stopping
             return
         rest = self._rest

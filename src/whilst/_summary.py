@@ -43,8 +43,9 @@ class Summary:
         p50, p95, max: task durations in seconds: the median and the 95th
             percentile (within 2%), and the longest.
         total: how many tasks ended (every item ends in exactly one result).
-        left_unread: why the rest of an async input was not read (a halt rule
-            or the deadline stopped the run, and such an input may never end),
+        left_unread: why the rest of an input with no length (a generator, a
+            file, an async input) was not read (a halt rule or the deadline
+            stopped the run, and such an input may never end),
             or None when the input was read to its end: the results cover only
             the items read.
         stopped: why the run stopped starting tasks before its end (a halt rule
