@@ -84,14 +84,14 @@ def test_resume_unfinished_keeps_failures_as_failures(tmp_path: Path) -> None:
     assert [r.index for r in results if r.status is Status.FAILED] == [3, 7]
     assert str(results[3].error) == "in an earlier run, ValueError: no 3"
     assert type(results[3].error).__name__ == "EarlierFailure"  # its text, from the journal
-    s = run.summary  # given back, not run: no speed-up of tasks this run never ran
+    s = run.summary  # given back, not run: no task time of tasks this run never ran
     assert s is not None
     assert (s.ran, s.skipped, s.failed, s.earlier) == (0, 8, 2, {"failed": 2})
     assert str(s).startswith(
         "0 ran (none), 8 skipped (done in an earlier run, from the journal), 2 failed in an "
         "earlier run (from the journal); wall time"
     )
-    assert "speed-up" not in str(s)
+    assert "task time" not in str(s)
 
 
 def test_resume_none_starts_afresh(tmp_path: Path) -> None:

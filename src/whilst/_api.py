@@ -81,7 +81,7 @@ def map(
 
     Watching (never changes what runs):
         summary: print the run's summary on stderr at the end (counts, wall
-            and task time, speed-up, concurrency, durations, retries, mode).
+            and task time, concurrency, durations, retries, mode).
         progress: ``True`` for a progress bar on stderr, or a function called
             with a :class:`whilst.Progress` ten times a second and at the end.
         report: write the run's timeline to this HTML file at the end.

@@ -205,6 +205,7 @@ class Scheduler:
         # them not ok; attempts retried; most tasks running at once (in a batching
         # mode, most workers busy), and running now on the policy path.
         self.done = self.failed = self.retried = self.peak = 0
+        self.waited = 0.0  # seconds tasks waited between attempts (see _started)
         self._running = 0
         self._progress_timer: asyncio.TimerHandle | None = None
         self._progress_off = False
@@ -360,6 +361,7 @@ class Scheduler:
             # (a slot waiting on a batch whose items idle slots took back counted too)
             peak=min(self.peak, self._pulled),
             retries=self.retried,
+            waited=self.waited,
             left_unread=self.left_unread,
             stopped=self._stopping,
         )
@@ -1184,13 +1186,12 @@ class Scheduler:
 
     async def _retry_batch(self, slot: int, tasks: list[_Task], rerun: asyncio.Lock) -> float:
         """Run one attempt of each task, in one batch; the seconds the worker was busy."""
-        worker = self.mode.worker(slot)
-        if self.sinks:
-            now = time.time()
-            for task in tasks:
-                self._emit(STARTED, task.index, task.item, now, worker)
+        worker, now = self.mode.worker(slot), time.time()
         for task in tasks:
             task.attempts += 1
+            self.waited += max(now - task.ended, 0.0)  # (retries all: see _started)
+            if self.sinks:
+                self._emit(STARTED, task.index, task.item, now, worker)
         outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
         errors = outcomes.errors
         for k, (task, value, end, ran_in) in enumerate(
@@ -1209,12 +1210,13 @@ class Scheduler:
         self._busy(1)
         if self._journal is not None and task.attempts == 1:
             self._journal.start(task.index)
-        if task.attempts == 1 or self.sinks:
+        if task.attempts == 1:
+            task.start = start = time.time()
+        else:  # a retry: the wait since the last attempt is no task time
             start = time.time()
-            if task.attempts == 1:
-                task.start = start
-            if self.sinks:
-                self._emit(STARTED, task.index, task.item, start, worker)
+            self.waited += max(start - task.ended, 0.0)
+        if self.sinks:
+            self._emit(STARTED, task.index, task.item, start, worker)
 
     def _attempt_caller(self, slot: int) -> Call:
         """An async function running one attempt of one item in ``slot``."""
@@ -1302,6 +1304,7 @@ class Scheduler:
             result = self._result(task, status, None, error, end, worker)
             self._emit(RETRYING, task.index, task.item, end, worker, result)
         task.errors.append(error)  # type: ignore[arg-type]
+        task.ended = end
         delay = self.policy.delay(task.attempts, error)  # type: ignore[arg-type]
         due = asyncio.get_running_loop().time() + delay
         heapq.heappush(self._retries, (due, next(self._seq), task))
@@ -1611,7 +1614,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class _Task:
     """One item on the policy path, across its attempts."""
 
-    __slots__ = ("attempts", "deaths", "errors", "index", "item", "key", "start")
+    __slots__ = ("attempts", "deaths", "ended", "errors", "index", "item", "key", "start")
 
     def __init__(self, index: int, item: Any) -> None:
         self.index = index
@@ -1621,3 +1624,4 @@ class _Task:
         self.deaths = 0  # worker processes it killed
         self.errors: list[BaseException] = []  # of the attempts before the next
         self.start = 0.0
+        self.ended = 0.0  # when its last failed attempt ended (its retry waits from then)

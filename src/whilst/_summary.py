@@ -33,8 +33,10 @@ class Summary:
     Attributes:
         counts: results by status word (``{"ok": 98, "failed": 2}``).
         wall: seconds from the run's start to its end.
-        task_time: the durations of the tasks that ran, added up: what running
-            them one after another would have cost.
+        task_time: the time the tasks that ran took, added up, the waits
+            between a task's attempts left out. (Not always what running them
+            one after another would cost: CPU-bound tasks in threads share one
+            core, and each takes longer beside the others.)
         mode: where the tasks ran; ``mode_reason`` says why.
         limit: most tasks that were allowed in flight at once.
         peak: most tasks that were running at once (in a batching mode, most
@@ -75,15 +77,16 @@ class Summary:
         object.__setattr__(self, "total", sum(self.counts.values()))
 
     @property
-    def speedup(self) -> float:
-        """Task time over wall time: how many times faster than one after another."""
+    def mean_concurrency(self) -> float:
+        """Tasks running at once, on average over the run: task time over wall time."""
         return self.task_time / self.wall if self.wall > 0 else 0.0
 
     @property
-    def mean_concurrency(self) -> float:
-        """Tasks running at once, on average over the run: task time over wall time
-        (the same figure as :attr:`speedup`, seen from the other side)."""
-        return self.speedup
+    def speedup(self) -> float:
+        """:attr:`mean_concurrency` by another name: the speed-up over running the
+        tasks one after another, when each takes as long alone as beside the
+        others (tasks that wait do; CPU-bound ones in threads do not)."""
+        return self.mean_concurrency
 
     @property
     def skipped(self) -> int:
@@ -117,8 +120,7 @@ class Summary:
             given = ", ".join(f"{n} {s}" for s, n in earlier.items())
             tasks += f", {given} in an earlier run (from the journal)"
         ran = [
-            ("task time", f"{_seconds(self.task_time)} (one after another)"),
-            ("speed-up", f"{_times(self.speedup)}x over one after another"),
+            ("task time", f"{_seconds(self.task_time)} (durations added up)"),
             (
                 "concurrency",
                 f"peak {self.peak}, mean {_times(self.mean_concurrency)}, limit {self.limit}",
@@ -258,14 +260,17 @@ class Stats:
         limit: int,
         peak: int,
         retries: int,
+        waited: float = 0.0,
         left_unread: str | None = None,
         stopped: str | None = None,
     ) -> Summary:
+        """``waited``: seconds tasks spent between their attempts, within their
+        durations but no part of their task time."""
         counts = {Status.OK: self.ok, **self.counts}
         return Summary(
             counts={status.value: n for status, n in counts.items() if n},
             wall=wall,
-            task_time=self.task_time,
+            task_time=max(self.task_time - waited, 0.0),
             mode=mode,
             mode_reason=mode_reason,
             limit=limit,
