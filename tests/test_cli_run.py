@@ -982,11 +982,12 @@ def test_stdin_is_read_only_so_far_ahead_of_the_jobs() -> None:
             proc.stdin.close()
 
 
-@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+@pytest.mark.parametrize("dry", [[], ["--dry-run"], ["--line-buffer"]])
 def test_a_reader_that_goes_away_ends_the_run_as_sigpipe_would(dry: list[str]) -> None:
     """`whilst run ... | head -1`: exit 141, as GNU parallel's (a shell's status of
-    a program SIGPIPE ended), with nothing on stderr."""
-    many = map(str, range(500 if not dry else 20_000))
+    a program SIGPIPE ended), with nothing on stderr (with --line-buffer, each job
+    failed writing its lines, and the run went on to exit 1)."""
+    many = map(str, range(20_000 if dry == ["--dry-run"] else 500))
     proc = subprocess.Popen(
         [*WHILST, "run", "-q", "-j", "2", *dry, "echo {}; sleep 0.01", ":::", *many],
         stdout=subprocess.PIPE,

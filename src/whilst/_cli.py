@@ -528,6 +528,8 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     )
 
     def show(r: Result) -> None:
+        if runner.output_gone:  # (--line-buffer: a job found it writing its lines)
+            raise BrokenPipeError
         ran = ran_of(r) if r.status is not Status.SKIPPED else None
         runner.show(r.item, ran)
         if ran is None and not r.ok and r.status is not Status.CANCELLED:  # not the command's

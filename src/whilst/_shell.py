@@ -594,6 +594,7 @@ class Runner:
         self._programs: dict[str, str | None] = {}  # program name -> its path on PATH
         self._lock = threading.Lock()  # one writer at a time on out and err
         self.stopping = False
+        self.output_gone = False  # a job's line could not be written: see _write
 
     def __call__(self, job: Job) -> Ran:
         if self.stopping:  # the run is being stopped: start nothing more
@@ -738,7 +739,11 @@ class Runner:
 
     def _write(self, sink: IO[bytes], data: bytes) -> None:
         with self._lock:
-            sink.write(data)
+            try:
+                sink.write(data)
+            except BrokenPipeError:  # the reader went away (| head): start nothing more
+                self.stopping = self.output_gone = True
+                raise
             sink.flush()
 
     def show(self, job: Job, ran: Ran | None) -> None:
