@@ -625,11 +625,18 @@ def http(source: str, **kwargs: Any) -> None:
     Prints one line per URL: status, bytes, seconds, URL.
     """
     import asyncio
-    import hashlib
     import math
 
     from ._errors import UsageError
-    from ._http import Fetcher, check_method, check_out, check_url, parse_headers, retryable
+    from ._http import (
+        Fetcher,
+        check_method,
+        check_out,
+        check_url,
+        parse_headers,
+        request_identity,
+        retryable,
+    )
     from ._shell import NO_ITEM
 
     per_host, out, max_wait = kwargs.pop("per_host"), kwargs.pop("out"), kwargs.pop("max_wait")
@@ -660,10 +667,7 @@ def http(source: str, **kwargs: Any) -> None:
         note=_note if options.retries else None,
         # A journal of another request (method, headers, body) is refused, as a
         # changed command is: header values and the body count only as a hash.
-        journal_identity="whilst http "
-        + hashlib.blake2b(
-            repr((method, sorted(headers.items()), data)).encode(), digest_size=8
-        ).hexdigest(),
+        journal_identity=request_identity(method, headers, data),
     )
 
     write = sys.stdout.write

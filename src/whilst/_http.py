@@ -96,8 +96,10 @@ class Target:
 
     @property
     def key(self) -> str:
-        """Its identity in a journal: a hash of the whole URL (secrets included, never shown)."""
-        return hashlib.blake2b(self.url.encode(), digest_size=16).hexdigest()
+        """Its identity in a journal: a hash of the URL as shown, its secrets left out
+        (a hash of one could be guessed from the journal; and a token renewed
+        between a run and its resume is the same URL)."""
+        return hashlib.blake2b(self.shown.encode(), digest_size=16).hexdigest()
 
 
 def check_url(text: str, strict: bool = True) -> Target:
@@ -370,6 +372,17 @@ def retryable(error: BaseException) -> bool:
     """What ``whilst http --retries`` retries: connection errors (and busy statuses,
     which raise whilst.Retry)."""
     return isinstance(error, (FetchError, asyncio.TimeoutError))
+
+
+def request_identity(method: str, headers: dict[str, str], data: str | None) -> str:
+    """What a journal of ``whilst http`` records as its function: the request
+    but for the values of secret headers (Authorization, a renewed token, is the
+    same request), which no hash may carry: it could be guessed."""
+    shown = sorted(
+        (name, "***" if SECRET_HEADERS.search(name) else value) for name, value in headers.items()
+    )
+    digest = hashlib.blake2b(repr((method, shown, data)).encode(), digest_size=8)
+    return f"whilst http {digest.hexdigest()}"
 
 
 def parse_headers(given: tuple[str, ...]) -> dict[str, str]:
