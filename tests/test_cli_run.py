@@ -422,6 +422,9 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     again = whilst_run("--journal", str(db), "-q", template, ":::", "1", "2", "3", "4")
     assert again.returncode == 1
     assert sorted(counter.read_text().split()) == ["1", "2", "3", "3", "4"]  # only 3 ran again
+    same = whilst_run("--journal", str(db), "-q", *template.split(" "), ":::", "1", "2", "3", "4")
+    assert same.returncode == 1  # the same command line, given as words: resumed
+    assert sorted(counter.read_text().split()) == ["1", "2", "3", "3", "3", "4"]
     other = whilst_run("--journal", str(db), "-q", "echo {}", ":::", "1")
     assert other.returncode == 2
     assert b"records a run of whilst run" in other.stderr

@@ -479,7 +479,10 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     stream = not dry_run and not _is_file(stdin)
     todo = jobs(sources, stdin, null=null, colsep=colsep, stream=stream)
     task_id = "\0".join  # a job's identity in a journal: its arguments
-    identity = f"whilst run {shlex.join(command)}"  # a journal's: a changed command is refused
+    # A journal's: a changed command is refused. The command line the shell reads
+    # ('sleep {}' and sleep {} are one), or with --no-shell the argv.
+    line = shlex.join(command) if no_shell else " ".join(command)
+    identity = f"whilst run {line}"
     if dry_run:
         out = sys.stdout.buffer
         assert not isinstance(todo, LineFeed)  # (no stream for a dry run)
