@@ -416,6 +416,9 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["http", "-X", "BAD METHOD"], "http://127.0.0.1:9/", "is not an HTTP method"),
         (["http", "-X", "GET\r\nX-Evil: 1"], "http://127.0.0.1:9/", "is not an HTTP method"),
         (["http", "-H", "Authorization Bearer sekrit"], "http://127.0.0.1:9/", "Name: value"),
+        (["http", "-H", "Bad Name: v"], "http://127.0.0.1:9/", "a header's name is one word"),
+        (["http", "-H", "X: a\r\nEvil: 1"], "http://127.0.0.1:9/", "has a line break"),
+        (["http", "{tmp}/port.txt"], "", "its port is not a number from 0 to 65535"),
         (["http", "--out", "/proc/version"], "http://127.0.0.1:9/", "--out"),
         (["http", "missing.txt"], "", "cannot be read"),
         (["call", "no_such_module_x:f"], "1", "not found"),
@@ -426,6 +429,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["call", "--results", "/proc/no/such.jsonl", "json:dumps"], "1", "cannot be written"),
         (["call", "--path", "{tmp}", "broken:f"], "1", "failed to import: SyntaxError"),
         (["call", "--path", "{tmp}", "raising:f"], "1", "failed to import: RuntimeError: boom"),
+        (["call", "--path", "{tmp}", "exiting:f"], "1", "called sys.exit(3) as it was imported"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(
@@ -434,6 +438,8 @@ def test_bad_input_is_one_sentence_and_exit_2(
     (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a\nftp://example.com/x\n")
     (tmp_path / "broken.py").write_text("def f(x):\n    return x +\n")
     (tmp_path / "raising.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "exiting.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "port.txt").write_text("http://127.0.0.1:99999/\n")
     (tmp_path / "bad.jsonl").write_text("1\n{oops\n")
     run = whilst(*(a.replace("{tmp}", str(tmp_path)) for a in args), stdin=stdin)
     assert run.returncode == 2, run.stderr

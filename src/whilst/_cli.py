@@ -481,8 +481,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     task_id = "\0".join  # a job's identity in a journal: its arguments
     # A journal's: a changed command is refused. The command line the shell reads
     # ('sleep {}' and sleep {} are one), or with --no-shell the argv.
-    line = shlex.join(command) if no_shell else " ".join(command)
-    identity = f"whilst run {line}"
+    identity = f"whilst run {shlex.join(command) if no_shell else ' '.join(command)}"
     if dry_run:
         out = sys.stdout.buffer
         assert not isinstance(todo, LineFeed)  # (no stream for a dry run)
@@ -910,6 +909,11 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
         ) from None
     except Exception as exc:  # its own code failed as it was imported
         raise UsageError(f"module {module_name!r} failed to import: {describe(exc)}") from None
+    except SystemExit as exc:  # (a script's sys.exit(), run at import: not whilst's status)
+        raise UsageError(
+            f"module {module_name!r} called sys.exit({exc.code!r}) as it was imported; "
+            "keep a script's top-level code under if __name__ == '__main__':"
+        ) from None
     fn: Any = module
     for part in name.split("."):
         fn = getattr(fn, part, None)

@@ -110,8 +110,15 @@ def check_url(text: str, strict: bool = True) -> Target:
         parts = urllib.parse.urlsplit(text)
     except ValueError:
         parts = None
+    problem = ""
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         problem = f"{redact(text)!r} is not an http(s) URL; give one URL per line"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range, or not a number
+        except ValueError:
+            problem = f"{redact(text)!r}: its port is not a number from 0 to 65535"
+    if problem:
         if strict:
             raise UsageError(problem)
         return Target(text, problem)
@@ -391,7 +398,15 @@ def parse_headers(given: tuple[str, ...]) -> dict[str, str]:
         name, colon, value = header.partition(":")
         if not colon or not name.strip():  # (the text is not shown: it may be a secret)
             raise UsageError("a -H value is not a header: write it as 'Name: value'")
-        headers[name.strip()] = value.strip()
+        name, value = name.strip(), value.strip()
+        if not METHOD.fullmatch(name):  # a header's name is a token, as a method is
+            raise UsageError(
+                f"-H {name!r}: a header's name is one word of letters, digits and "
+                "-!#$%&'*+.^_`|~ (no spaces)"
+            )
+        if any(c in value for c in "\r\n\0"):  # (it would start another header)
+            raise UsageError(f"-H {name}: its value has a line break or NUL; give it on one line")
+        headers[name] = value
     return headers
 
 
