@@ -133,6 +133,16 @@ def test_a_journal_of_another_function_is_refused_unless_forced(tmp_path: Path) 
     assert whilst.map(other, range(4), journal=db, force=True)[3] == 3
 
 
+def test_lambdas_are_told_apart_by_their_code(tmp_path: Path) -> None:
+    """Every lambda of a module is named <lambda>: a journal of one gave its values
+    to another, without a word. The same code resumes; other code is refused."""
+    db = tmp_path / "run.db"
+    assert whilst.map(lambda x: x * 2, range(3), journal=db) == [0, 2, 4]
+    assert whilst.map(lambda x: x * 2, range(4), journal=db) == [0, 2, 4, 6]
+    with pytest.raises(whilst.UsageError, match=r"records a run of .*<lambda>#\w+, not "):
+        whilst.map(lambda x: x + 100, range(3), journal=db)
+
+
 def test_a_journal_in_use_is_refused_naming_the_pid(tmp_path: Path) -> None:
     from whilst._journal import JournalWriter
 

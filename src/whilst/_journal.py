@@ -29,6 +29,7 @@ import socket
 import sqlite3
 import stat
 import time
+import types
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -290,7 +291,30 @@ def function_name(fn: Any) -> str:
         return str(identity)
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    code = getattr(fn, "__code__", None)
+    if "<lambda>" in name and isinstance(code, types.CodeType):
+        # Every lambda of a module has one name: its code tells them apart (two
+        # of a script shared a journal, the second given the first's values).
+        return f"{module}:{name}#{_code_digest(code)}"
     return f"{module}:{name}"
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A short hash of what a function does: its bytecode, names and constants
+    (not its line numbers: an edit elsewhere in the file keeps it)."""
+    digest = hashlib.blake2b(digest_size=6)
+
+    def feed(code: types.CodeType) -> None:
+        digest.update(code.co_code)
+        digest.update(repr(code.co_names).encode())
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                feed(const)  # (its repr names an address)
+            else:
+                digest.update(repr(const).encode())
+
+    feed(code)
+    return digest.hexdigest()
 
 
 _to_json = json.JSONEncoder(allow_nan=True).encode
