@@ -100,6 +100,11 @@ def test_an_unpicklable_function_in_processes_mode() -> None:
 
     with pytest.raises(TypeError, match=r"cannot be pickled.*use mode='threads'"):
         whilst.map(uses_lock, [1, 2], mode="processes")
+    # imap: refused at its call (it was at the first next()), one sentence, no chain
+    with pytest.raises(TypeError, match=r"cannot be pickled") as caught:
+        whilst.imap(uses_lock, [1, 2], mode="processes")
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
 
 
 def test_an_unpicklable_item_fails_only_its_task() -> None:

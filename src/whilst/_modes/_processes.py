@@ -198,20 +198,22 @@ class ProcessesMode(Mode):
         self._running: dict[int, tuple[_Worker, int]] = {}
         self._alone_lock = asyncio.Lock()
         self._fn_id = next(_fn_ids)
-
-    async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        # Pickled now, as the run is made (imap's call, not its first next()): a
+        # function that cannot go to a worker is bad input, refused before any task.
         try:
-            payload = by_value(self.fn)
+            self._payload = by_value(self.fn)
         except Exception as exc:
             raise UsageTypeError(
                 f"mode='processes' must send the function to worker processes, but it cannot "
                 f"be pickled ({type(exc).__name__}: {exc}); define it at module level without "
                 "references to open files, locks or sockets, or use mode='threads'"
-            ) from exc
+            ) from None
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         # A worker stays warm between runs: it takes this run's sys.path, working
         # directory and environment, as a thread would see them.
-        setting = (list(sys.path), payload, os.getcwd(), dict(os.environ), self.timed)
+        setting = (list(sys.path), self._payload, os.getcwd(), dict(os.environ), self.timed)
         self._fn_message = pickle.dumps((_worker.FN, 0, setting))
 
     def _attach(self, number: int) -> _Worker:
