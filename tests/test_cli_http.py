@@ -574,6 +574,18 @@ def test_call_output_is_strict_json_whatever_the_values_and_prints(
     assert len([strict(line) for line in results.read_text().splitlines()]) == 6
 
 
+def test_call_writes_bytes_that_are_not_utf8_as_escapes_in_strict_json() -> None:
+    """As whilst run's --results: \\xNN, not lone surrogates, which strict JSON
+    readers refuse (jq made them U+FFFD; Python could not encode them back)."""
+    run = subprocess.run(
+        [*WHILST, "call", "-q", "os.path:basename"], input=b"\xff\xfe\n", capture_output=True
+    )
+    assert run.returncode == 0, run.stderr
+    line = json.loads(run.stdout.decode("utf-8", "strict"))
+    assert line["item"] == line["value"] == "\\xff\\xfe"
+    assert line["item"].encode("utf-8")
+
+
 SLOW = """
 import time
 
