@@ -425,6 +425,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["call", "json:no_such_function"], "1", "has no"),
         (["call", "json"], "1", "MODULE:FUNCTION"),
         (["call", "--mode", "async", "json:dumps"], "1", "use --mode threads"),  # not mode=
+        (["call", "--mode", "sync", "-j", "4", "json:dumps"], "1", "-j 4 cannot apply; drop -j"),
         (["call", "--jsonl", "json:dumps", "{tmp}/bad.jsonl"], "", "not JSON"),  # (a file)
         (["call", "--results", "/proc/no/such.jsonl", "json:dumps"], "1", "cannot be written"),
         (["call", "--path", "{tmp}", "broken:f"], "1", "failed to import: SyntaxError"),

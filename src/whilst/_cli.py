@@ -112,11 +112,14 @@ def _command() -> None:
 
 
 def _as_options(text: str) -> str:
-    """The library's words for a mode as the command line's: ``--mode threads``,
-    not ``mode='threads'``."""
+    """The library's words for options as the command line's: ``--mode threads``,
+    not ``mode='threads'``; ``-j 4``, not ``limit=4``."""
     import re
 
-    return re.sub(r"\bmode='(\w+)'", r"--mode \1", text)
+    text = re.sub(r"\bmode='(\w+)', '(\w+)' or '(\w+)'", r"--mode \1, \2 or \3", text)
+    text = re.sub(r"\bmode='(\w+)'", r"--mode \1", text)
+    text = re.sub(r"\blimit=(\d+)", r"-j \1", text)
+    return re.sub(r"\bdrop limit\b", "drop -j", text)
 
 
 def _quiet_stdout() -> None:
