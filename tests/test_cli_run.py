@@ -381,9 +381,11 @@ def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
         time.sleep(0.2)
         proc.send_signal(sig)  # a second one: at once
     signalled = time.monotonic()
-    proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == code
     assert time.monotonic() - signalled < (1.0 if signals == 2 else 0.5 + 1.0)
+    last = {130: b"interrupted", 143: b"terminated", 129: b"hangup"}[code]
+    assert err.splitlines()[-1] == last  # (after SIGHUP it said nothing)
     time.sleep(0.3)
     shells = [int(p) for p in pids.read_text().split()]
     assert _descendants_gone(shells)

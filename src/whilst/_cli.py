@@ -28,6 +28,7 @@ from ._result import Result, Status
 EXIT_INTERRUPTED = 130
 #: Exit status after SIGTERM.
 EXIT_TERMINATED = 143
+EXIT_HANGUP = 129
 #: Exit status once stdout's reader went away (``| head``): as SIGPIPE's.
 EXIT_BROKEN_PIPE = 141
 
@@ -89,8 +90,8 @@ def _command() -> None:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit as exc:
-        if exc.code == EXIT_TERMINATED:
-            click.echo("terminated", err=True)
+        if exc.code in (EXIT_TERMINATED, EXIT_HANGUP):
+            click.echo("terminated" if exc.code == EXIT_TERMINATED else "hangup", err=True)
         raise
     except click.exceptions.ClickException as exc:
         exc.show()
@@ -319,8 +320,8 @@ def batch_options(jobs_default: str) -> Callable[[Callable[..., Any]], Callable[
                 type=Seconds(min=0),
                 default=5.0,
                 show_default=True,
-                help="Seconds running jobs get to finish after the first Ctrl-C or "
-                "SIGTERM (a second one stops them at once).",
+                help="Seconds running jobs get to finish after the first Ctrl-C, "
+                "SIGTERM or SIGHUP (a second one stops them at once).",
             ),
             click.option("--rate", help="Most starts per second: 5, 0.5 or 300/min."),
             click.option(
