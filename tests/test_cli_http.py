@@ -748,3 +748,13 @@ def test_call_with_jsonl_reports_failures_and_exits_1(tmp_path: Path) -> None:
     assert [line.get("value") for line in lines] == ["ADA", None, "BOB"]
     assert lines[1]["error"] == "ValueError: no bad names"
     assert "1 of 3 failed" in run.stderr
+
+
+def test_secret_looking_query_values_are_shown_as_stars() -> None:
+    from whilst._http import redact
+
+    url = "https://me:pw@h/p?jwt=a&sid=b&otp=c&api_key=d&nonce=e&side=f&page=2#access_token=g"
+    assert redact(url) == (
+        "https://***@h/p?jwt=***&sid=***&otp=***&api_key=***&nonce=***&side=f&page=2"
+        "#access_token=***"
+    )

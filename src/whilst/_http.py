@@ -31,7 +31,8 @@ from ._errors import Retry, UsageError, WhilstError, after_seconds, message
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Query (and fragment) parameters whose values are secrets, by name.
 SECRET_PARAMS = re.compile(
-    r"(?i)(key|token|secret|pass|pwd|auth|signature|sig|session|cred|bearer|code)"
+    r"(?i)(key|token|secret|pass|pwd|auth|signature|sig|session|cred|bearer|code|jwt|otp|"
+    r"^sid$|nonce)"
 )
 #: Headers never sent on to another origin on a redirect. No header given with -H
 #: is ever written anywhere.
