@@ -532,6 +532,15 @@ def test_results_give_output_that_is_not_utf8_as_its_exact_bytes_too(tmp_path: P
     assert "stderr_base64" not in record  # it was UTF-8: its text is exact
 
 
+def test_a_nul_in_an_input_line_fails_its_job_naming_dash_0() -> None:
+    run = whilst_run("-q", "echo", stdin=b"a\0b\nc\n")
+    assert run.returncode == 1
+    assert run.stdout == b"c\n"
+    assert b"its input has a NUL byte" in run.stderr  # (it said "embedded null byte")
+    assert b"give -0" in run.stderr
+    assert whilst_run("-q", "-k", "-0", "echo", stdin=b"a\0b\0").stdout == b"a\nb\n"
+
+
 def test_a_trace_writes_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> None:
     trace = tmp_path / "t.json"
     run = whilst_run("-q", "--trace", str(trace), "echo", ":::", "a\udcfeb")

@@ -606,6 +606,11 @@ class Runner:
             self._free.put(slot)
 
     def _run(self, job: Job, slot: int) -> Ran:
+        if any("\0" in arg for arg in job.args):  # (no command line can carry one)
+            raise WhilstError(
+                "its input has a NUL byte, which no command can be given; for input "
+                "separated by NULs (find -print0), give -0"
+            )
         command = self.template.command(job.args, job.seq, slot)
         in_shell: list[str] | None = None  # a command run without its shell: with it
         if not isinstance(command, str):
