@@ -532,6 +532,15 @@ def test_results_give_output_that_is_not_utf8_as_its_exact_bytes_too(tmp_path: P
     assert "stderr_base64" not in record  # it was UTF-8: its text is exact
 
 
+def test_results_of_line_buffer_jobs_have_no_output_but_null(tmp_path: Path) -> None:
+    # Streamed as it came, the output is not kept: "" read as a job that printed nothing.
+    results = tmp_path / "r.jsonl"
+    run = whilst_run("-q", "--line-buffer", "--results", str(results), "echo out {}", ":::", "a")
+    assert run.stdout == b"out a\n"
+    [record] = map(json.loads, results.read_text().splitlines())
+    assert (record["stdout"], record["stderr"], record["exit_code"]) == (None, None, 0)
+
+
 def test_a_nul_in_an_input_line_fails_its_job_naming_dash_0() -> None:
     run = whilst_run("-q", "echo", stdin=b"a\0b\nc\n")
     assert run.returncode == 1

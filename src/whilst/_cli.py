@@ -543,7 +543,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
             click.echo(f"whilst: job {r.item.seq} ({text}): {r.error}", err=True)
 
     def record(r: Result) -> dict[str, Any]:
-        return result_record(r.item, r, template)
+        return result_record(r.item, r, template, streamed=line_buffer)
 
     try:
         status = run_batch(

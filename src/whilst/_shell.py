@@ -871,9 +871,12 @@ def ran_of(result: Any) -> Ran | None:
     return getattr(result.error, "ran", None)
 
 
-def result_record(job: Job, result: Any, template: Template) -> dict[str, Any]:
+def result_record(
+    job: Job, result: Any, template: Template, streamed: bool = False
+) -> dict[str, Any]:
     """One line of ``--results FILE.jsonl``. A job cut short as it ran (by a halt,
-    the deadline) has its command, unless that named its slot; not its output."""
+    the deadline) has its command, unless that named its slot; not its output.
+    ``streamed`` (--line-buffer): its output went out as it came, and is null here."""
     ran = ran_of(result)
 
     # Bytes that are not UTF-8 (in output, or in arguments read from a file name)
@@ -904,6 +907,9 @@ def result_record(job: Job, result: Any, template: Template) -> dict[str, Any]:
         "error": describe(result.error) or None,
     }
     for name in ("stdout", "stderr"):
+        if streamed:
+            record[name] = None
+            continue
         data = getattr(ran, name, b"")
         try:
             record[name] = data.decode("utf-8")
