@@ -839,3 +839,21 @@ def test_a_summary_of_tiny_tasks_shows_a_mean_concurrency_below_a_tenth_as_it_is
     tiny = dataclasses.replace(summary, task_time=0.0042, wall=1.0)
     assert "mean 0.0042," in str(tiny)  # not "0.0": none at all
     assert "mean <0.001," in str(dataclasses.replace(summary, task_time=1e-7, wall=1.0))
+
+
+def test_map_inside_a_loop_on_things_of_that_loop_says_to_await_amap() -> None:
+    """The notebook case: a task using the caller's session failed with asyncio's
+    'attached to a different loop', naming whilst's internals, and no way out."""
+
+    async def main() -> whilst.TasksFailed:
+        fut = asyncio.get_running_loop().create_future()  # of the caller's loop
+
+        async def use(x: int) -> int:
+            return await fut  # type: ignore[no-any-return]
+
+        with pytest.raises(whilst.TasksFailed) as caught:
+            whilst.map(lambda x: use(x), range(2))
+        return caught.value
+
+    failed = asyncio.run(main())
+    assert any("use await whilst.amap(...)" in note for note in failed.__notes__)

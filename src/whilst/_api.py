@@ -12,7 +12,7 @@ from ._options import PolicyOptions, resolve
 from ._output import Collect
 from ._result import Result, Status
 from ._run import AsyncRun, Run, raise_run_error, streaming
-from ._runner import LoopStop, make_runner
+from ._runner import LoopStop, in_running_loop, make_runner
 from ._scheduler import Scheduler
 from ._summary import Stats
 
@@ -100,6 +100,7 @@ def map(
     collect = Collect(times=summary)
     scheduler = Scheduler(fn, items, options, collect)
     runner = make_runner()
+    inside_a_loop = in_running_loop()
     try:
         main = runner.start(scheduler)
         runner.call(asyncio.wait([main]))
@@ -110,7 +111,20 @@ def map(
     raise_run_error(scheduler, error)
     if summary:
         _print_summary(collect, scheduler)
-    return _values(collect, scheduler.left_unread)
+    try:
+        return _values(collect, scheduler.left_unread)
+    except TasksFailed as exc:
+        if inside_a_loop and any(w in str(e) for e in exc.exceptions for w in _OTHER_LOOP):
+            exc.add_note(
+                "whilst: called inside a running event loop, whilst.map runs on a loop of "
+                "its own, and what these tasks use belongs to the caller's (a session, a "
+                "lock): there, use await whilst.amap(...)"
+            )
+        raise
+
+
+#: What asyncio (and uvloop) say when a task awaits something of another loop.
+_OTHER_LOOP = ("attached to a different loop", "await wasn't used with future")
 
 
 async def amap(
