@@ -141,6 +141,18 @@ def test_lambdas_are_told_apart_by_their_code(tmp_path: Path) -> None:
     assert whilst.map(lambda x: x * 2, range(4), journal=db) == [0, 2, 4, 6]
     with pytest.raises(whilst.UsageError, match=r"records a run of .*<lambda>#\w+, not "):
         whilst.map(lambda x: x + 100, range(3), journal=db)
+    # The same in every process: a set's order follows its strings' hashes
+    code = (
+        "from whilst._journal import function_name as f; print(f(lambda x: x in {'a', 'b', 'c'}))"
+    )
+    names = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for seed in ("1", "2", "3", "4")
+    }  # fmt: skip
+    assert len(names) == 1
 
 
 def test_a_journal_in_use_is_refused_naming_the_pid(tmp_path: Path) -> None:

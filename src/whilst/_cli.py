@@ -119,8 +119,10 @@ def _as_options(text: str) -> str:
 
     text = re.sub(r"\bmode='(\w+)', '(\w+)' or '(\w+)'", r"--mode \1, \2 or \3", text)
     text = re.sub(r"\bmode='(\w+)'", r"--mode \1", text)
-    text = re.sub(r"\blimit=(\d+)", r"-j \1", text)
-    return re.sub(r"\bdrop limit\b", "drop -j", text)
+    # (the library's own phrases only: a command in the message may say limit=)
+    return re.sub(
+        r"so limit=(\d+) cannot apply; drop limit\b", r"so -j \1 cannot apply; drop -j", text
+    )
 
 
 def _quiet_stdout() -> None:

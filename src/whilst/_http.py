@@ -97,10 +97,10 @@ class Target:
 
     @property
     def key(self) -> str:
-        """Its identity in a journal: a hash of the URL as shown, its secrets left out
-        (a hash of one could be guessed from the journal; and a token renewed
-        between a run and its resume is the same URL)."""
-        return hashlib.blake2b(self.shown.encode(), digest_size=16).hexdigest()
+        """Its identity in a journal: a hash of the whole URL. (Of the URL as shown,
+        two URLs that differ in a value shown as *** were one: a resume skipped
+        ?author=bob, never fetched, once ?author=alice was done.)"""
+        return hashlib.blake2b(self.url.encode(), digest_size=16).hexdigest()
 
 
 def check_url(text: str, strict: bool = True) -> Target:

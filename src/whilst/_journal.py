@@ -299,6 +299,16 @@ def function_name(fn: Any) -> str:
     return f"{module}:{name}"
 
 
+def _canonical(const: Any) -> str:
+    """A constant's repr, the same in every process: a frozenset's order follows
+    the hash of its strings, which differs from one process to the next."""
+    if isinstance(const, frozenset):
+        return f"frozenset({sorted(map(_canonical, const))})"
+    if isinstance(const, tuple):
+        return f"({', '.join(map(_canonical, const))},)"
+    return repr(const)
+
+
 def _code_digest(code: types.CodeType) -> str:
     """A short hash of what a function does: its bytecode, names and constants
     (not its line numbers: an edit elsewhere in the file keeps it)."""
@@ -311,7 +321,7 @@ def _code_digest(code: types.CodeType) -> str:
             if isinstance(const, types.CodeType):
                 feed(const)  # (its repr names an address)
             else:
-                digest.update(repr(const).encode())
+                digest.update(_canonical(const).encode())
 
     feed(code)
     return digest.hexdigest()

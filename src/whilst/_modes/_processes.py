@@ -213,7 +213,8 @@ class ProcessesMode(Mode):
         self._loop = asyncio.get_running_loop()
         # A worker stays warm between runs: it takes this run's sys.path, working
         # directory and environment, as a thread would see them.
-        setting = (list(sys.path), self._payload, os.getcwd(), dict(os.environ), self.timed)
+        payload, self._payload = self._payload, b""  # (held once: in the message below)
+        setting = (list(sys.path), payload, os.getcwd(), dict(os.environ), self.timed)
         self._fn_message = pickle.dumps((_worker.FN, 0, setting))
 
     def _attach(self, number: int) -> _Worker:
