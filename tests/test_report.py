@@ -455,3 +455,13 @@ def test_task_time_leaves_out_the_waits_between_attempts() -> None:
     assert busy <= s.task_time < busy + 0.3  # the waits (about 1.4 s in all) left out
     assert s.mean_concurrency <= s.limit
     assert sum(r.duration for r in results) > s.task_time + 0.3  # durations keep the waits
+    assert s.task_time == pytest.approx(sum(r.duration - r.waited for r in results))
+
+    # Closed after one result: the task time is that result's (the run's waits
+    # were taken from the results handed out: it read 0 µs).
+    tries.clear()
+    with whilst.imap(flaky, range(8), mode="threads", limit=1, retries=3, backoff=0.05) as run:
+        first = next(run)
+    assert run.summary is not None
+    assert first.waited > 0
+    assert 0.2 <= run.summary.task_time <= first.duration - first.waited + 0.01

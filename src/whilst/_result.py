@@ -51,6 +51,8 @@ class Result:
         worker: which worker slot ran it (a thread name, a process id...).
         earlier_errors: the errors of the attempts before the last, oldest
             first (see :attr:`errors`).
+        waited: seconds it spent between its attempts (retry waits), within
+            its duration but no part of the run's task time.
     """
 
     # ``ok`` is a slot set as the Result is made, not a property: every reader
@@ -60,7 +62,7 @@ class Result:
     # ``asdict()`` and ``astuple()`` give what the constructor takes.
     __slots__ = (
         "attempts", "earlier_errors", "end", "error", "index", "item", "mode", "ok", "start",
-        "status", "value", "worker",
+        "status", "value", "waited", "worker",
     )  # fmt: skip
 
     index: int
@@ -74,6 +76,7 @@ class Result:
     mode: str
     worker: str
     earlier_errors: tuple[BaseException, ...]
+    waited: float
 
     def __init__(
         self,
@@ -88,6 +91,7 @@ class Result:
         mode: str = "",
         worker: str = "",
         earlier_errors: tuple[BaseException, ...] = (),
+        waited: float = 0.0,
     ) -> None:
         self.index = index
         self.item = item
@@ -101,6 +105,7 @@ class Result:
         self.mode = mode
         self.worker = worker
         self.earlier_errors = earlier_errors
+        self.waited = waited
 
     @property
     def errors(self) -> tuple[BaseException, ...]:

@@ -205,7 +205,6 @@ class Scheduler:
         # them not ok; attempts retried; most tasks running at once (in a batching
         # mode, most workers busy), and running now on the policy path.
         self.done = self.failed = self.retried = self.peak = 0
-        self.waited = 0.0  # seconds tasks waited between attempts (see _started)
         self._running = 0
         self._progress_timer: asyncio.TimerHandle | None = None
         self._progress_off = False
@@ -242,7 +241,7 @@ class Scheduler:
         self._source_done = False  # the last read found the input's end
         self._read_to_end = False  # a guarded input ended, or raised (see _guarded)
         self._input_ended = False  # the async input said StopAsyncIteration (or raised)
-        self.left_unread: str | None = None  # why a halted run left an async input unread
+        self.left_unread: str | None = None  # why a halted run left an input of no length unread
         self._pulled = 0  # the index of the next item
         self._slots = 0
         self._group: asyncio.TaskGroup | None = None
@@ -361,7 +360,6 @@ class Scheduler:
             # (a slot waiting on a batch whose items idle slots took back counted too)
             peak=min(self.peak, self._pulled),
             retries=self.retried,
-            waited=self.waited,
             left_unread=self.left_unread,
             stopped=self._stopping,
         )
@@ -1189,7 +1187,7 @@ class Scheduler:
         worker, now = self.mode.worker(slot), time.time()
         for task in tasks:
             task.attempts += 1
-            self.waited += max(now - task.ended, 0.0)  # (retries all: see _started)
+            task.waited += max(now - task.ended, 0.0) if task.ended else 0.0  # (see _started)
             if self.sinks:
                 self._emit(STARTED, task.index, task.item, now, worker)
         outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
@@ -1214,7 +1212,7 @@ class Scheduler:
             task.start = start = time.time()
         else:  # a retry: the wait since the last attempt is no task time
             start = time.time()
-            self.waited += max(start - task.ended, 0.0)
+            task.waited += max(start - task.ended, 0.0) if task.ended else 0.0
         if self.sinks:
             self._emit(STARTED, task.index, task.item, start, worker)
 
@@ -1284,6 +1282,7 @@ class Scheduler:
         if status is CRASHED:
             if getattr(error, "caught", False):  # killed for another task's timeout
                 task.attempts -= 1
+                task.ended = end  # (it ran until now: its rerun's wait starts here)
                 self._held.append(task)
                 self._wake_one()
                 return
@@ -1335,7 +1334,7 @@ class Scheduler:
         mode = self.mode.mode_of(worker) if worker else self.mode.name
         return Result(
             task.index, task.item, status, value, error, task.attempts, start, end, mode, worker,
-            earlier,
+            earlier, task.waited,
         )  # fmt: skip
 
     def _finish(self, result: Result) -> None:
@@ -1614,7 +1613,9 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class _Task:
     """One item on the policy path, across its attempts."""
 
-    __slots__ = ("attempts", "deaths", "ended", "errors", "index", "item", "key", "start")
+    __slots__ = (
+        "attempts", "deaths", "ended", "errors", "index", "item", "key", "start", "waited",
+    )  # fmt: skip
 
     def __init__(self, index: int, item: Any) -> None:
         self.index = index
@@ -1625,3 +1626,4 @@ class _Task:
         self.errors: list[BaseException] = []  # of the attempts before the next
         self.start = 0.0
         self.ended = 0.0  # when its last failed attempt ended (its retry waits from then)
+        self.waited = 0.0  # seconds between its attempts, so far

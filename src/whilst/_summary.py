@@ -120,7 +120,7 @@ class Summary:
             given = ", ".join(f"{n} {s}" for s, n in earlier.items())
             tasks += f", {given} in an earlier run (from the journal)"
         ran = [
-            ("task time", f"{_seconds(self.task_time)} (durations added up)"),
+            ("task time", f"{_seconds(self.task_time)} (attempts' time added up)"),
             (
                 "concurrency",
                 f"peak {self.peak}, mean {_times(self.mean_concurrency)}, limit {self.limit}",
@@ -187,6 +187,7 @@ class Stats:
             if skipped in self.counts or any(type(r.error) is EarlierFailure for r in results):
                 ran = [r for r in results if self._ran_now(r)]
         self._durations([r.end - r.start for r in ran])
+        self.task_time -= sum(r.waited for r in ran)  # (no part of any attempt)
 
     def _ran_now(self, r: Result) -> bool:
         """Whether this run ran the task (an earlier run's record does not count)."""
@@ -230,7 +231,7 @@ class Stats:
             if not self._ran_now(r):
                 return
         took = r.end - r.start
-        self.task_time += took
+        self.task_time += took - r.waited
         if took > self.longest:
             self.longest = took
         self.buckets[_bucket(took)] += 1
@@ -260,17 +261,14 @@ class Stats:
         limit: int,
         peak: int,
         retries: int,
-        waited: float = 0.0,
         left_unread: str | None = None,
         stopped: str | None = None,
     ) -> Summary:
-        """``waited``: seconds tasks spent between their attempts, within their
-        durations but no part of their task time."""
         counts = {Status.OK: self.ok, **self.counts}
         return Summary(
             counts={status.value: n for status, n in counts.items() if n},
             wall=wall,
-            task_time=max(self.task_time - waited, 0.0),
+            task_time=self.task_time,
             mode=mode,
             mode_reason=mode_reason,
             limit=limit,
