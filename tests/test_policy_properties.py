@@ -97,14 +97,40 @@ halts = (
 )
 
 
-def source(kind: str, n: int) -> Iterable[int] | AsyncIterator[int]:
-    if kind == "list":
-        return list(range(n))
-    if kind == "iter":
-        return iter(range(n))
+class Pulled:
+    """0 .. n-1 as an input of no length, sync or async, counting the items read
+    from it: each of them must have its result, a halt or not."""
 
-    async def numbers() -> AsyncIterator[int]:
-        for i in range(n):
+    def __init__(self, n: int) -> None:
+        self.count = 0
+        self._items = iter(range(n))
+
+    def __iter__(self) -> Pulled:
+        return self
+
+    def __next__(self) -> int:
+        item = next(self._items)
+        self.count += 1
+        return item
+
+    def __aiter__(self) -> Pulled:
+        return self
+
+    async def __anext__(self) -> int:
+        try:
+            return next(self)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def source(kind: str, pulled: Pulled) -> Iterable[int] | AsyncIterator[int]:
+    if kind == "list":
+        return list(pulled)  # (read whole: a list has a length)
+    if kind == "iter":
+        return pulled
+
+    async def numbers() -> AsyncIterator[int]:  # (an async generator: no __iter__)
+        async for i in pulled:
             yield i
 
     return numbers()
@@ -118,9 +144,10 @@ def run(
     kind: str,
     limit: int,
     **policy: Any,
-) -> tuple[list[Result] | None, list[Attempt]]:
+) -> tuple[list[Result] | None, list[Attempt], int]:
     """Run the plans on the virtual clock: the results (None when ``amap`` returned
-    every value) and every attempt, in the order they started."""
+    every value), every attempt, in the order they started, and how many items
+    were read."""
     log: list[Attempt] = []
     seq = itertools.count()
     tries: Counter[int] = Counter()
@@ -143,7 +170,8 @@ def run(
             raise PlannedFailure(f"item {i} attempt {attempt.number}")
         return i
 
-    items = source(kind, len(plans))
+    pulled = Pulled(len(plans))
+    items = source(kind, pulled)
 
     async def main() -> list[Result] | None:
         if form == "aimap":
@@ -156,7 +184,7 @@ def run(
         assert values == list(range(len(plans)))
         return None
 
-    return vclock.run(main()), log
+    return vclock.run(main()), log, pulled.count
 
 
 def planned(plan: list[tuple[float, bool]], retries: int) -> tuple[Status, int]:
@@ -243,7 +271,7 @@ def test_policy_invariants(
     n = len(plans)
     keyed = per_key is not None  # key= needs per_key=
     burst = burst if rate is not None else 1  # burst= needs rate=
-    results, log = run(
+    results, log, pulled = run(
         plans,
         form=form,
         ordered=ordered,
@@ -266,7 +294,7 @@ def test_policy_invariants(
         outcomes = {i: (Status.OK, len(attempts[i])) for i in range(n)}
     else:
         if kind != "list" and halt is not None:
-            n = len(results)  # after a halt, an input of no length is not read further
+            n = pulled  # after a halt, an input of no length is not read further
         assert sorted(r.index for r in results) == list(range(n))
         if form == "aimap" and ordered:
             assert [r.index for r in results] == list(range(n))

@@ -1398,9 +1398,10 @@ class Scheduler:
         """After a halted run's slots ended: every item that did not finish gets its
         result, so none is missing: retries waiting, items waiting for their key,
         and the rest of an input with a length, read to its end. An input of no
-        known length (a generator, a file, an async input) is not read further:
-        it may never end (``itertools.count()`` read on for its cancelled
-        results grew without bound), or only slowly."""
+        known length (a generator, a file) is read for one item more, to see
+        whether any is left, and no further: it may never end
+        (``itertools.count()`` read on for its cancelled results grew without
+        bound), or only slowly; an async input is not read at all."""
         output = self.output
         unread = (
             _Task(i, item) for first, run in self._unread for i, item in enumerate(run, first)
@@ -1412,12 +1413,14 @@ class Scheduler:
         self._unread.clear()
         if self._stopping is None or self.interrupted or self.journal_error is not None:
             return  # (a run whose journal failed ends at once, with that error)
-        if self._aitems is not None or self._total is None:
-            if not (self._input_ended if self._aitems is not None else self._read_to_end):
+        if self._aitems is not None:
+            if not self._input_ended:
                 self.left_unread = self._stopping
             return
-        rest = self._rest
-        for n, item in enumerate(self._reading(rest)):
+        rest = self._reading(self._rest)
+        if self._total is None:
+            rest = itertools.islice(rest, 1)  # (so an input at its end is known to be)
+        for n, item in enumerate(rest):
             if output.bounded and output.full:
                 await output.room()
             elif n % 1024 == 1023:
@@ -1432,6 +1435,8 @@ class Scheduler:
                 self._finish(done)
             else:
                 self._abandon(_Task(index, item))
+        if self._total is None and not self._read_to_end:
+            self.left_unread = self._stopping
 
     async def _next_task(self) -> _Task | None:
         """The next task for a slot, admitted under its key; None when none is left.
