@@ -8,6 +8,7 @@ import collections
 import contextlib
 import datetime
 import enum
+import functools
 import os
 import signal
 import sqlite3
@@ -153,6 +154,15 @@ def test_lambdas_are_told_apart_by_their_code(tmp_path: Path) -> None:
         for seed in ("1", "2", "3", "4")
     }  # fmt: skip
     assert len(names) == 1
+
+
+def test_partials_are_known_by_the_function_they_wrap(tmp_path: Path) -> None:
+    # Every partial was functools:partial: a journal of one gave its values to another.
+    db = tmp_path / "run.db"
+    assert whilst.map(functools.partial(pow, 2), range(3), journal=db) == [1, 2, 4]
+    assert whilst.map(functools.partial(pow, 2), range(4), journal=db) == [1, 2, 4, 8]
+    with pytest.raises(whilst.UsageError, match=r"records a run of builtins:pow \(partial\)"):
+        whilst.map(functools.partial(max, 2), range(3), journal=db)
 
 
 def test_a_journal_in_use_is_refused_naming_the_pid(tmp_path: Path) -> None:

@@ -289,6 +289,8 @@ def function_name(fn: Any) -> str:
     identity = getattr(fn, "journal_identity", None)
     if identity:
         return str(identity)
+    if isinstance(fn, functools.partial):  # (each is a functools:partial by its type)
+        return f"{function_name(fn.func)} (partial)"
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     code = getattr(fn, "__code__", None)
