@@ -1187,7 +1187,7 @@ class Scheduler:
         worker, now = self.mode.worker(slot), time.time()
         for task in tasks:
             task.attempts += 1
-            task.waited += max(now - task.ended, 0.0) if task.ended else 0.0  # (see _started)
+            task.retried_at(now)
             if self.sinks:
                 self._emit(STARTED, task.index, task.item, now, worker)
         outcomes = await self._run_batch(slot, [task.item for task in tasks], rerun)
@@ -1210,9 +1210,9 @@ class Scheduler:
             self._journal.start(task.index)
         if task.attempts == 1:
             task.start = start = time.time()
-        else:  # a retry: the wait since the last attempt is no task time
+        else:
             start = time.time()
-            task.waited += max(start - task.ended, 0.0) if task.ended else 0.0
+            task.retried_at(start)
         if self.sinks:
             self._emit(STARTED, task.index, task.item, start, worker)
 
@@ -1632,3 +1632,9 @@ class _Task:
         self.start = 0.0
         self.ended = 0.0  # when its last failed attempt ended (its retry waits from then)
         self.waited = 0.0  # seconds between its attempts, so far
+
+    def retried_at(self, now: float) -> None:
+        """An attempt after the first starts ``now``: the wait since the last one
+        ended is no task time (``ended`` is 0.0 for a task that never ran yet)."""
+        if self.ended:
+            self.waited += max(now - self.ended, 0.0)
