@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import UsageError, describe, safe_repr
+from ._errors import UsageError, describe, safe_repr, utf8_text
 from ._result import Result, Status
 from ._scheduler import HALTED
 from ._summary import Summary
@@ -273,13 +273,13 @@ def jsonable(value: Any) -> Any:
 def _plain(value: Any) -> Any:
     kind = type(value)
     if kind is str:  # (most values: at once)
-        return value if value.isascii() else _text(value)
+        return value if value.isascii() else utf8_text(value)
     if kind is int or kind is bool or value is None:
         return value
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, str):
-        return _text(value)
+        return utf8_text(value)
     if isinstance(value, (int, float)):
         return value
     if isinstance(value, bytes):
@@ -287,23 +287,10 @@ def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict) and all(type(k) is str for k in value):
-        return {_text(k): _plain(v) for k, v in value.items()}
+        return {utf8_text(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return _repr(value)
-
-
-def _text(text: str) -> str:
-    """``text`` as UTF-8 can hold it: an undecodable byte read in (a lone surrogate,
-    which strict JSON readers refuse) as a ``\\xNN`` escape, as in bytes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # (a surrogate no byte became)
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def _dumps(value: Any) -> str:

@@ -146,6 +146,20 @@ def safe_repr(value: Any) -> str:
         return f"<{type(value).__name__} object: its repr raised {type(exc).__name__}>"
 
 
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a byte that was not UTF-8 where it was read
+    (a lone surrogate, which strict JSON readers refuse) as the text ``\\xNN``, as
+    in bytes decoded with backslashreplace."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # (a surrogate no byte became)
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def after_seconds(value: str) -> float | None:
     """Seconds from now given by a Retry-After header's value (seconds, or an HTTP
     date: 0 once it has passed); None when it is neither."""

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
-from ._errors import TaskTimeout, UsageError, WhilstError, describe
+from ._errors import TaskTimeout, UsageError, WhilstError, describe, utf8_text
 from ._spawn import Process, spawn
 
 #: ``:::`` takes values from the command line, ``::::`` the lines of files.
@@ -884,17 +884,14 @@ def result_record(
     def text(data: bytes) -> str:
         return data.decode("utf-8", "backslashreplace")
 
-    def escaped(word: str) -> str:
-        return text(word.encode("utf-8", "surrogateescape"))
-
     command = None if ran is None else ran.command
     if command is None and result.attempts and not template.takes_slot:
         command = template.command(job.args, job.seq, 0)
     if command is not None:
-        command = escaped(command) if isinstance(command, str) else list(map(escaped, command))
+        command = utf8_text(command) if isinstance(command, str) else list(map(utf8_text, command))
     record = {
         "seq": job.seq,
-        "args": [escaped(arg) for arg in job.args],
+        "args": [utf8_text(arg) for arg in job.args],
         "command": command,
         "status": result.status.value,
         "exit_code": None if ran is None else ran.exit_code,
