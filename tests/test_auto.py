@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -53,6 +56,26 @@ def test_cpu_heavy_work_moves_to_processes_and_runs_on_every_core() -> None:
     assert modes[-1] == "processes"
     # Two at once, not one at a time behind one lock (start and end: the workers' clocks).
     assert max_overlap([r for r in results if r.mode == "processes"]) >= 2
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
+def test_cpu_heavy_work_moves_to_processes_on_a_busy_machine_too() -> None:
+    """With three programs a CPU spinning, CPU-bound threads get a CPU part of the
+    time: on the CPU alone they measured 30-41%, "waiting", and stayed in threads.
+    Waiting for a CPU counts as computing, as in whilst doctor."""
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * cpu_count())
+    ]
+    try:
+        time.sleep(0.3)
+        run = whilst.imap(crunch, [300_000] * 24)
+        assert [r.value for r in run] == [crunch(300_000)] * 24
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert run.summary is not None
+    assert run.summary.mode_reason.startswith("auto chose processes: the first")
 
 
 def burn(seconds: float) -> float:
@@ -336,3 +359,43 @@ def test_once_it_goes_async_with_a_policy_its_batches_and_read_ahead_stay_small(
     assert run.summary is not None
     assert run.summary.limit == 100
     assert ahead <= 2 * window_for(100) + 100  # held, set aside, and one in flight a slot
+
+
+class Doubled:
+    """An awaitable that is not a coroutine (as aiohttp's ``session.get(url)``)."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __await__(self) -> Iterator[Any]:
+        yield from asyncio.sleep(0).__await__()
+        return self.x * 2
+
+
+@pytest.mark.parametrize("mode", ["auto", "sync"])
+def test_an_awaitable_a_plain_function_returns_is_awaited(mode: str) -> None:
+    """Not only a coroutine: its value came back unawaited (a Doubled object)."""
+    assert whilst.map(lambda x: Doubled(x), range(50), mode=mode) == list(range(0, 100, 2))
+
+    async def main() -> tuple[list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+
+        def later(x: int) -> asyncio.Future[int]:  # (auto would call it in a thread)
+            fut = loop.create_future()
+            loop.call_later(0.01, fut.set_result, x + 1)
+            return fut
+
+        doubled = await whilst.amap(lambda x: Doubled(x), range(20), mode=mode, retries=1)
+        return doubled, await whilst.amap(later, range(20), mode="sync", retries=1)
+
+    assert asyncio.run(main()) == (list(range(0, 40, 2)), list(range(1, 21)))
+
+
+def test_once_it_goes_async_its_attempts_still_time_out() -> None:
+    """The slots turn into async's own as they go on: a timeout still stops each."""
+    start = time.monotonic()
+    run = whilst.imap(lambda x: asyncio.sleep(10 if x % 2 else 0, x), range(40), timeout=0.3)
+    results = list(run)
+    assert time.monotonic() - start < 5
+    assert [r.status for r in results] == [whilst.Status.OK, whilst.Status.TIMED_OUT] * 20
+    assert {r.mode for r in results} == {"async"}

@@ -1360,3 +1360,53 @@ def test_a_halt_or_the_deadline_leaves_an_endless_generator_unread(mode: str) ->
     assert run.summary is not None
     assert run.summary.left_unread == "the run's deadline of 0.2 s passed"
     assert sorted(r.index for r in results) == list(range(read))  # each item read has one
+
+
+def test_a_deadline_ends_a_run_whose_reader_waits_for_a_retry() -> None:
+    """The reader waits for item 0, whose retry waits out its backoff; the other
+    slot has filled the output and waits for room. The deadline must end the run
+    with item 0 cancelled: that slot slept through the halt, the reader never got
+    room to make, and the run never ended (1 run in 20 of the test above)."""
+
+    async def fn(x: int) -> int:
+        if x == 0:
+            await asyncio.sleep(0.3)
+            raise ValueError(x)
+        return x
+
+    results: list[whilst.Result] = []
+
+    def read() -> None:
+        run = whilst.imap(
+            fn, itertools.count(), mode="async", limit=2, retries=1, backoff=10, deadline=0.6
+        )
+        results.extend(run)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)  # (the signal pytest-timeout sends does not break a stuck loop)
+    assert not reader.is_alive(), "the run never ended"
+    assert results[0].status is whilst.Status.CANCELLED
+    assert "its retry never started" in str(results[0].error)
+    assert [r.index for r in results] == list(range(len(results)))
+
+
+def test_an_attempt_that_fails_as_the_run_stops_keeps_its_retries_for_a_resume() -> None:
+    """With retries left, it is cancelled as a retry waiting then is ("its retry
+    never started"), its error among its errors: it ended final ``failed`` and a
+    journal's resume never ran it again."""
+
+    async def fn(x: int) -> int:
+        if x == 0:
+            await asyncio.sleep(0.05)
+            raise KeyError(x)  # not retried: halts the run
+        await asyncio.sleep(0.3)
+        raise ValueError(x)  # as the run stops, soon
+
+    results = list(
+        whilst.imap(fn, [0, 1], mode="async", retries=3, retry_on=(ValueError,), halt="soon,fail=1")
+    )
+    assert [r.status for r in results] == [whilst.Status.FAILED, whilst.Status.CANCELLED]
+    assert "its retry never started" in str(results[1].error)
+    assert [type(e) for e in results[1].errors] == [ValueError, whilst.TaskCancelled]
+    assert results[1].attempts == 1

@@ -347,7 +347,7 @@ class Scheduler:
         from ._html import write_report
 
         name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
-        title = f"whilst run: {name}, {self.mode.name} mode"
+        title = getattr(self.fn, "title", None) or f"whilst: {name}, {self.mode.name} mode"
         write_report(path, timeline, self.summary(timeline.stats), title=title)
 
     def summary(self, stats: Stats) -> Summary:
@@ -371,8 +371,10 @@ class Scheduler:
 
     @property
     def mode_reason(self) -> str:
-        """Why the run's tasks run where they do (auto decides as it goes)."""
-        return str(getattr(self.mode, "reason", self.options.mode_reason))
+        """Why the run's tasks run where they do (auto decides as it goes; a
+        command of the CLI says in its own words, as its task's ``mode_reason``)."""
+        told = getattr(self.fn, "mode_reason", None)
+        return str(told or getattr(self.mode, "reason", self.options.mode_reason))
 
     def progress(self, finished: bool = False) -> Progress:
         """How far the run has come, now."""
@@ -789,10 +791,15 @@ class Scheduler:
                         size = self._next_size(size, busy, len(outcomes.values))
                     else:  # (no longer: auto went async)
                         size = 1
+                if not (mode.batching or flying or given_back or self._unread):
+                    break  # auto went async: a plain slot from now on (see below)
         finally:
             del self._flying[slot]
             for _, _, _, task, _ in flying:
                 task.cancel()
+        # Nothing of this slot's is in flight, and no item waits aside (taken back
+        # from a batch, or left by a journal's read) for a batching slot to take.
+        await self._slot(slot)
 
     async def _room_or_take_back(self) -> None:
         """Wait for room in the output, or take back the items a batch in flight has
@@ -1166,7 +1173,9 @@ class Scheduler:
                 continue
             else:
                 break
-            # (no longer batching: auto went async, one coroutine at a time a slot)
+            if not self.mode.batching:  # auto went async: one coroutine at a time a slot
+                await self._policy_slot(slot)
+                return
             size = self._next_size(size, busy, ran) if self.mode.auto_batch else 1
         self._wake_all()  # nothing left to start: napping slots may end too
 
@@ -1290,13 +1299,18 @@ class Scheduler:
             if task.deaths >= POISON_DEATHS:
                 status = POISONED
         try:
-            retry = self._retrying(task, status, error)
+            retry = self._retryable(task, status, error)
         except Exception as exc:  # retry_on itself failed: that is the task's error
             exc.add_note("whilst: raised by retry_on, deciding whether to retry this task")
             exc.__context__ = error
             retry, status, error = False, FAILED, exc
         if not retry:
             self._finish(self._result(task, status, value, error, end, worker))
+            return
+        if self._stopping:  # as a retry waiting when the stop came: it never starts
+            task.errors.append(error)  # type: ignore[arg-type]
+            task.ended = end
+            self._abandon(task)
             return
         self.retried += 1
         if self.sinks:
@@ -1311,12 +1325,15 @@ class Scheduler:
 
     def _retrying(self, task: _Task, status: Status, error: BaseException | None) -> bool:
         """Whether an attempt that ended so will be followed by another."""
+        return not self._stopping and self._retryable(task, status, error)
+
+    def _retryable(self, task: _Task, status: Status, error: BaseException | None) -> bool:
+        """Whether an attempt that ended so has a retry coming, unless the run stops."""
         policy = self.policy
         return (
             (status is FAILED or status is TIMED_OUT or status is CRASHED)
             and task.attempts <= policy.retries
             and task.deaths < POISON_DEATHS
-            and not self._stopping
             and (status is not FAILED or policy.retryable(error))  # type: ignore[arg-type]
         )
 
@@ -1387,9 +1404,25 @@ class Scheduler:
             if not self.interrupted:
                 self.left_unread = self._stopping
             stop_reading()
+        if self.journal_error is None:  # (which unblocks the output: see Journaled)
+            # At once, not as the run ends: the reader may wait for one of them, and
+            # a slot for the room it would make (the run never ended).
+            self._abandon_waiting()
         self._wake_all()
         for fut in self._sleeping:
             _wake(fut)
+
+    def _abandon_waiting(self) -> None:
+        """The tasks that wait to start (retries, items whose key is full, items a
+        journal's read left) never will: each gets its result now."""
+        unread = (
+            _Task(i, item) for first, run in self._unread for i, item in enumerate(run, first)
+        )
+        for task in (*self._held, *(task for _, _, task in sorted(self._retries)), *unread):
+            self._abandon(task)
+        self._retries.clear()
+        self._held.clear()
+        self._unread.clear()
 
     def _deadline_passed(self) -> None:
         self._halt(f"the run's deadline of {self.policy.deadline:g} s passed", now=True)
@@ -1403,14 +1436,7 @@ class Scheduler:
         (``itertools.count()`` read on for its cancelled results grew without
         bound), or only slowly; an async input is not read at all."""
         output = self.output
-        unread = (
-            _Task(i, item) for first, run in self._unread for i, item in enumerate(run, first)
-        )
-        for task in (*self._held, *(task for _, _, task in sorted(self._retries)), *unread):
-            self._abandon(task)
-        self._retries.clear()
-        self._held.clear()
-        self._unread.clear()
+        self._abandon_waiting()
         if self._stopping is None or self.interrupted or self.journal_error is not None:
             return  # (a run whose journal failed ends at once, with that error)
         if self._aitems is not None:

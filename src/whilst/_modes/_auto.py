@@ -1,10 +1,11 @@
 """``auto`` for a plain function: measured, not guessed.
 
-The first tasks run in threads while the threads' CPU time is measured (each
-thread's CPU clock, tasks still running included; where there is none, each
-finished batch's ``time.thread_time``). Threads share one interpreter lock, so
-CPU-bound tasks in several threads take turns on one core: the measure is the
-threads' CPU seconds against the wall time of the probe, which is near 100%
+The first tasks run in threads while the time the threads computed is measured
+(on a CPU or waiting for one: see ``_cpu``; tasks still running included; where
+the system cannot say, each finished batch's ``time.thread_time``). Threads
+share one interpreter lock, so CPU-bound tasks in several threads take turns on
+one core: the measure is the threads' CPU seconds against the wall time of the
+probe, which is near 100%
 when they are CPU-bound (whatever the number of threads) and near 0% when they
 wait. The probe ends after ``PROBE_TASKS`` tasks or ``PROBE_SECONDS``, whichever
 comes first, finished or not. Mostly CPU, more than one CPU, and a function that
@@ -27,7 +28,7 @@ from typing import Any
 
 from .._options import cpu_count
 from . import _worker
-from ._base import Mode, Outcomes
+from ._base import Call, Mode, Outcomes
 from ._threads import ThreadsMode, close_coroutines
 
 #: Tasks measured before choosing, unless the probe has taken this long already.
@@ -41,8 +42,6 @@ CPU_BOUND = 0.5
 class AutoMode(Mode):
     """Threads first; processes for the rest once the first tasks prove CPU-bound,
     the loop once the function proves to return coroutines."""
-
-    batching = True
 
     def __init__(self, fn: Any, *, limit: int, is_async: bool) -> None:
         super().__init__(fn, limit=limit, is_async=is_async)
@@ -65,6 +64,16 @@ class AutoMode(Mode):
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.active.name
+
+    @property
+    def batching(self) -> bool:  # type: ignore[override]
+        """Until the function proved to return coroutines: then slots run one
+        coroutine at a time on the loop, as in async mode (see the scheduler's
+        ``_batch_slot``, which turns into a plain slot)."""
+        return self.active.batching
+
+    def caller(self, slot: int) -> Call:
+        return self.active.caller(slot)
 
     @property
     def stoppable(self) -> bool:  # type: ignore[override]
@@ -248,12 +257,11 @@ def _same(value: Any) -> Any:
 
 class OnLoop(Mode):
     """Auto's ``async``, once the function proved to return coroutines: each call,
-    and the coroutine it returns awaited, on the scheduler's loop. Batches stay at
-    one item (the scheduler's slots are batching ones by now): a slot awaits one
-    coroutine at a time, as in ``async`` mode."""
+    and what it returns awaited, on the scheduler's loop, as in ``async`` mode.
+    Slots that were batching ones go on with batches of one item until they can
+    turn into plain slots (nothing of theirs in flight)."""
 
     name = "async"
-    batching = True
 
     def __init__(self, fn: Any, *, limit: int, is_async: bool) -> None:
         super().__init__(fn, limit=limit, is_async=is_async)
@@ -268,6 +276,15 @@ class OnLoop(Mode):
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         async with self.turn(slot):
             return await awaited(self.fn, items, self.worker(slot))
+
+    def caller(self, slot: int) -> Call:
+        fn, awaitable = self.fn, _worker.awaitable
+
+        async def call(item: Any) -> Any:
+            value = fn(item)
+            return (await value) if awaitable(value) else value
+
+        return call
 
     def worker(self, slot: int) -> str:
         return f"loop-{slot}"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 from typing import Any
 
 from ._base import Call, Mode
+from ._worker import awaitable
 
 
 class SyncMode(Mode):
@@ -45,7 +45,7 @@ class SyncMode(Mode):
             finally:
                 self._busy = False
                 asyncio.events._set_running_loop(loop)
-            if inspect.iscoroutine(value):  # a lambda returning a coroutine
+            if awaitable(value):  # a lambda returning a coroutine (or another awaitable)
                 value = await value
             return value
 

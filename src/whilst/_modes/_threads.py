@@ -10,11 +10,13 @@ import operator
 import queue
 import threading
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
+from .._cpu import busy_seconds
 from ._base import Mode, Outcomes
-from ._worker import GIL, run_batch
+from ._worker import GIL, awaitable, run_batch
 
 
 class _Completions:
@@ -71,12 +73,28 @@ def close_coroutines(values: list[Any]) -> None:
             value.close()
 
 
+def _handing(fn: Any) -> Any:
+    """``fn``, an awaitable it returns that is not a coroutine (aiohttp's
+    ``session.get(url)``) made one, for auto's threads to hand back too."""
+    coroutine = types.CoroutineType
+
+    def call(item: Any) -> Any:
+        value = fn(item)
+        return _awaiting(value) if type(value) is not coroutine and awaitable(value) else value
+
+    return call
+
+
+async def _awaiting(value: Any) -> Any:
+    return await value
+
+
 class _SlotThread(threading.Thread):
     def __init__(
         self, fn: Any, done: _Completions, name: str, timed: bool, hand_back: bool
     ) -> None:
         super().__init__(name=name, daemon=True)
-        self.fn = fn
+        self.fn = _handing(fn) if hand_back else fn
         self.timed = timed
         self.hand_back = hand_back
         self._handed = False  # this job handed a coroutine back
@@ -224,13 +242,17 @@ class ThreadsMode(Mode):
         return self.timeout_note
 
     def cpu_seconds(self) -> float | None:
-        """CPU time its threads have spent so far, tasks still running included (from
-        each thread's CPU clock, where the system has one); None elsewhere."""
-        try:
-            threads = [t.ident for t in self._threads.values() if t.ident]
-            return sum(time.clock_gettime(time.pthread_getcpuclockid(t)) for t in threads)
-        except (AttributeError, OSError):  # no per-thread CPU clocks here, or a thread ended
-            return None
+        """Seconds its threads have computed so far, tasks still running included,
+        waiting for a CPU included (a busy machine gives CPU-bound threads a CPU
+        part of the time: measured on the CPU alone, they looked like waiting
+        ones); None where the system cannot say."""
+        total = 0.0
+        for thread in self._threads.values():
+            busy = busy_seconds(thread.native_id) if thread.native_id else None
+            if busy is None:
+                return None
+            total += busy
+        return total
 
     def worker(self, slot: int) -> str:
         return f"thread-{slot}"

@@ -173,6 +173,12 @@ def run_batch(
     return start, ends, values, errors
 
 
+def awaitable(value: Any) -> bool:
+    """Whether what a plain function returned is to be awaited: a coroutine, or any
+    awaitable (an asyncio Future, aiohttp's ``session.get(url)``)."""
+    return type(value) is types.CoroutineType or hasattr(type(value), "__await__")
+
+
 async def arun_batch(
     call: Callable[[Any], Any],
     items: Iterable[Any],
@@ -192,14 +198,14 @@ async def arun_batch(
     values: list[Any] = []
     ends = array("d")
     errors = dict(errors or {})
-    coroutine, now = types.CoroutineType, time.time
+    now = time.time
     start = now() if start is None else start
     for i, item in enumerate(items):
         value = None
         if i not in errors:
             try:
                 value = call(item)
-                if type(value) is coroutine:
+                if awaitable(value):
                     value = await value
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
