@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -71,6 +72,22 @@ def max_overlap(results: list[Any]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+#: What asyncio's debug mode logs of a callback that held the loop 0.1 s or more:
+#: a loaded machine makes some, and they are no part of what a command says.
+SLOW_CALLBACK = re.compile(rb"^Executing <.*> took \d+\.\d+ seconds\n", re.MULTILINE)
+
+
+def cli(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run(argv, capture_output=True, ...)``, its stderr without the
+    slow-callback lines of asyncio's debug mode (which the tests turn on)."""
+    run = subprocess.run(argv, capture_output=True, **kwargs)
+    text = kwargs.get("text", False)
+    err = run.stderr.encode() if text else run.stderr
+    err = SLOW_CALLBACK.sub(b"", err)
+    run.stderr = err.decode() if text else err
+    return run
 
 
 def line_by_line(

@@ -22,7 +22,7 @@ from typing import IO, Any
 import pytest
 from aiohttp import web
 
-from conftest import line_by_line
+from conftest import cli, line_by_line
 
 WHILST = [sys.executable, "-m", "whilst"]
 SECRET = "SEKRET-1234"
@@ -100,6 +100,8 @@ class Server:
             if kind == "redirect":
                 assert self.other is not None
                 raise web.HTTPFound(self.other.url("/auth/x"))
+            if kind == "loop":
+                raise web.HTTPFound(request.path)
             if kind == "auth":
                 self.auth.append(
                     request.headers.get("Authorization") or request.headers.get("X-Api-Key")
@@ -128,9 +130,7 @@ def server() -> Iterator[Server]:
 
 
 def whilst(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*WHILST, *args], input=stdin, capture_output=True, text=True, timeout=timeout
-    )
+    return cli(*WHILST, *args, input=stdin, text=True, timeout=timeout)
 
 
 def test_retries_honour_retry_after_and_each_url_ends_as_it_should(
@@ -209,12 +209,17 @@ def test_a_retry_after_longer_than_max_wait_fails_at_once_saying_so(
     assert len(server.hits["busy/1"]) == 1
 
 
-def test_data_implies_post_unless_x_says_otherwise(server: Server) -> None:
-    """As curl's -d: --data without -X is a POST (it was a GET with a body)."""
-    for args in (["--data", "q=1"], ["-X", "put", "--data", "q=2"], []):
+def test_data_implies_post_unless_x_says_otherwise(server: Server, tmp_path: Path) -> None:
+    """As curl's -d: --data without -X is a POST (it was a GET with a body), and
+    --data @FILE sends the file (it sent the text "@FILE")."""
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"q": 3}\n\xff')
+    for args in (["--data", "q=1"], ["-X", "put", "--data", "q=2"], [], ["--data", f"@{body}"]):
         run = whilst("http", "-q", *args, stdin=server.url("/echo/1"))
         assert run.returncode == 0, run.stderr
-    assert server.requests == [("POST", b"q=1"), ("PUT", b"q=2"), ("GET", b"")]
+    assert server.requests == [
+        ("POST", b"q=1"), ("PUT", b"q=2"), ("GET", b""), ("POST", b'{"q": 3}\n\xff')
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -331,6 +336,15 @@ def test_a_connection_error_says_why_without_secrets(tmp_path: Path) -> None:
     assert any(f"failed: {text}" in run.stderr for text in why.values())
 
 
+def test_a_redirect_loop_is_said_to_be_one(server: Server) -> None:
+    """It was a bare "HTTP 302 from ...", after 11 requests."""
+    run = whilst("http", stdin=server.url("/loop/x"))
+    assert run.returncode == 1
+    assert "HTTP 302 from " in run.stderr
+    assert "more than 10 redirects (a loop?)" in run.stderr
+    assert len(server.hits["loop/x"]) == 11
+
+
 def test_secrets_never_reach_any_file_or_output(server: Server, tmp_path: Path) -> None:
     """reliability.md 27: Authorization, Cookie, X-Api-Key, user:password@ and ?api_key=."""
     other = Server()
@@ -419,9 +433,12 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["http", "{tmp}/port.txt"], "", "its port is not a number from 0 to 65535"),
         (["http", "--out", "/proc/version"], "http://127.0.0.1:9/", "--out"),
         (["http", "missing.txt"], "", "cannot be read"),
+        (["http", "--data", "@missing.json"], "http://127.0.0.1:9/", "missing.json cannot be read"),
         (["call", "no_such_module_x:f"], "1", "not found"),
         (["call", "json:no_such_function"], "1", "has no"),
         (["call", "json"], "1", "MODULE:FUNCTION"),
+        (["call", "./tools.py:f"], "1", "is a file name: give the module's name, tools:f"),
+        (["call", "lib/tools.py:f"], "1", "give the module's name, tools:f, with --path lib"),
         (["call", "--mode", "async", "json:dumps"], "1", "use --mode threads"),  # not mode=
         (["call", "--mode", "sync", "-j", "4", "json:dumps"], "1", "-j 4 cannot apply; drop -j"),
         (["call", "--jsonl", "json:dumps", "{tmp}/bad.jsonl"], "", "not JSON"),  # (a file)

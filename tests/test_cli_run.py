@@ -28,7 +28,7 @@ import pytest
 
 from whilst._options import cpu_count
 
-from conftest import line_by_line
+from conftest import cli, line_by_line
 
 WHILST = [sys.executable, "-m", "whilst"]
 PARALLEL = shutil.which("parallel")
@@ -36,9 +36,7 @@ CPUS = cpu_count()
 
 
 def whilst_run(*args: str, stdin: bytes = b"", cwd: Path | None = None, timeout: float = 60):
-    return subprocess.run(
-        [*WHILST, "run", *args], input=stdin, capture_output=True, cwd=cwd, timeout=timeout
-    )
+    return cli(*WHILST, "run", *args, input=stdin, cwd=cwd, timeout=timeout)
 
 
 def _sleepers() -> list[psutil.Process]:
@@ -411,7 +409,7 @@ def test_a_signal_says_what_ended_before_it(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
     assert err.decode().splitlines()[-2:] == [
-        "whilst: 2 ended before the stop (2 ok)",  # (it said "terminated" alone)
+        "whilst: stopped, with 2 ended (2 ok)",  # (it said "terminated" alone)
         "terminated",
     ]
 
@@ -434,13 +432,20 @@ def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
     assert b"Traceback" not in other.stderr
 
 
-def test_the_summary_says_why_jobs_run_in_threads() -> None:
-    """Not "mode='threads' was asked for": the user asked for no mode."""
-    run = whilst_run("-j", "3", "true", ":::", "1", "2")
+def test_the_summary_says_why_jobs_run_in_threads(tmp_path: Path) -> None:
+    """Not "mode='threads' was asked for": the user asked for no mode; the report
+    says so too, under the command's name (it said "Runner, threads mode")."""
+    report = tmp_path / "r.html"
+    run = whilst_run("-j", "3", "--report", str(report), "true", ":::", "1", "2")
     assert run.returncode == 0
     assert b"asked for" not in run.stderr
     words = " ".join(run.stderr.decode().replace("│", " ").split())  # the table's text
     assert "one of 3 threads" in words
+    page = report.read_text()
+    assert "<title>whilst run true</title>" in page
+    assert "one of 3 threads" in page
+    assert "asked for" not in page
+    assert "Runner" not in page
 
 
 def test_a_journal_others_can_read_still_skips_what_succeeded(tmp_path: Path) -> None:
@@ -1037,6 +1042,34 @@ def test_a_job_the_deadline_stopped_says_its_command_was_killed(tmp_path: Path) 
     assert record["error"].endswith("its command was killed with its process group")
     assert (record["command"], record["attempts"]) == ("sleep 30", 1)  # it ran
     assert _sleepers() == []  # as it says
+
+
+def test_input_a_stop_left_unread_is_a_failure_and_said_so() -> None:
+    """Lines from stdin after the deadline never ran: the exit status was 0 and,
+    with -q, nothing said so (the same deadline over ::: arguments exits 1)."""
+    proc = subprocess.Popen(
+        [*WHILST, "run", "-q", "--deadline", "0.5", "exit {}"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"0\n")
+    proc.stdin.flush()
+    try:
+        assert proc.wait(timeout=30) == 1  # with stdin still open, past the deadline
+    finally:
+        proc.stdin.close()
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert err.splitlines()[-1] == (
+        "whilst: the rest of the input was not read (the run's deadline of 0.5 s passed)"
+    )
+    halted = whilst_run("-q", "-j", "1", "--halt", "soon,fail=1", "exit {}", stdin=b"0\n1\n0\n0\n")
+    assert halted.returncode == 1
+    assert halted.stderr.decode().splitlines()[-1] == (
+        "whilst: the rest of the input was not read (the halt rule soon,fail=1 was met)"
+    )
 
 
 def test_a_job_the_run_stopped_before_it_started_has_no_command(tmp_path: Path) -> None:

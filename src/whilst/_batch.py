@@ -44,7 +44,6 @@ class BatchOptions:
     results: Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
     quiet: bool = False
-    why: str | None = None  # the command's own reason for its mode, for the summary
 
     def policy(self, task_id: Callable[[Any], Any] | None = None) -> dict[str, Any]:
         """The library options these stand for (``task_id``: a job's identity in
@@ -126,9 +125,7 @@ class Tally:
             ended = [f"{ok} ok", *(f"{n} {kind}" for kind, n in self.failures.items())]
             if self.cancelled:
                 ended.append(f"{self.cancelled} cancelled")
-            print(
-                f"whilst: {self.total} ended before the stop ({', '.join(ended)})", file=sys.stderr
-            )
+            print(f"whilst: stopped, with {self.total} ended ({', '.join(ended)})", file=sys.stderr)
 
     def finish(self, summary: Summary | None) -> int:
         """Print the summary (unless --quiet); the exit status: 0 when every task
@@ -136,8 +133,6 @@ class Tally:
         if self.total == 0:
             print("whilst: no input: nothing to do", file=sys.stderr)
             return 0
-        if summary is not None and self.options.why is not None:
-            summary = dataclasses.replace(summary, mode_reason=self.options.why)
         if not self.options.quiet and summary is not None:
             summary.print()
         # One last line: what failed, what was cancelled and why.
@@ -148,13 +143,18 @@ class Tally:
             print(f"whilst: {self._failures()}{also}", file=sys.stderr)
         elif self.cancelled:
             print(f"whilst: {self.cancelled} of {self.total} cancelled{why}", file=sys.stderr)
+        # Input of no length (stdin, a file) is not read past a stop: what it held
+        # after that never ran, which the counts above cannot say.
+        unread = summary.left_unread if summary is not None else None
+        if unread:
+            print(f"whilst: the rest of the input was not read ({unread})", file=sys.stderr)
         # A halt rule met at a success ends the run well, whatever failed before
         # (GNU parallel's --halt now,success=1 exits 0 too); jobs cancelled
         # otherwise are failures.
         won = stopped and stopped.startswith(HALTED) and "success" in (self.options.halt or "")
         if won:
             return 0
-        return 1 if self.failed or self.cancelled else 0
+        return 1 if self.failed or self.cancelled or unread else 0
 
     def _failures(self) -> str:
         """ "2 of 5 failed (1 failed, 1 timed out; first: 'sleep 9', timed out: ...)"."""

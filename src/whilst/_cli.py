@@ -148,7 +148,8 @@ Run `whilst COMMAND --help` for a command's options and more examples.""",
 @click.version_option(__version__, "-V", "--version", prog_name="whilst")
 def cli() -> None:
     """Run a batch of tasks the right way: one after another, on an asyncio event
-    loop, in threads or in processes, and see where the time went.
+    loop, in threads, in processes or on a Dask or Ray cluster, and see where the
+    time went.
 
     Whilst one task waits, another runs.
     """
@@ -533,6 +534,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         line_buffer=line_buffer,
         tag=tag,
         journal_identity=identity,
+        title=identity,
     )
 
     def show(r: Result) -> None:
@@ -555,7 +557,6 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
                 options,
                 jobs=limit,
                 timeout=None,  # the runner times commands
-                why=f"each command is started and waited for by one of {limit} threads",
             ),
             mode="threads",
             show=show,
@@ -616,7 +617,10 @@ output's reader went away (| head).""",
     metavar="'NAME: VALUE'",
     help="A request header (repeatable).",
 )
-@click.option("--data", help="The request body; without -X, the method is POST.")
+@click.option(
+    "--data",
+    help="The request body, or @FILE for a file's bytes; without -X, the method is POST.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -642,6 +646,7 @@ def http(source: str, **kwargs: Any) -> None:
         check_out,
         check_url,
         parse_headers,
+        read_body,
         request_identity,
         retryable,
     )
@@ -653,6 +658,7 @@ def http(source: str, **kwargs: Any) -> None:
         method = check_method(kwargs.pop("method"), data)
         options = _shared(kwargs)
         headers = parse_headers(given_headers)
+        body = read_body(data)
         check_out(out)
 
         def target(_: int, line: str, strict: bool = False) -> Any:
@@ -668,14 +674,16 @@ def http(source: str, **kwargs: Any) -> None:
     fetcher = Fetcher(
         method=method,
         headers=headers,
-        data=None if data is None else data.encode(),
+        data=body,
         out=out,
         connections=jobs,
         max_wait=max_wait if options.retries else math.inf,  # no retry: no wait to cap
         note=_note if options.retries else None,
         # A journal of another request (method, headers, body) is refused, as a
         # changed command is: header values and the body count only as a hash.
-        journal_identity=request_identity(method, headers, data),
+        journal_identity=request_identity(
+            method, headers, body if data and data[0] == "@" else data
+        ),
     )
 
     write = sys.stdout.write
@@ -704,9 +712,8 @@ def http(source: str, **kwargs: Any) -> None:
     async def main() -> int:
         await fetcher.open()
         try:  # Ctrl-C and SIGTERM: the run stops as every run does (see aimap)
-            why = "requests overlap on one event loop (aiohttp)"
             return await arun_batch(
-                fetcher, targets, dataclasses.replace(options, why=why), mode="async",
+                fetcher, targets, options, mode="async",
                 show=show, record=record,
                 task_id=lambda t: t.key, retry_on=retryable,
                 **per_host_limit,
@@ -789,8 +796,8 @@ Examples:
 Each result is one JSON line on stdout: {"index", "item", "ok", "value"},
 or "status" and "error" when it failed (values that are not JSON are
 shown as their repr). Exit status: 0 when every call succeeded, 1 when any
-failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, 141 once the
-output's reader went away (| head).""",
+failed, 2 for a usage error, 130 after Ctrl-C, 143 after SIGTERM, 129 after
+SIGHUP, 141 once the output's reader went away (| head).""",
 )
 @batch_options("as --mode chooses")
 @click.option(
@@ -899,6 +906,12 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
     module_name, colon, name = target.partition(":")
     if not colon or not module_name or not name:
         raise UsageError(f"{target!r} is not MODULE:FUNCTION, such as mytools:resize")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        where = Path(module_name)
+        raise UsageError(
+            f"{module_name!r} is a file name: give the module's name, "
+            f"{where.stem}:{name}" + (f", with --path {where.parent}" if where.parent.name else "")
+        )
     for path in reversed(paths):
         sys.path.insert(0, str(Path(path).resolve()))
     if "" not in sys.path and str(Path.cwd()) not in sys.path:

@@ -222,6 +222,8 @@ class Fetcher:
     #: The longest wait a Retry-After may ask for; a longer one fails the URL at once.
     max_wait: float = 60.0
     journal_identity: str = "whilst http"  # what a journal of this run records
+    title: ClassVar[str] = "whilst http"  # its report's
+    mode_reason: ClassVar[str] = "requests overlap on one event loop (aiohttp)"
     #: Told of a long Retry-After (see NOTE_WAIT), once per host while it lasts.
     note: Callable[[str], None] | None = None
     #: A URL a resume skips prints nothing: its value is not wanted back.
@@ -296,7 +298,9 @@ class Fetcher:
             origin = origin or _origin(target.url)
             if _origin(url) != origin:
                 headers = {k: v for k, v in headers.items() if not SECRET_HEADERS.search(k)}
-        raise HTTPStatusError(response.status, target)  # too many redirects
+        raise HTTPStatusError(
+            response.status, target, f": more than {MAX_REDIRECTS} redirects (a loop?)"
+        )
 
     async def _body(self, response: Any, target: Target) -> tuple[int, str | None]:
         size, read = 0, response.content.readany  # what has come, until the end
@@ -382,7 +386,20 @@ def retryable(error: BaseException) -> bool:
     return isinstance(error, (FetchError, asyncio.TimeoutError))
 
 
-def request_identity(method: str, headers: dict[str, str], data: str | None) -> str:
+def read_body(data: str | None) -> bytes | None:
+    """``--data``'s body: the text, or with ``@FILE`` (as curl) that file's bytes."""
+    if data is None or not data.startswith("@"):
+        return None if data is None else data.encode()
+    path = data[1:]
+    if path in ("", "-"):
+        raise UsageError(f"--data {data}: give a file's name after @, such as @body.json")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--data {data}: {path} cannot be read ({exc.strerror})") from None
+
+
+def request_identity(method: str, headers: dict[str, str], data: bytes | None) -> str:
     """What a journal of ``whilst http`` records as its function: the request
     but for the values of secret headers (Authorization, a renewed token, is the
     same request), which no hash may carry: it could be guessed."""

@@ -580,10 +580,15 @@ class Runner:
     err: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
     shell: str = field(default_factory=lambda: posix_shell())
     journal_identity: str = ""  # what a journal of this run records as its function
+    title: str = "whilst run"  # its report's
     #: A job a resume skips prints nothing: its value is not wanted back.
     journal_values: ClassVar[bool] = False
     #: What became of a job the run stopped (a halt, the deadline): see ``stop``.
     stop_note: ClassVar[str] = "its command was killed with its process group"
+
+    @property
+    def mode_reason(self) -> str:
+        return f"each command is started and waited for by one of {self.slots} threads"
 
     def __post_init__(self) -> None:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
