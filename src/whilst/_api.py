@@ -35,8 +35,8 @@ def map(
         items: any iterable or async iterable; it is read lazily.
         mode: ``"auto"`` (coroutine functions on the event loop; plain ones in
             threads, then in processes if CPU-bound, or on the loop if they
-            return coroutines), ``"sync"``, ``"async"``, ``"threads"`` or
-            ``"processes"``.
+            return coroutines), ``"sync"``, ``"async"``, ``"threads"``,
+            ``"processes"``, ``"dask"`` or ``"ray"`` (a cluster's workers).
         limit: most tasks in flight at once. Defaults: async 100, threads
             ``min(32, cpus + 4)``, processes the CPU count, sync 1.
 
@@ -68,6 +68,10 @@ def map(
             first success wins). Unstarted items end ``cancelled``.
         grace: seconds a first Ctrl-C (or SIGTERM) lets running tasks finish
             before they are cancelled; a second one cancels at once. Default 5.
+        cluster, cluster_insecure: with ``mode="dask"`` or ``"ray"``, the
+            cluster: an address or a client (default: the one running, or a
+            local one); a plain address off this machine only with
+            ``cluster_insecure=True``.
 
     Journal:
         journal: a SQLite file recording each task as it ends; run again with
@@ -82,8 +86,9 @@ def map(
     Watching (never changes what runs):
         summary: print the run's summary on stderr at the end (counts, wall
             and task time, concurrency, durations, retries, mode).
-        progress: ``True`` for a progress bar on stderr, or a function called
-            with a :class:`whilst.Progress` ten times a second and at the end.
+        progress: ``True`` for a progress bar on stderr, ``"auto"`` for one
+            when stderr is a terminal, or a function called with a
+            :class:`whilst.Progress` ten times a second and at the end.
         report: write the run's timeline to this HTML file at the end.
         trace: write the run as Chrome trace events (Perfetto, chrome://tracing).
 
@@ -170,7 +175,8 @@ def imap(
     """Call ``fn`` on every item, yielding each :class:`Result` as it is ready.
 
     Lazy and bounded: items are read as slots free up and at most about
-    ``4 * limit`` results are held, so a generator of ten million items is fine.
+    ``8 * limit`` results are held (``4 * limit + 16`` waiting, and as many in
+    the bunch the caller goes through), so a generator of ten million items is fine.
     ``ordered=True`` yields in input order; ``ordered=False`` as tasks finish.
     A failed task is a result with ``ok`` false, never an exception here.
     Options (policy included) are as for :func:`map`; they are checked now,

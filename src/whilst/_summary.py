@@ -55,6 +55,9 @@ class Summary:
         earlier: results an earlier run journaled, by status, given back as they
             were (``resume="unfinished"`` keeps failures): among ``counts``, but
             not run by this run.
+
+    Worked out from those: ``mean_concurrency`` (task time over wall time),
+    ``speedup`` (the same, by another name), ``skipped``, ``ran``.
     """
 
     counts: dict[str, int]
