@@ -482,3 +482,78 @@ def test_a_signal_while_the_input_is_another_run_stops_both_at_once() -> None:
     assert "interrupted" in out, err
     assert elapsed < 10, f"took {elapsed:.1f} s to act on the signal"
     assert "Traceback" not in err
+
+
+STUBBORN = textwrap.dedent(
+    """
+    import asyncio, whilst
+
+    async def stubborn(x):
+        if x == 0:
+            print("started", flush=True)
+            while True:  # swallows every cancellation
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    pass
+        return x
+
+    for r in whilst.imap(stubborn, range(4), grace=0.5):
+        pass
+    """
+)
+
+
+def test_a_second_signal_ends_a_run_whose_task_swallows_its_cancellation() -> None:
+    """The caller waited for the run's end for ever, deaf to every signal (only
+    SIGKILL stopped it): it now stops waiting a moment after the run's cancel."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    _, err, elapsed = stop(proc, signal.SIGINT, signal.SIGINT)
+    assert proc.returncode in (-signal.SIGINT, 130), err
+    assert err.rstrip().endswith("KeyboardInterrupt")
+    assert "destroyed but it is pending" not in err
+    assert elapsed < 5  # (1.5 s for the run to stop, then the caller goes on)
+
+
+AFTER_THE_RUN = textwrap.dedent(
+    """
+    import asyncio, whilst
+
+    async def quick(x):
+        return x
+
+    async def main():
+        async with whilst.aimap(quick, range(5)) as run:
+            async for r in run:
+                pass
+            print("read", flush=True)
+            await asyncio.sleep(30)  # the run is over; the block goes on
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, None), (signal.SIGTERM, -15)])
+def test_a_signal_after_the_run_in_its_with_block_is_not_lost(
+    signum: signal.Signals, status: int | None
+) -> None:
+    """whilst's handler stayed in place to the block's end and stopped a run that
+    was over: Ctrl-C and SIGTERM did nothing, and the program slept on."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AFTER_THE_RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "read\n"
+    _, err, elapsed = stop(proc, signum)
+    assert elapsed < 3
+    if status is None:  # asyncio.run's own: the main task cancelled, KeyboardInterrupt
+        assert proc.returncode != 0
+        assert "KeyboardInterrupt" in err
+    else:
+        assert proc.returncode == status

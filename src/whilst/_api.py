@@ -129,7 +129,12 @@ def map(
 
 
 #: What asyncio (and uvloop) say when a task awaits something of another loop.
-_OTHER_LOOP = ("attached to a different loop", "await wasn't used with future")
+_OTHER_LOOP = (  # asyncio's words (and uvloop's) for a thing of another loop
+    "attached to a different loop",  # a future, a task
+    "bound to a different event loop",  # an Event, a Lock, a Queue
+    "belongs to a different loop",
+    "await wasn't used with future",
+)
 
 
 async def amap(

@@ -170,6 +170,7 @@ class AsyncRun(AsyncIterator[Result]):
         self._scheduler = scheduler
         self._stream = stream
         self._stop: LoopStop | None = None
+        self._filling = False  # a task waits for results
         self._ready: Iterator[Result] = iter(())  # of the chunk taken last
         self._stats = Stats()
         self._closed = False
@@ -185,10 +186,22 @@ class AsyncRun(AsyncIterator[Result]):
         )
 
     async def __anext__(self) -> Result:
+        if self._stop is not None and self._stop.now and not self._closed:
+            await self.aclose()  # a second signal while the caller's code ran
+            self._stop.raise_if_stopped()
         while (result := next(self._ready, None)) is None:
             if self._closed:
                 raise StopAsyncIteration
-            await self._fill()
+            if self._filling:  # (its wait would overwrite the other's: one waited for ever)
+                raise RuntimeError(
+                    "this whilst.aimap(...) is being read already, by another task: read a "
+                    "run from one task (as an async generator must be)"
+                )
+            self._filling = True
+            try:
+                await self._fill()
+            finally:
+                self._filling = False
         return result
 
     def _start(self) -> LoopStop:

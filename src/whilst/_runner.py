@@ -85,6 +85,8 @@ class Runner:
         self.caller_cancelled = False  # the caller's task was cancelled (asyncio.run's Ctrl-C)
         self._grace: asyncio.TimerHandle | threading.Timer | None = None
         self._pid = os.getpid()  # (a child forked meanwhile has a copy: see close)
+        self._waiting: asyncio.Task[Any] | None = None  # what call() runs the loop for
+        self.gave_up = False  # on a run that would not end (see _give_up)
 
     def start(self, scheduler: Scheduler) -> asyncio.Task[Any]:
         """Start the run (it progresses whenever :meth:`call` runs the loop)."""
@@ -137,11 +139,24 @@ class Runner:
     def _cancel_main(self) -> None:
         if self.main is not None and not self.main.done():
             self.main.cancel()
+            with contextlib.suppress(RuntimeError):  # (a closed loop)
+                self.loop.call_soon_threadsafe(self._arm_give_up)
+
+    def _arm_give_up(self) -> None:
+        self.loop.call_later(STOP_WAIT, self._give_up)
+
+    def _give_up(self) -> None:
+        """The run did not end within ``STOP_WAIT`` of its cancellation (a task
+        that swallows its cancellation, and loops on): the caller stops waiting
+        all the same, rather than for ever, deaf to every signal."""
+        if self.main is not None and not self.main.done() and self._waiting is not None:
+            self.gave_up = True
+            self._waiting.cancel()
 
     def _stop_main(self) -> None:
         """Cancel the run and give it a moment to stop its workers."""
         main = self.main
-        if main is None:
+        if main is None or self.gave_up:
             return
         with contextlib.suppress(BaseException):
             self._settle(_stop(main))
@@ -175,6 +190,9 @@ class InlineRunner(Runner):
                 self._stop_main()
             if isinstance(exc, KeyboardInterrupt) and self.signum in TERMINATING:
                 raise SystemExit(128 + self.signum) from None  # a sync task was stopped
+            if self.gave_up and self.interrupted:  # (its wait was cancelled: say why)
+                stopped = self.signum in TERMINATING
+                raise SystemExit(128 + self.signum) if stopped else KeyboardInterrupt from None
             raise
         finally:
             self._restore(handled)
@@ -220,8 +238,11 @@ class InlineRunner(Runner):
         outer = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(None)
         try:
-            return self.loop.run_until_complete(coro)
+            waiting: asyncio.Task[T] = self.loop.create_task(coro)
+            self._waiting = waiting  # (see _give_up)
+            return self.loop.run_until_complete(waiting)
         finally:
+            self._waiting = None
             asyncio.events._set_running_loop(outer)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -257,6 +278,9 @@ class InlineRunner(Runner):
             return
         if loop.is_running():
             loop.call_soon_threadsafe(self._cancel_main)
+            return
+        if self.gave_up:  # a task that would not stop is left to its loop, unclosed:
+            _ABANDONED.append(loop)  # closed, it would say it was destroyed pending
             return
         try:
             self._stop_main()
@@ -370,6 +394,7 @@ class LoopStop:
     def __init__(self, scheduler: Scheduler, main: asyncio.Task[Any]) -> None:
         self.scheduler, self.main = scheduler, main
         self.signum = 0  # the first signal that stopped the run
+        self.now = False  # a second signal (or no grace): stop handing out results
         self._grace: asyncio.TimerHandle | None = None
         self._depth = 0
 
@@ -406,13 +431,29 @@ class LoopStop:
 
     @staticmethod
     def _on_signal(signum: int) -> None:
-        for stop in list(LoopStop._active):
+        running = [stop for stop in LoopStop._active if not stop.main.done()]
+        if not running:  # (inside ``async with whilst.aimap(...)``, its run over)
+            LoopStop._pass_on(signum)
+            return
+        for stop in running:
             stop.signum = stop.signum or signum
             stop.stop()
+
+    @staticmethod
+    def _pass_on(signum: int) -> None:
+        """A signal no run of whilst's is there for: as if whilst had no handler
+        (it was lost: Ctrl-C did nothing once the results were all read)."""
+        old = LoopStop._saved.get(signum)
+        if callable(old):  # Python's (KeyboardInterrupt) or asyncio.run's (cancel main)
+            old(signum, None)
+        else:  # the default: end the process, as the signal would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def stop(self) -> None:
         scheduler = self.scheduler
         if scheduler.interrupted or scheduler.policy.grace <= 0:
+            self.now = True  # the caller hears of it at its next read
             self.main.cancel()
             return
         scheduler.interrupt()
@@ -438,6 +479,10 @@ class LoopStop:
             raise KeyboardInterrupt
         if self.main.cancelled():
             raise asyncio.CancelledError
+
+
+#: Loops of runs given up on (see Runner._give_up), kept as they are until exit.
+_ABANDONED: list[asyncio.AbstractEventLoop] = []
 
 
 def _asyncio_sigint(handler: Any) -> bool:
