@@ -688,3 +688,35 @@ def test_a_worker_whose_parent_is_gone_ends_quietly() -> None:
         [sys.executable, "-c", WORKER_ORPHANED], capture_output=True, text=True, timeout=60
     )
     assert (run.returncode, run.stdout, run.stderr) == (0, "ended quietly\n", "")
+
+
+SCRIPT_ERROR = """\
+import traceback, whilst
+
+def helper(x):
+    return 1 / (x - 2)
+
+def f(x):
+    return helper(x)
+
+try:
+    whilst.map(f, range(4), mode="processes")
+except whilst.TasksFailed as failed:
+    print("".join(traceback.format_exception(failed.results[2].error.__cause__)))
+"""
+
+
+def test_a_worker_traceback_names_the_scripts_file_and_lines(tmp_path: Path) -> None:
+    """A script's function travels by value (cloudpickle), which named its code
+    <dynamic-code>: no file, no source line. And whilst's own frame came first."""
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT_ERROR)
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert f'File "{script}", line 7, in f' in run.stdout
+    assert f'File "{script}", line 4, in helper' in run.stdout
+    assert "return 1 / (x - 2)" in run.stdout
+    assert "<dynamic-code>" not in run.stdout
+    assert "_worker.py" not in run.stdout

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import functools
+import io
 import itertools
 import os
 import pickle
@@ -29,8 +31,9 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._errors import UsageTypeError, WorkerCrashed
 from .._options import cpu_count
@@ -67,9 +70,29 @@ def by_value(obj: Any) -> bytes:
             if b"__mp_main__" not in data:
                 return data
             _by_value_in_mp_child()
+    out = io.BytesIO()
+    _pickler()(out, _worker.PROTOCOL).dump(obj)
+    return out.getvalue()
+
+
+@functools.cache
+def _pickler() -> type:
+    """cloudpickle's pickler, but keeping each code object's file name, which it
+    sets to ``<dynamic-code>`` (for payloads alike wherever the code was written):
+    a worker's traceback then names the script and shows its lines."""
     import cloudpickle
 
-    return cloudpickle.dumps(obj, _worker.PROTOCOL)  # type: ignore[no-any-return]
+    base = cloudpickle.Pickler.dispatch_table
+
+    def code_reduce(code: types.CodeType) -> Any:
+        rebuild, args = base[types.CodeType](code)
+        kept = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+        return rebuild, kept
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table: ClassVar[Any] = collections.ChainMap({types.CodeType: code_reduce}, base)
+
+    return Pickler
 
 
 @functools.cache

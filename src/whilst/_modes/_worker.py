@@ -96,7 +96,10 @@ def _wire(exc: BaseException) -> tuple[BaseException | None, str, str]:
     import pickle
     import traceback
 
-    tb = "".join(traceback.format_exception(exc))
+    frames = exc.__traceback__  # from the task's own first frame, not this module's
+    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
+        frames = frames.tb_next
+    tb = "".join(traceback.format_exception(type(exc), exc, frames))
     kept: BaseException | None = exc
     try:
         pickle.loads(dumps(exc))  # an exception with a custom __init__ may not round-trip
