@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -56,26 +55,6 @@ def test_cpu_heavy_work_moves_to_processes_and_runs_on_every_core() -> None:
     assert modes[-1] == "processes"
     # Two at once, not one at a time behind one lock (start and end: the workers' clocks).
     assert max_overlap([r for r in results if r.mode == "processes"]) >= 2
-
-
-@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
-def test_cpu_heavy_work_moves_to_processes_on_a_busy_machine_too() -> None:
-    """With three programs a CPU spinning, CPU-bound threads get a CPU part of the
-    time: on the CPU alone they measured 30-41%, "waiting", and stayed in threads.
-    Waiting for a CPU counts as computing, as in whilst doctor."""
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * cpu_count())
-    ]
-    try:
-        time.sleep(0.3)
-        run = whilst.imap(crunch, [300_000] * 24)
-        assert [r.value for r in run] == [crunch(300_000)] * 24
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
-    assert run.summary is not None
-    assert run.summary.mode_reason.startswith("auto chose processes: the first")
 
 
 def burn(seconds: float) -> float:
@@ -399,3 +378,32 @@ def test_once_it_goes_async_its_attempts_still_time_out() -> None:
     assert time.monotonic() - start < 5
     assert [r.status for r in results] == [whilst.Status.OK, whilst.Status.TIMED_OUT] * 20
     assert {r.mode for r in results} == {"async"}
+
+
+def test_once_it_goes_async_a_resume_still_gives_every_item_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume reads runs of items between those done, and leaves some read
+    aside; the slots auto turned into async's own read the input on past them
+    (from the review: 2 to 8 results of 3000 missing, or an IndexError in map)."""
+    monkeypatch.setattr("whilst._modes._auto.CPU_BOUND", 9.0)  # (threads, then async)
+    second = False
+
+    def fn(x: int) -> Any:
+        if not second:
+            if x % 2:
+                raise ValueError(x)
+            return x
+        if x < 1500:
+            time.sleep(0.00002)
+            return x
+        return asyncio.sleep(0, x)
+
+    for attempt in range(6):  # (it went wrong in about one run of three)
+        journal, second = tmp_path / f"run{attempt}.db", False
+        assert len(list(whilst.imap(fn, range(3000), journal=journal))) == 3000
+        second = True
+        results = list(whilst.imap(fn, range(3000), journal=journal))
+        assert [r.index for r in results] == list(range(3000))
+        assert all(r.ok for r in results)
+        assert {r.mode for r in results if r.index % 2 and r.index >= 1500} == {"async"}

@@ -467,3 +467,12 @@ def test_task_time_leaves_out_the_waits_between_attempts() -> None:
     counted = run.summary.total  # those read, and those taken with them
     assert counted < 8  # closed early: not all of them
     assert run.summary.task_time == pytest.approx(counted * 4 * 0.05, abs=counted * 0.05)
+
+
+def test_a_report_is_titled_by_the_function_whatever_its_attributes(tmp_path: Path) -> None:
+    """The CLI's commands title their reports through their task's attributes: a
+    function of anyone's whose ``title`` is a method (``str``) lost every result
+    to an AttributeError as the report was written."""
+    report = tmp_path / "r.html"
+    assert whilst.map(str, range(3), mode="threads", report=report) == ["0", "1", "2"]
+    assert "<title>whilst: str, threads mode</title>" in report.read_text()

@@ -534,7 +534,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         line_buffer=line_buffer,
         tag=tag,
         journal_identity=identity,
-        title=identity,
+        report_title=identity,
     )
 
     def show(r: Result) -> None:

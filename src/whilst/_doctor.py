@@ -36,8 +36,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._cpu import busy_seconds
-
 #: Directories whose code is not the user's: the standard library, installed
 #: packages and whilst itself. A finding points at the innermost frame elsewhere.
 _NOT_YOURS = tuple(
@@ -506,10 +504,25 @@ def _source(file: str, line: int) -> str:
 
 
 def _thread_cpu(native: int) -> float:
-    """Seconds a thread has computed, waiting for a CPU included: a CPU loop on a
-    machine busy with other programs gets a CPU half the time, and is still a CPU
-    loop, not a wait for I/O (0 where the system cannot say)."""
-    return busy_seconds(native) or 0.0
+    """Seconds a thread of this process has computed: on a CPU, or ready to run and
+    waiting for one (Linux's schedstat, in nanoseconds; CPU time in clock ticks
+    where the kernel keeps no schedstat; 0 elsewhere). The wait counts: a CPU loop
+    on a machine busy with other programs gets a CPU half the time, and is still
+    a CPU loop, not a wait for I/O."""
+    try:
+        with open(f"/proc/self/task/{native}/schedstat", "rb") as f:
+            on_cpu, ready, _ = f.read().split()
+        if int(on_cpu):  # (all zeros: a kernel that keeps no schedstat)
+            return (int(on_cpu) + int(ready)) / 1e9
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"/proc/self/task/{native}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def report(doctor: Doctor, program: str, exit_status: int | None) -> dict[str, Any]:

@@ -222,7 +222,7 @@ class Fetcher:
     #: The longest wait a Retry-After may ask for; a longer one fails the URL at once.
     max_wait: float = 60.0
     journal_identity: str = "whilst http"  # what a journal of this run records
-    title: ClassVar[str] = "whilst http"  # its report's
+    report_title: ClassVar[str] = "whilst http"
     mode_reason: ClassVar[str] = "requests overlap on one event loop (aiohttp)"
     #: Told of a long Retry-After (see NOTE_WAIT), once per host while it lasts.
     note: Callable[[str], None] | None = None

@@ -188,11 +188,13 @@ class InlineRunner(Runner):
                 self._restore(handled)
                 handled = {}
                 self._stop_main()
-            if isinstance(exc, KeyboardInterrupt) and self.signum in TERMINATING:
-                raise SystemExit(128 + self.signum) from None  # a sync task was stopped
-            if self.gave_up and self.interrupted:  # (its wait was cancelled: say why)
-                stopped = self.signum in TERMINATING
-                raise SystemExit(128 + self.signum) if stopped else KeyboardInterrupt from None
+            # A sync task stopped by SIGTERM, or a wait given up on after a signal
+            # (see _give_up): the caller hears of the signal, not of what it broke.
+            if self.signum and (isinstance(exc, KeyboardInterrupt) or self.gave_up):
+                if self.signum in TERMINATING:
+                    raise SystemExit(128 + self.signum) from None
+                if not isinstance(exc, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None
             raise
         finally:
             self._restore(handled)

@@ -347,7 +347,7 @@ class Scheduler:
         from ._html import write_report
 
         name = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
-        title = getattr(self.fn, "title", None) or f"whilst: {name}, {self.mode.name} mode"
+        title = _told(self.fn, "report_title") or f"whilst: {name}, {self.mode.name} mode"
         write_report(path, timeline, self.summary(timeline.stats), title=title)
 
     def summary(self, stats: Stats) -> Summary:
@@ -373,7 +373,7 @@ class Scheduler:
     def mode_reason(self) -> str:
         """Why the run's tasks run where they do (auto decides as it goes; a
         command of the CLI says in its own words, as its task's ``mode_reason``)."""
-        told = getattr(self.fn, "mode_reason", None)
+        told = _told(self.fn, "mode_reason")
         return str(told or getattr(self.mode, "reason", self.options.mode_reason))
 
     def progress(self, finished: bool = False) -> Progress:
@@ -589,10 +589,13 @@ class Scheduler:
         if not runs:
             self._stop_pulling()
             return self._pulled, []
-        run = runs.popleft()
+        first, items = runs.popleft()
+        if len(items) > n:  # (a run left by a larger read: the rest waits its turn)
+            runs.appendleft((first + n, items[n:]))
+            items = items[:n]
         if self._source_done and not runs:
             self._stop_pulling()
-        return run
+        return first, items
 
     def _came(self, n: int) -> bool:
         """Whether the next batch can be taken without waiting for an async input
@@ -666,6 +669,7 @@ class Scheduler:
         # a call of record (map: 11,244 instructions a no-op coroutine, 10,376 so).
         add = None if rows is None else rows.extend
         sync_source, take, bounded = self._sync_source, self._take, output.bounded
+        unread = self._unread  # runs a journal's read left: taken first (see _take)
         now, last, sinks, journal = time.time, _END, self.sinks, self._journal
         growing = idle = True  # idle: this slot ran no task since it last waited
         # A slot that goes straight on from a task to the next one starts it as
@@ -678,7 +682,7 @@ class Scheduler:
             if bounded and output.full:
                 await output.room()
                 idle = True
-            if sync_source:
+            if sync_source and not unread:
                 try:
                     item = next(self._items, last)
                 except Exception as exc:  # the input itself failed: keep it for the caller
@@ -754,7 +758,9 @@ class Scheduler:
         flying = self._flying[slot] = collections.deque()
         try:
             while True:
-                while len(flying) < (2 if size > 1 else 1) and (given_back or not self._exhausted):
+                while len(flying) < (2 if size > 1 else 1) and (
+                    given_back or self._unread or not self._exhausted
+                ):
                     if output.full:
                         if flying:  # the batch out may be the one the reader waits for
                             break
@@ -1307,17 +1313,16 @@ class Scheduler:
         if not retry:
             self._finish(self._result(task, status, value, error, end, worker))
             return
-        if self._stopping:  # as a retry waiting when the stop came: it never starts
-            task.errors.append(error)  # type: ignore[arg-type]
-            task.ended = end
-            self._abandon(task)
-            return
-        self.retried += 1
-        if self.sinks:
-            result = self._result(task, status, None, error, end, worker)
-            self._emit(RETRYING, task.index, task.item, end, worker, result)
+        if not self._stopping:
+            self.retried += 1
+            if self.sinks:
+                result = self._result(task, status, None, error, end, worker)
+                self._emit(RETRYING, task.index, task.item, end, worker, result)
         task.errors.append(error)  # type: ignore[arg-type]
         task.ended = end
+        if self._stopping:  # as a retry waiting when the stop came: it never starts
+            self._abandon(task)
+            return
         delay = self.policy.delay(task.attempts, error)  # type: ignore[arg-type]
         due = asyncio.get_running_loop().time() + delay
         heapq.heappush(self._retries, (due, next(self._seq), task))
@@ -1550,7 +1555,7 @@ class Scheduler:
     async def _read(self) -> _Task | None:
         """The next item of the input as a task; None at the input's end, or when
         its key could not be computed (that task then ends failed)."""
-        if self._sync_source:  # read through _guarded when it could raise
+        if self._sync_source and not self._unread:  # read through _guarded when it could raise
             try:
                 item = next(self._items, _END)
             except InputInterrupted:  # a stop signal while it waited for the item
@@ -1634,6 +1639,13 @@ class Scheduler:
         finally:
             self._sleeping.discard(fut)
             handle.cancel()
+
+
+def _told(fn: Any, name: str) -> str | None:
+    """What a command of the CLI tells of its run through its task (a report's
+    title, why it runs where): a text attribute, or None (``str.title`` is none)."""
+    told = getattr(fn, name, None)
+    return told if isinstance(told, str) else None
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

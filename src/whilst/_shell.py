@@ -580,7 +580,7 @@ class Runner:
     err: IO[bytes] = field(default_factory=lambda: sys.stderr.buffer)
     shell: str = field(default_factory=lambda: posix_shell())
     journal_identity: str = ""  # what a journal of this run records as its function
-    title: str = "whilst run"  # its report's
+    report_title: str = "whilst run"
     #: A job a resume skips prints nothing: its value is not wanted back.
     journal_values: ClassVar[bool] = False
     #: What became of a job the run stopped (a halt, the deadline): see ``stop``.

@@ -1,11 +1,10 @@
 """``auto`` for a plain function: measured, not guessed.
 
-The first tasks run in threads while the time the threads computed is measured
-(on a CPU or waiting for one: see ``_cpu``; tasks still running included; where
-the system cannot say, each finished batch's ``time.thread_time``). Threads
-share one interpreter lock, so CPU-bound tasks in several threads take turns on
-one core: the measure is the threads' CPU seconds against the wall time of the
-probe, which is near 100%
+The first tasks run in threads while the threads' CPU time is measured (each
+thread's CPU clock, tasks still running included; where there is none, each
+finished batch's ``time.thread_time``). Threads share one interpreter lock, so
+CPU-bound tasks in several threads take turns on one core: the measure is the
+threads' CPU seconds against the wall time of the probe, which is near 100%
 when they are CPU-bound (whatever the number of threads) and near 0% when they
 wait. The probe ends after ``PROBE_TASKS`` tasks or ``PROBE_SECONDS``, whichever
 comes first, finished or not. Mostly CPU, more than one CPU, and a function that

@@ -86,7 +86,8 @@ def _pickler() -> type:
 
     def code_reduce(code: types.CodeType) -> Any:
         rebuild, args = base[types.CodeType](code)
-        kept = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+        dynamic = "<dynamic-code>"  # (compared as a str only: bytes == str warns under -b)
+        kept = tuple(code.co_filename if type(a) is str and a == dynamic else a for a in args)
         return rebuild, kept
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
