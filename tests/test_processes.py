@@ -209,13 +209,18 @@ async def sleepy(x: float) -> int:
     return os.getpid()
 
 
-def test_coroutine_functions_run_concurrently_inside_each_worker() -> None:
+@pytest.mark.parametrize("limit", [40, None])
+def test_coroutine_functions_run_concurrently_inside_each_worker(limit: int | None) -> None:
+    """By default too: the CPU count held them to one a worker (2 at once here)."""
     t0 = time.perf_counter()
-    pids = whilst.map(sleepy, [0.3] * 40, mode="processes", limit=40)
+    run = whilst.imap(sleepy, [0.3] * 40, mode="processes", limit=limit)
+    pids = [r.value for r in run]
     wall = time.perf_counter() - t0
     assert os.getpid() not in pids
     assert len(set(pids)) <= (os.cpu_count() or 1)
     assert wall < 40 * 0.3 / 4  # many at once per worker, not one after another
+    assert run.summary is not None
+    assert run.summary.limit == (limit or 100)
 
 
 def test_closures_and_lambdas_travel_by_value() -> None:

@@ -38,7 +38,8 @@ def map(
             return coroutines), ``"sync"``, ``"async"``, ``"threads"``,
             ``"processes"``, ``"dask"`` or ``"ray"`` (a cluster's workers).
         limit: most tasks in flight at once. Defaults: async 100, threads
-            ``min(32, cpus + 4)``, processes the CPU count, sync 1.
+            ``min(32, cpus + 4)``, processes the CPU count (100 for a coroutine
+            function: its workers, one per CPU, each run many), sync 1.
 
     Policy (keyword-only, the same in every form and mode):
         retries: extra attempts for a task that failed (``retries=3``: at

@@ -25,11 +25,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_limit(mode: str) -> int:
-    """The limit a user gets without asking: what each mode is good at."""
+def default_limit(mode: str, is_async: bool = False) -> int:
+    """The limit a user gets without asking: what each mode is good at. A
+    coroutine function in processes runs on each worker's loop (a worker per
+    CPU), so as many at once as on one loop: the CPU count held it to 2."""
     if mode == "sync":
         return 1
-    if mode == "async":
+    if mode == "async" or (mode == "processes" and is_async):
         return 100
     if mode == "threads":
         return min(32, cpu_count() + 4)  # as concurrent.futures.ThreadPoolExecutor
@@ -164,7 +166,7 @@ def resolve(
     return Options(
         mode=mode,
         mode_reason=reason,
-        limit=limit if limit is not None else default_limit(mode),
+        limit=limit if limit is not None else default_limit(mode, is_async),
         ordered=ordered,
         is_async=is_async,
         measure=measure,
