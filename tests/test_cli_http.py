@@ -497,6 +497,21 @@ def test_call_runs_a_function_over_lines(tmp_path: Path, mode: str) -> None:
     assert [(line["item"], line["value"]) for line in lines] == [("1", 1), ("2", 4), ("3", 9)]
 
 
+def test_call_says_the_command_lines_words_for_a_timeout(tmp_path: Path) -> None:
+    """Its timeout's error said "use mode='processes'", the library's words."""
+    (tmp_path / "slow.py").write_text("import time\ndef f(x):\n    time.sleep(1)\n")
+    run = whilst(
+        "call", "-q", "--mode", "threads", "--timeout", "0.2", "--path", str(tmp_path),
+        "slow:f", stdin="1\n",
+    )  # fmt: skip
+    assert run.returncode == 1
+    (line,) = [json.loads(line) for line in run.stdout.splitlines()]
+    assert line["status"] == "timed_out"
+    for said in (line["error"], run.stderr.splitlines()[-1]):
+        assert "use --mode processes for code that must be stopped" in said
+        assert "mode='processes'" not in said
+
+
 def test_call_results_lines_carry_each_item_and_value(tmp_path: Path) -> None:
     (tmp_path / "tools.py").write_text(TOOLS)
     results = tmp_path / "r.jsonl"

@@ -167,12 +167,25 @@ class Tally:
             why = str(first.error)
         else:
             what = safe_repr(first.item)
-            why = describe(first.error) if first.error is not None else how
+            why = as_options(describe(first.error)) if first.error is not None else how
         named = f"first: {what[:80]}, {how}: {why[:300]}"
         if len(kinds) == 1:
             return f"{self.failed} of {self.total} {how} ({named})"
         counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
         return f"{self.failed} of {self.total} failed ({counts}; {named})"
+
+
+def as_options(text: str) -> str:
+    """The library's words for options as the command line's: ``--mode threads``,
+    not ``mode='threads'``; ``-j 4``, not ``limit=4``."""
+    import re
+
+    text = re.sub(r"\bmode='(\w+)', '(\w+)' or '(\w+)'", r"--mode \1, \2 or \3", text)
+    text = re.sub(r"\bmode='(\w+)'", r"--mode \1", text)
+    # (the library's own phrases only: a command in the message may say limit=)
+    return re.sub(
+        r"so limit=(\d+) cannot apply; drop limit\b", r"so -j \1 cannot apply; drop -j", text
+    )
 
 
 class OutputGone(Exception):

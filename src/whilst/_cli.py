@@ -21,7 +21,15 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from ._batch import BatchOptions, OutputGone, arun_batch, common_record, json_line, run_batch
+from ._batch import (
+    BatchOptions,
+    OutputGone,
+    arun_batch,
+    as_options,
+    common_record,
+    json_line,
+    run_batch,
+)
 from ._result import Result, Status
 
 #: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
@@ -97,7 +105,7 @@ def _command() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except UsageError as exc:  # found by the library before anything ran
-        click.echo(f"whilst: {_as_options(str(exc))}", err=True)
+        click.echo(f"whilst: {as_options(str(exc))}", err=True)
         sys.exit(2)
     except WhilstError as exc:  # the run itself failed (say, its journal became unwritable)
         click.echo(f"whilst: {exc}", err=True)
@@ -110,19 +118,6 @@ def _command() -> None:
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"whilst: {exc.strerror or describe(exc)}{where}", err=True)
         sys.exit(1)
-
-
-def _as_options(text: str) -> str:
-    """The library's words for options as the command line's: ``--mode threads``,
-    not ``mode='threads'``; ``-j 4``, not ``limit=4``."""
-    import re
-
-    text = re.sub(r"\bmode='(\w+)', '(\w+)' or '(\w+)'", r"--mode \1, \2 or \3", text)
-    text = re.sub(r"\bmode='(\w+)'", r"--mode \1", text)
-    # (the library's own phrases only: a command in the message may say limit=)
-    return re.sub(
-        r"so limit=(\d+) cannot apply; drop limit\b", r"so -j \1 cannot apply; drop -j", text
-    )
 
 
 def _quiet_stdout() -> None:
@@ -863,7 +858,7 @@ def call(target: str, source: str, **kwargs: Any) -> None:
             if r.ok:
                 line["value"] = r.value
             else:
-                line.update(status=r.status.value, error=describe(r.error))
+                line.update(status=r.status.value, error=as_options(describe(r.error)))
             write(json_line(line) + "\n")
 
         status = run_batch(
