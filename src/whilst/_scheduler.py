@@ -803,8 +803,8 @@ class Scheduler:
             del self._flying[slot]
             for _, _, _, task, _ in flying:
                 task.cancel()
-        # Nothing of this slot's is in flight, and no item waits aside (taken back
-        # from a batch, or left by a journal's read) for a batching slot to take.
+        # Nothing of this slot's is in flight, and no item taken back from a batch
+        # waits for a batching slot (a journal's runs read aside, _slot takes too).
         await self._slot(slot)
 
     async def _room_or_take_back(self) -> None:

@@ -243,9 +243,8 @@ class ThreadsMode(Mode):
     def cpu_seconds(self) -> float | None:
         """CPU time its threads have spent so far, tasks still running included (from
         each thread's CPU clock, where the system has one); None elsewhere. On the
-        CPU only: a thread's wait for a CPU (Linux's schedstat) counted too made
-        threads that wake together to wait look busy (the review: a probe of
-        2 ms sleeps measured 20-71% and moved them to processes)."""
+        CPU only: counting a thread's wait for a CPU too (schedstat) made threads
+        that wake together from short sleeps look CPU-bound."""
         try:
             threads = [t.ident for t in self._threads.values() if t.ident]
             return sum(time.clock_gettime(time.pthread_getcpuclockid(t)) for t in threads)
