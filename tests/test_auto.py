@@ -87,6 +87,21 @@ def test_each_result_of_a_moved_run_names_the_mode_its_worker_is_in() -> None:
 
 
 @pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
+def test_with_a_timeout_no_attempt_waits_for_another_while_its_timeout_runs() -> None:
+    """Auto's 10 slots on 2 CPUs: the probe's threads took turns on the interpreter
+    lock, and in processes (a worker a CPU) attempts queued behind other slots':
+    10 of 16 ran past their timeout. With a timeout the probe runs one attempt at
+    a time, and processes one a worker."""
+    results = list(whilst.imap(burn, [0.2] * 16, timeout=0.8, limit=10))
+    assert [r.status for r in results] == [Status.OK] * 16, [r.error for r in results]
+    moved = [r for r in results if r.mode == "processes"]
+    assert moved
+    for worker in {r.worker for r in moved}:
+        assert max_overlap([r for r in moved if r.worker == worker]) == 1
+    assert max_overlap([r for r in results if r.mode == "threads"]) == 1
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
 def test_an_attempt_cut_in_its_thread_after_the_move_says_so() -> None:
     """The run moved to processes while this attempt ran in a thread: its timeout
     abandoned a thread (it said its worker process was killed)."""

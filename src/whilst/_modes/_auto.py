@@ -59,6 +59,11 @@ class AutoMode(Mode):
         self._probed: list[tuple[list[Any], list[Any]]] = []  # the probe's items and values
         #: Told when the function proved to return coroutines (the rest of the run is async).
         self.went_async: Callable[[], None] | None = None
+        self._probing = True  # until auto has chosen
+        # Slots whose attempt has its turn, and which (see prepare): in processes,
+        # the worker it runs on.
+        self._turns: dict[int, int] = {}
+        self._turn_waits: list[asyncio.Future[None]] = []
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -116,7 +121,7 @@ class AutoMode(Mode):
                 _worker.dumps(items)  # what processes mode would send
             except Exception:
                 return await self.threads.run_batch(slot, items)  # these stay in threads
-            return await self.active.run_batch(slot, items)
+            return await self.active.run_batch(self._place(slot), items)
         if self._began is None:  # the probe starts: it ends in time, tasks over or not
             self._began = time.time()
             self._timer = asyncio.get_running_loop().call_later(PROBE_SECONDS, self._decide)
@@ -144,6 +149,7 @@ class AutoMode(Mode):
                 self._timer.cancel()
             if self.went_async is not None:
                 self.went_async()
+            self._room_changed()
         assert isinstance(self.active, OnLoop)
         worker, values = self.active.worker(slot), outcomes.values
         try:
@@ -157,6 +163,13 @@ class AutoMode(Mode):
             self._choosing = asyncio.get_running_loop().create_task(self._choose())
 
     async def _choose(self) -> None:
+        try:
+            await self._pick()
+        finally:
+            self._probing = False
+            self._room_changed()
+
+    async def _pick(self) -> None:
         if self.active is not self.threads:  # it went async
             return
         wall = time.time() - (self._began or time.time())
@@ -218,10 +231,46 @@ class AutoMode(Mode):
         return await mode.take_back(items)
 
     def worker(self, slot: int) -> str:
-        return self.active.worker(slot)
+        return self.active.worker(self._place(slot))
+
+    def _room(self) -> int | None:
+        """How many attempts of the policy path may run at once (None: one a slot).
+
+        Auto's slots outnumber the CPUs, so in processes (one worker a CPU) an
+        attempt would wait behind another slot's in its worker, its timeout and
+        duration counting the wait: one a worker. With a timeout, the probe runs
+        one at a time: CPU-bound attempts in threads take turns on the
+        interpreter lock, and would run past their timeout for the probe's sake.
+        """
+        if self.active is self.threads:
+            return 1 if self.timeout is not None and self._probing else None
+        return None if isinstance(self.active, OnLoop) else cpu_count()
 
     async def prepare(self, slot: int) -> None:
-        await self.active.prepare(slot)
+        while (room := self._room()) is not None:
+            if free := set(range(room)).difference(self._turns.values()):
+                self._turns[slot] = min(free)
+                break
+            wait = asyncio.get_running_loop().create_future()
+            self._turn_waits.append(wait)
+            await wait
+        await self.active.prepare(self._place(slot))
+
+    def _place(self, slot: int) -> int:
+        """The slot ``slot``'s attempt runs in: its own thread, or its turn's worker."""
+        if self.active is self.threads or isinstance(self.active, OnLoop):
+            return slot
+        return self._turns.get(slot, slot)
+
+    def release(self, slot: int) -> None:
+        if self._turns.pop(slot, None) is not None:
+            self._room_changed()
+
+    def _room_changed(self) -> None:
+        waits, self._turn_waits = self._turn_waits, []
+        for wait in waits:  # (each looks again: the room may be taken by then)
+            if not wait.done():
+                wait.set_result(None)
 
     async def settle(self, slot: int) -> None:
         await self.threads.settle(slot)

@@ -79,6 +79,9 @@ class Mode(abc.ABC):
     #: one will look at a task's own times (a ``map`` gives values), for a clock
     #: read costs as much as a tiny task; set before :meth:`open`.
     timed: bool = True
+    #: The policy's timeout of an attempt, set before :meth:`open` (``auto`` keeps
+    #: an attempt from waiting behind another's while its timeout runs).
+    timeout: float | None = None
 
     def __init__(self, fn: Callable[..., Any], *, limit: int, is_async: bool) -> None:
         self.fn = fn
@@ -108,8 +111,13 @@ class Mode(abc.ABC):
         return []
 
     async def prepare(self, slot: int) -> None:  # noqa: B027 - most modes are always ready
-        """Get ``slot``'s worker ready (started, function loaded), so an attempt's
-        timeout counts the task and not the worker's start-up."""
+        """Get ``slot``'s worker ready (started, function loaded, free), so an
+        attempt's timeout counts the task and not the worker's start-up or another
+        attempt's turn. The policy path calls it before each attempt, and
+        :meth:`release` once the attempt is over (or did not start)."""
+
+    def release(self, slot: int) -> None:  # noqa: B027 - most modes give every slot a worker
+        """The attempt :meth:`prepare` made ready for ``slot`` is over."""
 
     async def settle(self, slot: int) -> None:  # noqa: B027 - most modes stop what they cancel
         """Wait until ``slot`` can run again after a timed-out attempt was abandoned."""
