@@ -394,11 +394,13 @@ def test_a_signal_stops_every_command_and_exits_as_a_shell_expects(
     assert statuses == ["interrupted"] * 3  # job 4 never started
 
 
-def test_a_signal_says_what_ended_before_it(tmp_path: Path) -> None:
-    done = tmp_path / "done"
+def test_a_signal_says_what_ended_before_it_and_results_have_every_job_it_cut(
+    tmp_path: Path,
+) -> None:
+    done, results = tmp_path / "done", tmp_path / "results.jsonl"
     proc = subprocess.Popen(
-        [*WHILST, "run", "-q", "-j", "2", "--grace", "0.2", f"sleep {{}} && echo {{}} >> {done}",
-         ":::", "0.1", "0.1", "30", "30"],
+        [*WHILST, "run", "-q", "-j", "2", "--grace", "0.2", "--results", str(results),
+         f"sleep {{}} && echo {{}} >> {done}", ":::", "0.1", "0.1", "30", "30", "40"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 20
@@ -409,9 +411,19 @@ def test_a_signal_says_what_ended_before_it(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
     assert err.decode().splitlines()[-2:] == [
-        "whilst: stopped, with 2 ended (2 ok)",  # (it said "terminated" alone)
+        "whilst: stopped, with 4 ended (2 ok, 2 cancelled)",  # (it said "terminated" alone)
         "terminated",
     ]
+    # The two jobs the signal killed have their lines (they had none); the one it
+    # never started has none.
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((r["args"], r["status"]) for r in lines) == [
+        (["0.1"], "ok"), (["0.1"], "ok"), (["30"], "cancelled"), (["30"], "cancelled")
+    ]  # fmt: skip
+    assert {r["error"] for r in lines if r["status"] == "cancelled"} == {
+        "TaskCancelled: the run was interrupted: the task was cancelled"
+    }
+    assert all(r["duration"] > 0.1 for r in lines if r["status"] == "cancelled")
 
 
 def test_a_journal_resumes_and_refuses_another_command(tmp_path: Path) -> None:
@@ -568,12 +580,10 @@ def test_a_trace_writes_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> No
     [
         (["--frobnicate", "echo", ":::", "a"], "No such option"),
         (["echo", "::::", "missing.txt"], "does not exist"),
-        (["echo", ":::"], "needs values"),
         (["-j", "0", "echo", ":::", "a"], "-j"),
         (["-j", "0%", "echo", ":::", "a"], "'0%' is not a number of jobs"),
         (["-j", "2x", "echo", ":::", "a"], "+N or -N (the CPU count plus or minus N)"),
         (["-j", "1.5", "echo", ":::", "a"], "is not a number of jobs"),
-        (["echo", ":::", "a", ":::+"], ":::+ needs values after it"),
         (["echo", ":::", "a", "::::+"], "::::+ needs a file after it"),
         (["--halt", "sometimes", "echo", ":::", "a"], "halt"),
         (["--results", "/no/such/dir/r.jsonl", "echo", ":::", "a"], "does not exist"),
@@ -584,13 +594,16 @@ def test_a_trace_writes_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> No
         (["--results", "-", "echo", ":::", "a"], "would be a file named '-'"),
         (["--journal", "-", "echo", ":::", "a"], "would be a file named '-'"),
         (["--grace", "nan", "echo", ":::", "a"], "'nan' is not a number of seconds"),
+        (["--no-shell", "echo {}", ":::", "a"], "give them apart, whilst run --no-shell echo"),
+        (["--colsep", "|", "echo", ":::", "a"], "say --colsep '\\|'"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:
     run = whilst_run(*args, cwd=tmp_path)
     assert run.returncode == 2, run.stderr
-    assert words in run.stderr.decode()
-    assert b"Traceback" not in run.stderr
+    (line,) = run.stderr.decode().splitlines()
+    assert line.startswith("whilst: ")
+    assert words in line
 
 
 @pytest.mark.parametrize(
@@ -694,9 +707,12 @@ def test_an_unknown_halt_rule_names_every_rule_accepted() -> None:
         parse_halt(rule.replace("=N", "=2").replace("=P%", "=50%"))
 
 
-def test_an_empty_input_exits_0_with_a_note() -> None:
-    run = whilst_run("echo", stdin=b"")
-    assert run.returncode == 0
+@pytest.mark.parametrize("args", [[], [":::"], [":::", "a", ":::"]])
+def test_an_empty_input_exits_0_with_a_note(args: list[str]) -> None:
+    """Stdin, or a ::: with no values (a glob that matched nothing, with nullglob):
+    as GNU parallel, nothing runs and all is well (::: alone was a usage error)."""
+    run = whilst_run("echo", *args, stdin=b"")
+    assert (run.returncode, run.stdout) == (0, b"")
     assert b"no input" in run.stderr
 
 

@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent(
     import whilst
 
     MODE, FORM, GRACE, SECONDS = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    POLICY = {"": {}, "timeout": {"timeout": 60}, "retries": {"retries": 1}}[sys.argv[5]]
 
     def say(word):
         sys.stdout.write(word + "\\n")  # one write: lines from threads do not interleave
@@ -40,17 +41,18 @@ SCRIPT = textwrap.dedent(
 
     async def on_a_loop():  # amap and aimap, under asyncio.run's own Ctrl-C handler
         if FORM == "amap":
-            await whilst.amap(fn, range(20), mode=MODE, limit=limit, grace=GRACE)
+            await whilst.amap(fn, range(20), mode=MODE, limit=limit, grace=GRACE, **POLICY)
         else:
-            async for r in whilst.aimap(fn, range(20), mode=MODE, limit=limit, grace=GRACE):
-                pass
+            run = whilst.aimap(fn, range(20), mode=MODE, limit=limit, grace=GRACE, **POLICY)
+            async for r in run:
+                say(f"result {r.index} {r.status.value} {r.error}")
 
     try:
         if FORM == "map":
-            whilst.map(fn, range(20), mode=MODE, limit=limit, grace=GRACE)
+            whilst.map(fn, range(20), mode=MODE, limit=limit, grace=GRACE, **POLICY)
         elif FORM == "imap":
-            for r in whilst.imap(fn, range(20), mode=MODE, limit=limit, grace=GRACE):
-                pass
+            for r in whilst.imap(fn, range(20), mode=MODE, limit=limit, grace=GRACE, **POLICY):
+                say(f"result {r.index} {r.status.value} {r.error}")
         else:
             asyncio.run(on_a_loop())
     except KeyboardInterrupt:
@@ -64,11 +66,12 @@ SCRIPT = textwrap.dedent(
 
 
 def start(
-    mode: str, form: str, grace: float, seconds: float
+    mode: str, form: str, grace: float, seconds: float, policy: str = ""
 ) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
-    """A run of 20 tasks, once its first ones have started; and its child processes."""
+    """A run of 20 tasks, once its first ones have started; and its child processes.
+    ``policy``: none, a timeout (the policy path) or retries (batches on it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, mode, form, str(grace), str(seconds)],
+        [sys.executable, "-c", SCRIPT, mode, form, str(grace), str(seconds), policy],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -128,6 +131,35 @@ def test_ctrl_c_cancels_running_tasks_once_the_grace_is_over(mode: str, form: st
     assert "finished" not in out
     if mode == "async":
         assert out.count("cleaned") == 2  # running coroutines were cancelled, finally ran
+    assert_none_left(children)
+
+
+@pytest.mark.parametrize(
+    ("mode", "form", "policy"),
+    [
+        ("async", "imap", ""),
+        ("async", "aimap", "timeout"),
+        ("threads", "imap", ""),
+        ("threads", "imap", "timeout"),
+        ("threads", "aimap", "retries"),
+        ("processes", "imap", "timeout"),
+        ("processes", "imap", "retries"),
+        ("processes", "aimap", ""),
+    ],
+)
+def test_each_task_the_signal_cut_short_is_a_cancelled_result_before_the_interrupt(
+    mode: str, form: str, policy: str
+) -> None:
+    """Once the grace is over, the two running tasks end cancelled: a reader (and
+    ``whilst run --results``) gets their results before the KeyboardInterrupt;
+    they were lost with the run's cancellation."""
+    proc, children = start(mode, form, grace=0.3, seconds=30, policy=policy)
+    out, err, _ = stop(proc, signal.SIGINT)
+    lines = out.splitlines()
+    cut = [line for line in lines if line.startswith("result ")]
+    why = "cancelled the run was interrupted: the task was cancelled"
+    assert sorted(cut) == [f"result 0 {why}", f"result 1 {why}"], (out, err)
+    assert lines[-1] == "interrupted"
     assert_none_left(children)
 
 

@@ -351,6 +351,16 @@ PROGRESS = textwrap.dedent(
 )
 
 
+def test_the_bar_counts_tasks_not_ok_as_such_not_all_as_failed() -> None:
+    """A halt's cancelled tasks are not ok, but did not fail: the bar said "3 failed"
+    beside a summary of 1 failed and 2 cancelled."""
+    from whilst._progress import Progress, _fields
+
+    p = Progress(done=3, total=3, failed=3, retries=0, in_flight=0, elapsed=1.0, finished=True)
+    assert "3 not ok" in _fields(p)
+    assert "failed" not in _fields(p)
+
+
 def test_progress_auto_draws_on_a_terminal_and_nothing_without_one() -> None:
     main, child = pty.openpty()
     proc = subprocess.Popen(

@@ -120,12 +120,14 @@ class Tally:
     def stopped(self) -> None:
         """A signal stopped the run: one line says what ended before it."""
         self.close()
-        if self.total:
-            ok = self.total - self.failed - self.cancelled
-            ended = [f"{ok} ok", *(f"{n} {kind}" for kind, n in self.failures.items())]
-            if self.cancelled:
-                ended.append(f"{self.cancelled} cancelled")
-            print(f"whilst: stopped, with {self.total} ended ({', '.join(ended)})", file=sys.stderr)
+        if not self.total:
+            print("whilst: stopped, with none ended", file=sys.stderr)
+            return
+        ok = self.total - self.failed - self.cancelled
+        ended = [f"{ok} ok", *(f"{n} {kind}" for kind, n in self.failures.items())]
+        if self.cancelled:
+            ended.append(f"{self.cancelled} cancelled")
+        print(f"whilst: stopped, with {self.total} ended ({', '.join(ended)})", file=sys.stderr)
 
     def finish(self, summary: Summary | None) -> int:
         """Print the summary (unless --quiet); the exit status: 0 when every task

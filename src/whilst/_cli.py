@@ -101,6 +101,10 @@ def _command() -> None:
         if exc.code in (EXIT_TERMINATED, EXIT_HANGUP):
             click.echo("terminated" if exc.code == EXIT_TERMINATED else "hangup", err=True)
         raise
+    except click.exceptions.UsageError as exc:  # one line, as whilst's own: no usage block
+        where = exc.ctx.command_path if exc.ctx is not None else "whilst"
+        click.echo(f"whilst: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -401,7 +405,7 @@ def _shared(kwargs: dict[str, Any]) -> BatchOptions:
 Examples:
   whilst run gzip -9 ::: *.log                 # each file, CPU count at a time
   whilst run -j 4 'convert {} {.}.png' ::: *.jpg
-  whilst run echo {1}-{2} ::: a b ::: 1 2      # a-1 a-2 b-1 b-2
+  whilst run -k echo {1}-{2} ::: a b ::: 1 2   # a-1 a-2 b-1 b-2, in order
   find . -name '*.txt' | whilst run wc -l      # inputs from stdin
   whilst run --colsep , 'mv {1} {2}' :::: renames.csv
   whilst run --timeout 30 --retries 2 --journal fetch.db ./fetch.sh :::: ids.txt
@@ -700,7 +704,7 @@ def http(source: str, **kwargs: Any) -> None:
             "url": repr(r.item),
             "http_status": getattr(f, "status", getattr(r.error, "status", None)),
             "bytes": getattr(f, "bytes", None),
-            "elapsed": getattr(f, "elapsed", None),
+            "elapsed": getattr(f, "elapsed", getattr(r.error, "elapsed", None)),
             "file": getattr(f, "saved", None),
         }
 
@@ -751,6 +755,12 @@ def _read(
         try:
             stream = open(source, "rb")  # noqa: SIM115 - read to the end of the run
         except OSError as exc:
+            if "://" in source:  # a URL, not a file of them
+                command = click.get_current_context().command_path
+                raise click.UsageError(
+                    f"{source} is not a file: inputs come from a file or stdin, one a line, "
+                    f"as in echo '{source}' | {command}"
+                ) from None
             raise click.UsageError(f"{source} cannot be read: {exc.strerror}") from None
     if not _is_file(stream):
         numbers = itertools.count(1)

@@ -129,6 +129,8 @@ def check_url(text: str, strict: bool = True) -> Target:
 class HTTPStatusError(WhilstError):
     """The server answered with a status that is not a success."""
 
+    elapsed: float | None = None  # seconds from the request to the answer
+
     def __init__(self, status: int, target: Target, why: str = "") -> None:
         super().__init__(f"HTTP {status} from {target!r}{why}")
         self.status = status
@@ -153,6 +155,8 @@ class Busy(Retry):
     """A busy answer (429, 502, 503, 504): retried with --retries, after the wait
     its Retry-After asks for."""
 
+    elapsed: float | None = None  # seconds from the request to the answer
+
     def __init__(self, status: int, message: str, after: float | str | None) -> None:
         super().__init__(after, message)
         self.status = status
@@ -164,6 +168,8 @@ class Busy(Retry):
 class FetchError(WhilstError):
     """The request failed before a status came back (connection refused or reset,
     a body cut short...); the message names the cause, the URL redacted."""
+
+    elapsed: float | None = None  # seconds from the request to the failure
 
 
 @dataclass
@@ -243,13 +249,20 @@ class Fetcher:
             )
 
     async def __call__(self, target: Target) -> Fetched:
-        import aiohttp
-
         if target.problem:
             raise UsageError(target.problem)
         if self._session is None:
             await self.open()
         started = time.perf_counter()
+        try:
+            return await self._fetch(target, started)
+        except (HTTPStatusError, Busy, FetchError) as exc:
+            exc.elapsed = time.perf_counter() - started  # (for --results)
+            raise
+
+    async def _fetch(self, target: Target, started: float) -> Fetched:
+        import aiohttp
+
         try:
             async with await self._follow(target) as response:
                 if response.status in RETRY_STATUSES:

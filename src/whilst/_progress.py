@@ -128,7 +128,7 @@ class Bar:
 def _fields(p: Progress) -> str:
     text = f"{p.rate:,.0f}/s, {p.in_flight} in flight"
     if p.failed:
-        text += f", [red]{p.failed} failed[/]"
+        text += f", [red]{p.failed} not ok[/]"  # (failed, timed out, cancelled...)
     if p.retries:
         text += f", {p.retries} retries"
     return text

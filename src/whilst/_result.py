@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._errors import TaskTimeout, WorkerCrashed
+from ._errors import TaskCancelled, TaskTimeout, WorkerCrashed
 
 if TYPE_CHECKING:
     from ._modes import Outcomes
@@ -134,8 +134,9 @@ def failure_status(error: BaseException) -> Status:
     """How an attempt that raised ``error`` ended: ``crashed`` when its worker died,
     ``timed_out`` when the task itself reports a timeout (:class:`whilst.TaskTimeout`,
     as ``whilst run`` does when it kills a command), ``cancelled`` when it raised
-    asyncio's CancelledError itself (in any mode, as on the loop), else ``failed``."""
-    if isinstance(error, asyncio.CancelledError):
+    asyncio's CancelledError itself (in any mode, as on the loop) or was stopped
+    with the run (:class:`whilst.TaskCancelled`), else ``failed``."""
+    if isinstance(error, (asyncio.CancelledError, TaskCancelled)):
         return Status.CANCELLED
     if isinstance(error, WorkerCrashed):
         return Status.CRASHED

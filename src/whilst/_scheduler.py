@@ -724,7 +724,11 @@ class Scheduler:
                 value = await call(item)
             except asyncio.CancelledError as exc:
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise  # the run is being stopped, not just this task
+                    # The run is being stopped, not just this task: its result says so.
+                    self.failed += 1
+                    self.done += 1
+                    record(index, item, CANCELLED, None, self._cut(), start, now())
+                    raise
                 self.failed += 1
                 record(index, item, CANCELLED, None, exc, start, end := now())
             except BaseException as exc:
@@ -800,6 +804,12 @@ class Scheduler:
                         size = 1
                 if not (mode.batching or flying or given_back or self._unread):
                     break  # auto went async: a plain slot from now on (see below)
+        except asyncio.CancelledError:
+            for first, items, worker, _, since in flying:  # the run is being stopped: they say so
+                if items:
+                    start = time.time() - (clock() - since)
+                    self._finished_batch(first, items, self._cut_batch(len(items), start), worker)
+            raise
         finally:
             del self._flying[slot]
             for _, _, _, task, _ in flying:
@@ -1083,7 +1093,11 @@ class Scheduler:
                 status, error = failure_status(exc), exc
         except asyncio.CancelledError as exc:
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise  # the run is being stopped, not just this task
+                if running:  # the run is being stopped, not just this task: it says so
+                    self._finish(
+                        self._result(task, CANCELLED, None, self._cut(), time.time(), worker)
+                    )
+                raise
             status, error = CANCELLED, exc
         except BaseException as exc:
             if self.interrupted and isinstance(exc, KeyboardInterrupt):
@@ -1157,6 +1171,11 @@ class Scheduler:
                 self._busy(1)
                 try:
                     busy = await self._retry_batch(slot, tasks, rerun)
+                except asyncio.CancelledError:  # the run is being stopped: they say so
+                    worker, end = self.mode.worker(slot), time.time()
+                    for task in tasks:
+                        self._finish(self._result(task, CANCELLED, None, self._cut(), end, worker))
+                    raise
                 finally:
                     self._busy(-1)
             elif not self._exhausted and len(self._retries) < self._aside:
@@ -1172,8 +1191,12 @@ class Scheduler:
                 worker, run = self._hand_over(slot, first, items, rerun)
                 ran = len(items)
                 self._busy(1)
+                handed = time.time()
                 try:
                     outcomes = await run
+                except asyncio.CancelledError:  # the run is being stopped: they say so
+                    self._failed_batch(first, items, self._cut_batch(len(items), handed), worker)
+                    raise
                 finally:
                     self._busy(-1)
                 busy = outcomes.ends[-1] - outcomes.start
@@ -1264,6 +1287,18 @@ class Scheduler:
         else:
             why = f"{self._stopping}: the task was cancelled"
         return CANCELLED, TaskCancelled(why)
+
+    def _cut(self) -> TaskCancelled:
+        """The error of a task whose attempt the run's cancellation cut short (a
+        signal after its grace, say): its result says so, for an ``imap``'s reader
+        and ``--results`` to get before the run's KeyboardInterrupt."""
+        return TaskCancelled(f"{self._stopping or 'the run was stopped'}: the task was cancelled")
+
+    def _cut_batch(self, n: int, start: float) -> Outcomes:
+        """How a batch of ``n`` attempts, handed over at ``start``, ended when the run's
+        cancellation cut it short."""
+        ends = [start] * (n - 1) + [time.time()]  # (the last one's end is the batch's)
+        return Outcomes(start, ends, [None] * n, {k: self._cut() for k in range(n)})
 
     def _timed_out(self, worker: str) -> TaskTimeout:
         timeout, note = self.policy.timeout, self.mode.note_for(worker)

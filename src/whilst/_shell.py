@@ -144,14 +144,12 @@ def split_words(words: Sequence[str]) -> tuple[list[str], list[tuple[str, list[s
 
 
 def check_sources(sources: list[tuple[str, list[str]]]) -> None:
-    """Every ``::::`` file readable, every source non-empty: before any job runs."""
+    """Every ``::::`` named a file, each readable: before any job runs. (A ``:::``
+    with no values is an empty input, as in GNU parallel: a glob that matched
+    nothing, with ``nullglob``.)"""
     for kind, values in sources:
-        if not values:
-            raise UsageError(
-                f"{kind} needs values after it: {kind} a b c"
-                if kind.removesuffix(LINK) == ARGS
-                else f"{kind} needs a file after it: {kind} inputs.txt"
-            )
+        if not values and kind.removesuffix(LINK) == FILES:
+            raise UsageError(f"{kind} needs a file after it: {kind} inputs.txt")
         if kind.removesuffix(LINK) == FILES:
             for name in values:
                 if name == "-":
@@ -172,7 +170,11 @@ def check_colsep(colsep: str | None) -> None:
     except re.error as exc:
         raise UsageError(f"--colsep {colsep!r} is not a regular expression ({exc})") from None
     if colsep == "" or pattern.fullmatch(""):
-        raise UsageError(f"--colsep {colsep!r} matches nothing at all; give a separator, say ,")
+        literal = re.escape(colsep) if colsep else ","
+        raise UsageError(
+            f"--colsep {colsep!r} (a regular expression) matches the empty string, so it "
+            f"would split between every character; give a separator, say --colsep '{literal}'"
+        )
 
 
 def read_lines(stream: IO[bytes], null: bool) -> Iterator[str]:
@@ -457,6 +459,13 @@ class Template:
                 f"{perl.group()} is a Perl expression, which whilst run does not run: use "
                 "{} {.} {/} {//} {/.} {#} {%} {1} {-1}... ('mv {} {.}.png') or the shell "
                 """('mv {} "$(echo {} | sed s/jpg/png/)"')"""
+            )
+        program = self.words[0]
+        if not self.shell and " " in program.strip() and shutil.which(program) is None:
+            words = " ".join(shlex.quote(w) for w in program.split())
+            raise UsageError(
+                f"--no-shell runs the command's words as given, with no shell to split "
+                f"{program!r}: give them apart, whilst run --no-shell {words} ::: ..."
             )
         for word in self.words:
             for match in REPLACEMENT.finditer(word):
