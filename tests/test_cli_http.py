@@ -437,6 +437,7 @@ def test_an_authorization_header_wins_over_credentials_in_the_url(server: Server
         (["http", "--data", "@missing.json"], "http://127.0.0.1:9/", "missing.json cannot be read"),
         (["call", "no_such_module_x:f"], "1", "not found"),
         (["call", "json:no_such_function"], "1", "has no"),
+        (["http", "-j", "0"], "", "'0' is not a number of jobs"),  # (whilst run's -j 0 only)
         (["call", "json"], "1", "MODULE:FUNCTION"),
         (["call", "./tools.py:f"], "1", "is a file name: give the module's name, tools:f"),
         (["call", "lib/tools.py:f"], "1", "give the module's name, tools:f, with --path lib"),

@@ -580,7 +580,7 @@ def test_a_trace_writes_bytes_that_are_not_utf8_as_escapes(tmp_path: Path) -> No
     [
         (["--frobnicate", "echo", ":::", "a"], "No such option"),
         (["echo", "::::", "missing.txt"], "does not exist"),
-        (["-j", "0", "echo", ":::", "a"], "-j"),
+        (["-j", "x", "echo", ":::", "a"], "'x' is not a number of jobs"),
         (["-j", "0%", "echo", ":::", "a"], "'0%' is not a number of jobs"),
         (["-j", "2x", "echo", ":::", "a"], "+N or -N (the CPU count plus or minus N)"),
         (["-j", "1.5", "echo", ":::", "a"], "is not a number of jobs"),
@@ -628,7 +628,7 @@ def test_gnu_parallel_syntax_whilst_lacks_is_refused_before_anything_runs(
     for dry_run in ([], ["--dry-run"]):
         run = whilst_run(*dry_run, *template, ":::", "x.jpg", cwd=tmp_path)
         assert (run.returncode, run.stdout) == (2, b""), run.stderr
-        [error] = [line for line in run.stderr.decode().splitlines() if "Error" in line]
+        [error] = run.stderr.decode().splitlines()
         assert words in error
         assert "{1}" in error
         assert "{-1}" in error
@@ -705,6 +705,18 @@ def test_an_unknown_halt_rule_names_every_rule_accepted() -> None:
     assert named == accepted | {"sometimes"}
     for rule in accepted:
         parse_halt(rule.replace("=N", "=2").replace("=P%", "=50%"))
+
+
+def test_j_0_runs_as_many_at_once_as_open_files_allow(tmp_path: Path) -> None:
+    """GNU parallel's -j 0: as many as possible (it was a usage error)."""
+    results = tmp_path / "r.jsonl"
+    run = whilst_run("-j", "0", "--results", str(results), "sleep 1 #", ":::", *"abcdefghijklmnop")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    starts = sorted(r["start"] for r in lines)
+    ends = sorted(r["start"] + r["duration"] for r in lines)
+    assert len(lines) == 16
+    assert starts[-1] < ends[0]  # all 16 ran at once
 
 
 @pytest.mark.parametrize("args", [[], [":::"], [":::", "a", ":::"]])

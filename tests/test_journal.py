@@ -756,7 +756,9 @@ def test_ctrl_c_journals_running_tasks_interrupted_and_a_resume_runs_them(tmp_pa
     assert rows == {str(x): "interrupted" for x in range(8)}
     read = list(whilst.Journal(db))
     assert {r.status for r in read} == {Status.CANCELLED}  # (no such Status: cancelled)
-    assert str(read[0].error) == "interrupted: its run was stopped while it ran"
+    # Each was cut short as the grace ended, and says so (a task whose run died says
+    # "interrupted: its run was stopped while it ran").
+    assert str(read[0].error) == "TaskCancelled: the run was interrupted: the task was cancelled"
     # where their time went: each ran one attempt from its start to the stop
     assert {r.attempts for r in read} == {1}
     assert all(r.duration >= 0.5 for r in read), [r.duration for r in read]

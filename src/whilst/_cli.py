@@ -262,7 +262,8 @@ class Seconds(click.FloatRange):
 
 def _jobs(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """``-j`` as GNU parallel's: N, or relative to the CPU count: +N and -N (plus or
-    minus N, at least 1) or P% (P percent, rounded up)."""
+    minus N, at least 1) or P% (P percent, rounded up); for ``whilst run``, 0: as
+    many as the limit on open files allows (see ``jobs_with_files``)."""
     import math
     import re
 
@@ -270,7 +271,7 @@ def _jobs(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 
     if value is None:
         return None
-    if re.fullmatch(r"[0-9]+", value) and int(value) > 0:
+    if re.fullmatch(r"[0-9]+", value) and (int(value) > 0 or ctx.command.name == "run"):
         return int(value)
     if re.fullmatch(r"[+-][0-9]+", value):
         return max(1, cpu_count() + int(value))
@@ -454,6 +455,7 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
     """
     from ._errors import UsageError
     from ._shell import (
+        MOST_JOBS,
         LineFeed,
         Runner,
         Template,
@@ -517,8 +519,10 @@ def run(words: tuple[str, ...], **kwargs: Any) -> None:
         return
     from ._options import default_limit
 
-    limit = options.jobs or default_limit("processes")
-    if (room := jobs_with_files(limit)) < limit:
+    limit = default_limit("processes") if options.jobs is None else options.jobs
+    if limit == 0:  # -j 0: as many at once as there are files for
+        limit = jobs_with_files(MOST_JOBS)
+    elif (room := jobs_with_files(limit)) < limit:
         click.echo(
             f"whilst: the limit on open files (ulimit -n) leaves room for {room} "
             f"job{'s' if room > 1 else ''} at once, not {limit}: running {room} at a time "

@@ -218,12 +218,14 @@ class AsyncRun(AsyncIterator[Result]):
         except BaseException:
             await self.aclose()
             raise
+        if self._closed:  # by aclose() from another task, while this one waited: no more
+            raise StopAsyncIteration
         if chunk:
             self._stats.add_chunk(chunk)
             self._ready = chunk.results()
             return
         await asyncio.wait([stop.main])
-        if self._closed:  # by aclose() from another task, while this one waited
+        if self._closed:  # (as above)
             raise StopAsyncIteration
         self._closed = True  # the end: an error below is raised once, as imap's
         self.summary = self._scheduler.summary(self._stats)

@@ -64,6 +64,9 @@ FILES_A_JOB = 6
 #: Files kept for the rest: stdin, stdout, stderr, /dev/null, the event loop's,
 #: a journal (with its -wal and -shm), --results, --report, --trace.
 FILES_KEPT = 32
+#: ``-j 0``'s jobs at once when the limit on open files is no limit (GNU parallel's
+#: "as many as possible" finds the processes' and files' limits by trying).
+MOST_JOBS = 4096
 #: Files the run itself opens before its first job, at least: the event loop's and
 #: its wake-up pipes (measured: at ulimit -n 19 some jobs fail, at 20 none).
 FILES_A_RUN = 9
