@@ -1033,122 +1033,124 @@ class Scheduler:
     async def _policy_slot(self, slot: int) -> None:
         """A slot of a run with a policy: one item per attempt, each attempt under a
         cancel scope (its timeout; a halt or deadline expires it early), failed
-        attempts set aside to be retried after their backoff."""
-        mode, attempt = self.mode, self._attempt_caller(slot)
+        attempts set aside to be retried after their backoff. The mode is told
+        when an attempt it prepared for is over (or did not start)."""
+        mode, policy = self.mode, self.policy
+        attempt = self._attempt_caller(slot)
+        timeout, scoped = policy.timeout, policy.stops_attempts
         loop = asyncio.get_running_loop()
         while (task := await self._next_task()) is not None:
+            # Attempts that run on this loop or in this thread: only they can end late.
+            late_is_timed_out = not mode.stoppable or mode.name == "async"
             try:
-                await self._policy_attempt(slot, task, attempt, loop)
+                worker = mode.worker(slot)
+                status, value = OK, None
+                error: BaseException | None = None
+                try:  # the worker's start-up and function loading are not the task's time
+                    await mode.prepare(slot)
+                except WorkerCrashed as exc:
+                    status, error = CRASHED, exc
+                if status is OK and policy.rate is not None:
+                    at = self._rate.reserve(loop.time())  # type: ignore[union-attr]
+                    while (left := at - loop.time()) > 0 and not self._stopping:
+                        await self._sleep(left)
+                if self._stopping:  # halted while it waited for its turn: it does not start
+                    self._release(task)
+                    self._abandon(task)
+                    continue
+                task.attempts += 1
+                began, paused = loop.time(), self._paused
+                scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
+                running = False
+                try:
+                    if status is not OK:
+                        pass  # its worker died getting ready
+                    elif scope is None:
+                        worker = mode.worker(slot)
+                        self._started(task, worker)
+                        running = True
+                        value = await attempt(task.item)
+                    else:
+                        async with scope:
+                            worker = mode.worker(slot)
+                            self._started(task, worker)
+                            running = True
+                            began, paused = loop.time(), self._paused
+                            if timeout is not None and not self._stop_now:
+                                scope.reschedule(began + timeout)
+                            value = await attempt(task.item)
+                except TimeoutError as exc:
+                    if scope is not None and scope.expired():
+                        status, error = self._expired(worker)
+                    else:  # the task raised it: an ordinary failure, unless a TaskTimeout
+                        status, error = failure_status(exc), exc
+                except asyncio.CancelledError as exc:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        if running:  # the run is being stopped, not just this task: it says so
+                            self._finish(
+                                self._result(
+                                    task, CANCELLED, None, self._cut(), time.time(), worker
+                                )
+                            )
+                        raise
+                    status, error = CANCELLED, exc
+                except BaseException as exc:
+                    if self.interrupted and isinstance(exc, KeyboardInterrupt):
+                        raise
+                    error = as_raised(exc)
+                    status = failure_status(error)
+                finally:
+                    del self._scopes[slot]
+                    if running:
+                        self._busy(-1)
+                if status is OK and scope is not None and scope.expired():
+                    # A coroutine that caught the cancellation and returned: stopped all the same.
+                    value, dropped = (
+                        None,
+                        "caught its cancellation and returned; its value was dropped",
+                    )
+                    if self._stop_now:
+                        status = CANCELLED
+                        error = TaskCancelled(f"{self._stopping}: the task {dropped}")
+                    else:
+                        status = TIMED_OUT
+                        error = TaskTimeout(
+                            f"the attempt ran past its timeout of {timeout:g} s, {dropped}"
+                        )
+                worker = self._ran_in.pop(slot, worker)  # where it ran, if not the slot's worker
+                if isinstance(error, WorkerCrashed) and error.worker:
+                    worker = error.worker
+                took = loop.time() - began - (self._paused - paused)
+                if timeout is not None and took > timeout and status is OK and late_is_timed_out:
+                    # It could not be stopped (a sync call, a coroutine that blocked the
+                    # loop or ignored its cancellation): late is timed out all the same.
+                    # (A thread's or worker's result that came as its timer was due is
+                    # kept: the task ended well, and a retry would run it twice.)
+                    status, value = TIMED_OUT, None
+                    error = (
+                        self._timed_out(worker)
+                        if not mode.stoppable
+                        else TaskTimeout(
+                            f"the attempt ran past its timeout of {timeout:g} s ({took:.2f} s) and "
+                            "could not be stopped: it ran to its end, and its value was dropped"
+                        )
+                    )
+                end = time.time()
+                if status is TIMED_OUT and mode.abandons and not self._stopping:
+                    # Its thread runs on: the slot, the key and any retry wait for it.
+                    retry = self._retrying(task, status, error)
+                    if not retry:
+                        self._ended(task, status, value, error, end, worker)
+                    if retry or not self._nothing_left():  # (the run's end does not wait)
+                        await self._settle(slot, retry)
+                    self._release(task)
+                    if retry:
+                        self._ended(task, status, value, error, end, worker)
+                else:
+                    self._release(task)
+                    self._ended(task, status, value, error, end, worker)
             finally:
                 mode.release(slot)
-
-    async def _policy_attempt(
-        self, slot: int, task: _Task, attempt: Call, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """One attempt of ``task`` in ``slot`` (see :meth:`_policy_slot`)."""
-        mode, policy = self.mode, self.policy
-        timeout, scoped = policy.timeout, policy.stops_attempts
-        # Attempts that run on this loop or in this thread: only they can end late.
-        late_is_timed_out = not mode.stoppable or mode.name == "async"
-        worker = mode.worker(slot)
-        status, value = OK, None
-        error: BaseException | None = None
-        try:  # the worker's start-up and function loading are not the task's time
-            await mode.prepare(slot)
-        except WorkerCrashed as exc:
-            status, error = CRASHED, exc
-        if status is OK and policy.rate is not None:
-            at = self._rate.reserve(loop.time())  # type: ignore[union-attr]
-            while (left := at - loop.time()) > 0 and not self._stopping:
-                await self._sleep(left)
-        if self._stopping:  # halted while it waited for its turn: it does not start
-            self._release(task)
-            self._abandon(task)
-            return
-        task.attempts += 1
-        began, paused = loop.time(), self._paused
-        scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
-        running = False
-        try:
-            if status is not OK:
-                pass  # its worker died getting ready
-            elif scope is None:
-                worker = mode.worker(slot)
-                self._started(task, worker)
-                running = True
-                value = await attempt(task.item)
-            else:
-                async with scope:
-                    worker = mode.worker(slot)
-                    self._started(task, worker)
-                    running = True
-                    began, paused = loop.time(), self._paused
-                    if timeout is not None and not self._stop_now:
-                        scope.reschedule(began + timeout)
-                    value = await attempt(task.item)
-        except TimeoutError as exc:
-            if scope is not None and scope.expired():
-                status, error = self._expired(worker)
-            else:  # the task raised it: an ordinary failure, unless a TaskTimeout
-                status, error = failure_status(exc), exc
-        except asyncio.CancelledError as exc:
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                if running:  # the run is being stopped, not just this task: it says so
-                    self._finish(
-                        self._result(task, CANCELLED, None, self._cut(), time.time(), worker)
-                    )
-                raise
-            status, error = CANCELLED, exc
-        except BaseException as exc:
-            if self.interrupted and isinstance(exc, KeyboardInterrupt):
-                raise
-            error = as_raised(exc)
-            status = failure_status(error)
-        finally:
-            del self._scopes[slot]
-            if running:
-                self._busy(-1)
-        if status is OK and scope is not None and scope.expired():
-            # A coroutine that caught the cancellation and returned: stopped all the same.
-            value, dropped = None, "caught its cancellation and returned; its value was dropped"
-            if self._stop_now:
-                status = CANCELLED
-                error = TaskCancelled(f"{self._stopping}: the task {dropped}")
-            else:
-                status = TIMED_OUT
-                error = TaskTimeout(f"the attempt ran past its timeout of {timeout:g} s, {dropped}")
-        worker = self._ran_in.pop(slot, worker)  # where it ran, if not the slot's worker
-        if isinstance(error, WorkerCrashed) and error.worker:
-            worker = error.worker
-        took = loop.time() - began - (self._paused - paused)
-        if timeout is not None and took > timeout and status is OK and late_is_timed_out:
-            # It could not be stopped (a sync call, a coroutine that blocked the
-            # loop or ignored its cancellation): late is timed out all the same.
-            # (A thread's or worker's result that came as its timer was due is
-            # kept: the task ended well, and a retry would run it twice.)
-            status, value = TIMED_OUT, None
-            error = (
-                self._timed_out(worker)
-                if not mode.stoppable
-                else TaskTimeout(
-                    f"the attempt ran past its timeout of {timeout:g} s ({took:.2f} s) and "
-                    "could not be stopped: it ran to its end, and its value was dropped"
-                )
-            )
-        end = time.time()
-        if status is TIMED_OUT and mode.abandons and not self._stopping:
-            # Its thread runs on: the slot, the key and any retry wait for it.
-            retry = self._retrying(task, status, error)
-            if not retry:
-                self._ended(task, status, value, error, end, worker)
-            if retry or not self._nothing_left():  # (the run's end does not wait)
-                await self._settle(slot, retry)
-            self._release(task)
-            if retry:
-                self._ended(task, status, value, error, end, worker)
-        else:
-            self._release(task)
-            self._ended(task, status, value, error, end, worker)
 
     async def _policy_batch_slot(self, slot: int) -> None:
         """The policy path of a batching mode when the policy is retries alone: tiny
