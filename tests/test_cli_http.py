@@ -500,6 +500,45 @@ def test_call_runs_a_function_over_lines(tmp_path: Path, mode: str) -> None:
     assert [(line["item"], line["value"]) for line in lines] == [("1", 1), ("2", 4), ("3", 9)]
 
 
+GENERATORS = """
+def pairs(x):
+    yield x
+    yield x + "!"
+
+async def apairs(x):
+    yield x
+    yield x.upper()
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "mode"),
+    [("pairs", "threads"), ("pairs", "processes"), ("apairs", "auto"), ("apairs", "processes")],
+)
+def test_call_gives_a_generator_functions_yields_as_a_list(
+    tmp_path: Path, target: str, mode: str
+) -> None:
+    """A generator's value was its repr ("<generator object ...>"), or in processes
+    an error: it cannot be pickled back."""
+    (tmp_path / "gens.py").write_text(GENERATORS)
+    run = whilst(
+        "call", "-q", "-k", "--mode", mode, "--path", str(tmp_path), f"gens:{target}",
+        "--journal", str(tmp_path / "run.db"), stdin="a\nb\n",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    values = [json.loads(line)["value"] for line in run.stdout.splitlines()]
+    assert values == ([["a", "a!"], ["b", "b!"]] if target == "pairs" else [["a", "A"], ["b", "B"]])
+    # The journal knows the function by its own name (not whilst's list maker):
+    # another generator function's run may not resume it.
+    other = "gens:pairs" if target == "apairs" else "gens:apairs"
+    again = whilst(
+        "call", "-q", "--path", str(tmp_path), other, "--journal", str(tmp_path / "run.db"),
+        stdin="a\nb\n",
+    )  # fmt: skip
+    assert again.returncode == 2
+    assert f"gens:{target}" in again.stderr
+
+
 def test_call_says_the_command_lines_words_for_a_timeout(tmp_path: Path) -> None:
     """Its timeout's error said "use mode='processes'", the library's words."""
     (tmp_path / "slow.py").write_text("import time\ndef f(x):\n    time.sleep(1)\n")

@@ -951,7 +951,35 @@ def _function(target: str, paths: tuple[str, ...]) -> Callable[..., Any]:
         kind = type(fn).__name__
         article = "an" if kind[0] in "aeiou" else "a"
         raise UsageError(f"{target} is {article} {kind}, not a function")
-    return fn  # type: ignore[no-any-return]
+    return _listing(fn)
+
+
+def _listing(fn: Any) -> Callable[..., Any]:
+    """A generator function's task gives the list of what it yields (a generator
+    object would show as its repr, and cannot come back from a worker process);
+    an async one's, awaited (async mode)."""
+    import functools
+    import inspect
+
+    listing: Any
+    if inspect.isasyncgenfunction(fn):
+        listing = functools.partial(_alisted, fn)
+    elif inspect.isgeneratorfunction(fn):
+        listing = functools.partial(_listed, fn)
+    else:
+        return fn  # type: ignore[no-any-return]
+    from ._journal import function_name
+
+    listing.journal_identity = function_name(fn)  # (a journal knows the function, not _listed)
+    return listing  # type: ignore[no-any-return]
+
+
+def _listed(fn: Callable[[Any], Iterable[Any]], item: Any) -> list[Any]:
+    return list(fn(item))
+
+
+async def _alisted(fn: Callable[[Any], AsyncIterable[Any]], item: Any) -> list[Any]:
+    return [value async for value in fn(item)]
 
 
 def _line(_: int, line: str) -> str:
