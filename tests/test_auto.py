@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections import Counter
@@ -99,6 +100,17 @@ def test_with_a_timeout_no_attempt_waits_for_another_while_its_timeout_runs() ->
     for worker in {r.worker for r in moved}:
         assert max_overlap([r for r in moved if r.worker == worker]) == 1
     assert max_overlap([r for r in results if r.mode == "threads"]) == 1
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")
+def test_with_a_timeout_the_turns_go_to_the_attempts_that_waited_longest() -> None:
+    """A slot that freed its turn took it straight back (nothing awaited between):
+    over an endless input, tasks 2 to 5 waited for ever while later ones ran."""
+    tasks = (0.02 for _ in itertools.count())
+    with whilst.imap(burn, tasks, timeout=5, ordered=False, limit=6) as run:
+        seen = sorted(r.index for r in itertools.islice(run, 150))
+    missing = sorted(set(range(seen[-1])) - set(seen))
+    assert all(k > seen[-1] - 12 for k in missing), missing  # only those in flight
 
 
 @pytest.mark.skipif(cpu_count() < 2, reason="auto keeps threads on one CPU")

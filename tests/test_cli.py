@@ -62,7 +62,15 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     (line,) = run.stderr.splitlines()
     assert line.startswith("whilst: ")
     assert message in line
-    assert line.endswith("--help)")
+    assert line.endswith("--help")
+
+
+def test_whilst_alone_shows_its_help() -> None:
+    """(Click raises that as a usage error: it came out as one "error" line.)"""
+    run = cli(sys.executable, "-m", "whilst", text=True)
+    assert "Usage: " in run.stderr + run.stdout
+    assert "Commands:" in run.stderr + run.stdout
+    assert "whilst: Usage" not in run.stderr
 
 
 def test_demo_quick_as_a_real_command() -> None:

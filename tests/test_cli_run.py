@@ -421,7 +421,7 @@ def test_a_signal_says_what_ended_before_it_and_results_have_every_job_it_cut(
         (["0.1"], "ok"), (["0.1"], "ok"), (["30"], "cancelled"), (["30"], "cancelled")
     ]  # fmt: skip
     assert {r["error"] for r in lines if r["status"] == "cancelled"} == {
-        "TaskCancelled: the run was interrupted: the task was cancelled"
+        "TaskCancelled: the run was interrupted: its command was killed with its process group"
     }
     assert all(r["duration"] > 0.1 for r in lines if r["status"] == "cancelled")
 

@@ -87,6 +87,10 @@ def _leave(code: str | int | None) -> NoReturn:
     os._exit(status & 0xFF)
 
 
+#: What click 8.2 and later raise for a group run with no command: it shows the help.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _command() -> None:
     """The ``whilst`` command: exits 130 after Ctrl-C (click alone would say
     "Aborted!" and exit 1) and 143 after SIGTERM (the run raises SystemExit)."""
@@ -102,8 +106,11 @@ def _command() -> None:
             click.echo("terminated" if exc.code == EXIT_TERMINATED else "hangup", err=True)
         raise
     except click.exceptions.UsageError as exc:  # one line, as whilst's own: no usage block
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # (bare ``whilst``: the help)
+            exc.show()
+            sys.exit(exc.exit_code)
         where = exc.ctx.command_path if exc.ctx is not None else "whilst"
-        click.echo(f"whilst: {exc.format_message()} (see {where} --help)", err=True)
+        click.echo(f"whilst: {exc.format_message().rstrip('.')}; see {where} --help", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.ClickException as exc:
         exc.show()

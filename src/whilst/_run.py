@@ -172,6 +172,9 @@ class AsyncRun(AsyncIterator[Result]):
         self._stop: LoopStop | None = None
         self._filling = False  # a task waits for results
         self._ready: Iterator[Result] = iter(())  # of the chunk taken last
+        # Taken after a second signal: the tasks it cut short, handed out before it
+        # is raised (as imap does), not dropped as results the caller was too slow for.
+        self._cut = False
         self._stats = Stats()
         self._closed = False
         self.summary: Summary | None = None
@@ -186,7 +189,7 @@ class AsyncRun(AsyncIterator[Result]):
         )
 
     async def __anext__(self) -> Result:
-        if self._stop is not None and self._stop.now and not self._closed:
+        if self._stop is not None and self._stop.now and not self._closed and not self._cut:
             await self.aclose()  # a second signal while the caller's code ran
             self._stop.raise_if_stopped()
         while (result := next(self._ready, None)) is None:
@@ -220,6 +223,7 @@ class AsyncRun(AsyncIterator[Result]):
             raise
         if self._closed:  # by aclose() from another task, while this one waited: no more
             raise StopAsyncIteration
+        self._cut = stop.now
         if chunk:
             self._stats.add_chunk(chunk)
             self._ready = chunk.results()

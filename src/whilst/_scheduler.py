@@ -727,7 +727,7 @@ class Scheduler:
                     # The run is being stopped, not just this task: its result says so.
                     self.failed += 1
                     self.done += 1
-                    record(index, item, CANCELLED, None, self._cut(), start, now())
+                    record(index, item, CANCELLED, None, self._cut(worker), start, now())
                     raise
                 self.failed += 1
                 record(index, item, CANCELLED, None, exc, start, end := now())
@@ -804,11 +804,16 @@ class Scheduler:
                         size = 1
                 if not (mode.batching or flying or given_back or self._unread):
                     break  # auto went async: a plain slot from now on (see below)
-        except asyncio.CancelledError:
-            for first, items, worker, _, since in flying:  # the run is being stopped: they say so
-                if items:
+        except asyncio.CancelledError:  # the run is being stopped: each batch out says so
+            for first, items, worker, task, since in flying:
+                if not items:
+                    continue
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    outcomes = task.result()  # (back as the stop came)
+                else:
                     start = time.time() - (clock() - since)
-                    self._finished_batch(first, items, self._cut_batch(len(items), start), worker)
+                    outcomes = self._cut_batch(len(items), start, worker)
+                self._finished_batch(first, items, outcomes, worker)
             raise
         finally:
             del self._flying[slot]
@@ -1040,24 +1045,31 @@ class Scheduler:
         timeout, scoped = policy.timeout, policy.stops_attempts
         loop = asyncio.get_running_loop()
         while (task := await self._next_task()) is not None:
-            # Attempts that run on this loop or in this thread: only they can end late.
-            late_is_timed_out = not mode.stoppable or mode.name == "async"
             try:
-                worker = mode.worker(slot)
                 status, value = OK, None
                 error: BaseException | None = None
-                try:  # the worker's start-up and function loading are not the task's time
-                    await mode.prepare(slot)
-                except WorkerCrashed as exc:
-                    status, error = CRASHED, exc
-                if status is OK and policy.rate is not None:
-                    at = self._rate.reserve(loop.time())  # type: ignore[union-attr]
-                    while (left := at - loop.time()) > 0 and not self._stopping:
-                        await self._sleep(left)
+                try:
+                    try:  # the worker's start-up and function loading (and, in auto, the
+                        await mode.prepare(slot)  # wait for a turn) are not the task's time
+                    except WorkerCrashed as exc:
+                        status, error = CRASHED, exc
+                    if status is OK and policy.rate is not None:
+                        at = self._rate.reserve(loop.time())  # type: ignore[union-attr]
+                        while (left := at - loop.time()) > 0 and not self._stopping:
+                            await self._sleep(left)
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        self._release(task)  # the run is being cancelled: it never starts
+                        self._abandon(task)
+                    raise
                 if self._stopping:  # halted while it waited for its turn: it does not start
                     self._release(task)
                     self._abandon(task)
                     continue
+                # Read now, not before the wait: auto may have moved meanwhile.
+                worker = mode.worker(slot) if status is OK else ""
+                # Attempts that run on this loop or in this thread: only they can end late.
+                late_is_timed_out = not mode.stoppable or mode.name == "async"
                 task.attempts += 1
                 began, paused = loop.time(), self._paused
                 scope = self._scopes[slot] = asyncio.timeout(None) if scoped else None
@@ -1089,7 +1101,7 @@ class Scheduler:
                         if running:  # the run is being stopped, not just this task: it says so
                             self._finish(
                                 self._result(
-                                    task, CANCELLED, None, self._cut(), time.time(), worker
+                                    task, CANCELLED, None, self._cut(worker), time.time(), worker
                                 )
                             )
                         raise
@@ -1175,8 +1187,9 @@ class Scheduler:
                     busy = await self._retry_batch(slot, tasks, rerun)
                 except asyncio.CancelledError:  # the run is being stopped: they say so
                     worker, end = self.mode.worker(slot), time.time()
+                    error = self._cut(worker)
                     for task in tasks:
-                        self._finish(self._result(task, CANCELLED, None, self._cut(), end, worker))
+                        self._finish(self._result(task, CANCELLED, None, error, end, worker))
                     raise
                 finally:
                     self._busy(-1)
@@ -1197,7 +1210,8 @@ class Scheduler:
                 try:
                     outcomes = await run
                 except asyncio.CancelledError:  # the run is being stopped: they say so
-                    self._failed_batch(first, items, self._cut_batch(len(items), handed), worker)
+                    cut = self._cut_batch(len(items), handed, worker)
+                    self._failed_batch(first, items, cut, worker)
                     raise
                 finally:
                     self._busy(-1)
@@ -1290,17 +1304,23 @@ class Scheduler:
             why = f"{self._stopping}: the task was cancelled"
         return CANCELLED, TaskCancelled(why)
 
-    def _cut(self) -> TaskCancelled:
+    def _cut(self, worker: str) -> TaskCancelled:
         """The error of a task whose attempt the run's cancellation cut short (a
         signal after its grace, say): its result says so, for an ``imap``'s reader
         and ``--results`` to get before the run's KeyboardInterrupt."""
-        return TaskCancelled(f"{self._stopping or 'the run was stopped'}: the task was cancelled")
+        if self.interrupted:
+            why = "the run was interrupted"
+        else:  # (a halt that let running tasks finish did not stop this one)
+            why = (self._stop_now and self._stopping) or "the run was stopped"
+        how = self.mode.note_for(worker) if self.mode.abandons else "the task was cancelled"
+        return TaskCancelled(f"{why}: {how}")
 
-    def _cut_batch(self, n: int, start: float) -> Outcomes:
-        """How a batch of ``n`` attempts, handed over at ``start``, ended when the run's
-        cancellation cut it short."""
-        ends = [start] * (n - 1) + [time.time()]  # (the last one's end is the batch's)
-        return Outcomes(start, ends, [None] * n, {k: self._cut() for k in range(n)})
+    def _cut_batch(self, n: int, start: float, worker: str) -> Outcomes:
+        """How a batch of ``n`` attempts handed over at ``start`` ended when the run's
+        cancellation cut it short: its first one ran until now, the others never
+        started (a worker runs a batch's items in turn)."""
+        error, now = self._cut(worker), time.time()
+        return Outcomes(start, [now] * n, [None] * n, dict.fromkeys(range(n), error))
 
     def _timed_out(self, worker: str) -> TaskTimeout:
         timeout, note = self.policy.timeout, self.mode.note_for(worker)
@@ -1437,6 +1457,7 @@ class Scheduler:
             self._stopping = reason
         self._exhausted = True
         self._given_back.clear()  # taken back, not started: they never will be
+        self.mode.stop_waiting()
         if now and not self._stop_now:
             self._stop_now = True
             self._stopping = reason

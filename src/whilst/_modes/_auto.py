@@ -21,6 +21,7 @@ awaited on the scheduler's loop (the caller's, for ``amap``), where what they us
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +64,8 @@ class AutoMode(Mode):
         # Slots whose attempt has its turn, and which (see prepare): in processes,
         # the worker it runs on.
         self._turns: dict[int, int] = {}
-        self._turn_waits: list[asyncio.Future[None]] = []
+        self._turn_waits: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._stopped = False  # the run stops: no attempt waits for a turn
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -149,7 +151,7 @@ class AutoMode(Mode):
                 self._timer.cancel()
             if self.went_async is not None:
                 self.went_async()
-            self._room_changed()
+            self._hand_on()
         assert isinstance(self.active, OnLoop)
         worker, values = self.active.worker(slot), outcomes.values
         try:
@@ -167,7 +169,7 @@ class AutoMode(Mode):
             await self._pick()
         finally:
             self._probing = False
-            self._room_changed()
+            self._hand_on()
 
     async def _pick(self) -> None:
         if self.active is not self.threads:  # it went async
@@ -241,20 +243,53 @@ class AutoMode(Mode):
         duration counting the wait: one a worker. With a timeout, the probe runs
         one at a time: CPU-bound attempts in threads take turns on the
         interpreter lock, and would run past their timeout for the probe's sake.
+        Once the run stops, nothing waits: the attempts waiting find it stopping.
         """
+        if self._stopped:
+            return None
         if self.active is self.threads:
             return 1 if self.timeout is not None and self._probing else None
         return None if isinstance(self.active, OnLoop) else cpu_count()
 
     async def prepare(self, slot: int) -> None:
-        while (room := self._room()) is not None:
-            if free := set(range(room)).difference(self._turns.values()):
-                self._turns[slot] = min(free)
-                break
+        """Wait for a turn, first come first served (see :meth:`_room`)."""
+        if not self._take_turn(slot):
             wait = asyncio.get_running_loop().create_future()
-            self._turn_waits.append(wait)
-            await wait
-        await self.active.prepare(self._place(slot))
+            self._turn_waits.append((slot, wait))
+            try:
+                await wait  # (done once the turn is ours: see _hand_on)
+            except asyncio.CancelledError:
+                self.release(slot)  # (handed to it as it was cancelled)
+                raise
+        if not self._stopped:
+            await self.active.prepare(self._place(slot))
+
+    def _take_turn(self, slot: int) -> bool:
+        """Give ``slot`` a turn if one is free and no one waits for one before it."""
+        if (room := self._room()) is None:
+            return not self._turn_waits
+        free = set(range(room)).difference(self._turns.values())
+        if not free or self._turn_waits:
+            return False
+        self._turns[slot] = min(free)
+        return True
+
+    def _hand_on(self) -> None:
+        """Turns freed (or the room grew): to the attempts waiting, oldest first."""
+        waits = self._turn_waits
+        while waits:
+            slot, wait = waits[0]
+            if wait.done():  # (cancelled)
+                waits.popleft()
+                continue
+            room = self._room()
+            if room is not None:
+                free = set(range(room)).difference(self._turns.values())
+                if not free:
+                    return
+                self._turns[slot] = min(free)
+            waits.popleft()
+            wait.set_result(None)
 
     def _place(self, slot: int) -> int:
         """The slot ``slot``'s attempt runs in: its own thread, or its turn's worker."""
@@ -264,13 +299,11 @@ class AutoMode(Mode):
 
     def release(self, slot: int) -> None:
         if self._turns.pop(slot, None) is not None:
-            self._room_changed()
+            self._hand_on()
 
-    def _room_changed(self) -> None:
-        waits, self._turn_waits = self._turn_waits, []
-        for wait in waits:  # (each looks again: the room may be taken by then)
-            if not wait.done():
-                wait.set_result(None)
+    def stop_waiting(self) -> None:
+        self._stopped = True
+        self._hand_on()
 
     async def settle(self, slot: int) -> None:
         await self.threads.settle(slot)

@@ -119,6 +119,10 @@ class Mode(abc.ABC):
     def release(self, slot: int) -> None:  # noqa: B027 - most modes give every slot a worker
         """The attempt :meth:`prepare` made ready for ``slot`` is over."""
 
+    def stop_waiting(self) -> None:  # noqa: B027 - see release()
+        """The run stops: attempts waiting in :meth:`prepare` for their turn go on at
+        once (to find the run stopping), and no more wait."""
+
     async def settle(self, slot: int) -> None:  # noqa: B027 - most modes stop what they cancel
         """Wait until ``slot`` can run again after a timed-out attempt was abandoned."""
 

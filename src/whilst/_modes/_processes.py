@@ -367,7 +367,11 @@ class ProcessesMode(Mode):
     async def prepare(self, slot: int) -> None:
         worker = self._attach(slot % self._nworkers)
         if worker.ready_fn != self._fn_id:
-            await self.run_batch(slot, [])  # answered once it has loaded the function
+            try:
+                await self.run_batch(slot, [])  # answered once it has loaded the function
+            except WorkerCrashed as exc:
+                exc.worker = exc.worker or worker.label  # (the task's result names it)
+                raise
             worker.ready_fn = self._fn_id
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
