@@ -180,6 +180,57 @@ def test_after_a_second_signal_every_task_it_cut_short_is_handed_out(form: str) 
     assert_none_left(children)
 
 
+BATCHES = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    import whilst
+
+    ran = set()
+
+    def f(x):
+        time.sleep(0.003)
+        ran.add(x)
+
+    got = []
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        for r in whilst.imap(f, range(100_000), mode="threads", limit=2, grace=0):
+            got.append(r)
+    except KeyboardInterrupt:
+        pass
+    at_once = set(ran)
+    time.sleep(1)
+    never = [r.index for r in got if "never started" in str(r.error)]
+    print(len(ran - at_once), len(never), len(set(never) & ran))
+    """
+)
+
+
+def test_a_signal_leaves_no_task_of_a_threads_batch_to_run_after_the_run() -> None:
+    """A thread ran the rest of its batch after the run was gone (24 tasks of 3 ms
+    that were said to be cancelled ran after Ctrl-C). Only the task each thread
+    runs as the signal comes goes on; the others never start, and say so."""
+    out = subprocess.run(
+        [sys.executable, "-c", BATCHES], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    after, never, never_but_ran = map(int, out.split())
+    assert after <= 2  # one a thread
+    assert never > 0
+    assert never_but_ran == 0
+
+
+@pytest.mark.parametrize("form", ["imap", "aimap"])
+def test_with_no_grace_the_results_say_the_run_was_interrupted(form: str) -> None:
+    """With grace=0 aimap's stop cancelled the run without telling the scheduler:
+    results said "None: the task never started" and "the run was stopped"."""
+    proc, children = start("async", form, grace=0, seconds=30, policy="timeout")
+    out, err, _ = stop(proc, signal.SIGINT)
+    cut = [line for line in out.splitlines() if line.startswith("result ")]
+    assert len(cut) == 2, (out, err)
+    assert all("the run was interrupted: the task was cancelled" in line for line in cut), cut
+    assert_none_left(children)
+
+
 GATED = textwrap.dedent(
     """
     import sys, time

@@ -978,6 +978,7 @@ def _listing(fn: Any) -> Callable[..., Any]:
     from ._journal import function_name
 
     listing.journal_identity = function_name(fn)  # (a journal knows the function, not _listed)
+    listing.__qualname__ = getattr(fn, "__qualname__", "")  # (and so does a report's title)
     return listing  # type: ignore[no-any-return]
 
 

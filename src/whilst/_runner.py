@@ -456,6 +456,7 @@ class LoopStop:
         scheduler = self.scheduler
         if scheduler.interrupted or scheduler.policy.grace <= 0:
             self.now = True  # the caller hears of it at its next read
+            scheduler.interrupt()  # (with no grace: its results say the run was interrupted)
             self.main.cancel()
             return
         scheduler.interrupt()

@@ -808,12 +808,10 @@ class Scheduler:
             for first, items, worker, task, since in flying:
                 if not items:
                     continue
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    outcomes = task.result()  # (back as the stop came)
-                else:
-                    start = time.time() - (clock() - since)
-                    outcomes = self._cut_batch(len(items), start, worker)
-                self._finished_batch(first, items, outcomes, worker)
+                start = time.time() - (clock() - since)
+                self._finished_batch(
+                    first, items, self._back_or_cut(task, items, start, worker), worker
+                )
             raise
         finally:
             del self._flying[slot]
@@ -1154,7 +1152,13 @@ class Scheduler:
                     if not retry:
                         self._ended(task, status, value, error, end, worker)
                     if retry or not self._nothing_left():  # (the run's end does not wait)
-                        await self._settle(slot, retry)
+                        try:
+                            await self._settle(slot, retry)
+                        except asyncio.CancelledError:
+                            if retry:  # the run is being cancelled: the retry never starts
+                                task.errors.append(error)  # type: ignore[arg-type]
+                                self._abandon(task)
+                            raise
                     self._release(task)
                     if retry:
                         self._ended(task, status, value, error, end, worker)
@@ -1210,8 +1214,9 @@ class Scheduler:
                 try:
                     outcomes = await run
                 except asyncio.CancelledError:  # the run is being stopped: they say so
-                    cut = self._cut_batch(len(items), handed, worker)
-                    self._failed_batch(first, items, cut, worker)
+                    self._failed_batch(
+                        first, items, self._back_or_cut(run, items, handed, worker), worker
+                    )
                     raise
                 finally:
                     self._busy(-1)
@@ -1304,23 +1309,45 @@ class Scheduler:
             why = f"{self._stopping}: the task was cancelled"
         return CANCELLED, TaskCancelled(why)
 
+    def _why_cut(self) -> str:
+        """What the run's cancellation, as it cuts a task short, was."""
+        if self.interrupted:
+            return "the run was interrupted"
+        # (A halt that lets running tasks finish did not cut this one.)
+        return (self._stop_now and self._stopping) or "the run was stopped"
+
     def _cut(self, worker: str) -> TaskCancelled:
         """The error of a task whose attempt the run's cancellation cut short (a
         signal after its grace, say): its result says so, for an ``imap``'s reader
-        and ``--results`` to get before the run's KeyboardInterrupt."""
-        if self.interrupted:
-            why = "the run was interrupted"
-        else:  # (a halt that let running tasks finish did not stop this one)
-            why = (self._stop_now and self._stopping) or "the run was stopped"
-        how = self.mode.note_for(worker) if self.mode.abandons else "the task was cancelled"
-        return TaskCancelled(f"{why}: {how}")
+        and ``--results`` to get before the run's KeyboardInterrupt. A thread runs
+        on (whilst run's says what became of its command)."""
+        mode = self.mode
+        how = (
+            mode.note_for(worker) if mode.mode_of(worker) == "threads" else "the task was cancelled"
+        )
+        return TaskCancelled(f"{self._why_cut()}: {how}")
 
-    def _cut_batch(self, n: int, start: float, worker: str) -> Outcomes:
-        """How a batch of ``n`` attempts handed over at ``start`` ended when the run's
-        cancellation cut it short: its first one ran until now, the others never
-        started (a worker runs a batch's items in turn)."""
-        error, now = self._cut(worker), time.time()
-        return Outcomes(start, [now] * n, [None] * n, dict.fromkeys(range(n), error))
+    def _cut_batch(self, items: list[Any], start: float, worker: str) -> Outcomes:
+        """How a batch handed over at ``start`` ended when the run's cancellation cut
+        it short: its worker ran its items in turn, and those it had not started
+        (as far as the mode knows) never will."""
+        n, now = len(items), time.time()
+        never = min(self.mode.unstarted(items), n - 1)
+        cut = self._cut(worker)
+        unstarted = TaskCancelled(f"{self._why_cut()}: the task never started")
+        errors: dict[int, BaseException] = {
+            k: cut if k < n - never else unstarted for k in range(n)
+        }
+        return Outcomes(start, [now] * n, [None] * n, errors)
+
+    def _back_or_cut(
+        self, task: asyncio.Future[Outcomes], items: list[Any], start: float, worker: str
+    ) -> Outcomes:
+        """A batch's outcomes as the run's cancellation finds it: back already (as
+        the stop came), or cut short."""
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()
+        return self._cut_batch(items, start, worker)
 
     def _timed_out(self, worker: str) -> TaskTimeout:
         timeout, note = self.policy.timeout, self.mode.note_for(worker)
@@ -1447,8 +1474,8 @@ class Scheduler:
     def _abandon(self, task: _Task) -> None:
         """A task that will not run (again) because the run stopped: ``cancelled``,
         keeping the errors of the attempts it had (``Result.errors``)."""
-        why = "the task never started" if task.attempts == 0 else "its retry never started"
-        error = TaskCancelled(f"{self._stopping}: {why}")
+        how = "the task never started" if task.attempts == 0 else "its retry never started"
+        error = TaskCancelled(f"{self._stopping or self._why_cut()}: {how}")
         self._finish(self._result(task, CANCELLED, None, error, time.time(), ""))
 
     def _halt(self, reason: str, now: bool) -> None:

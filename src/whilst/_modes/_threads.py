@@ -184,6 +184,7 @@ class ThreadsMode(Mode):
         # Batches in flight (by id of their items list): what their threads have not
         # started yet. A thread takes each item from the iterator as it starts it.
         self._rest: dict[int, Iterator[Any]] = {}
+        self._never: dict[int, int] = {}  # batches cancelled: how many items never started
 
     async def run_batch(self, slot: int, items: list[Any]) -> Outcomes:
         thread = self._threads.get(slot)
@@ -198,6 +199,10 @@ class ThreadsMode(Mode):
             outcomes: Outcomes = await fut  # cancelled (a timeout): the thread runs on
         except asyncio.CancelledError:
             thread.cancel()  # a coroutine it runs is cancelled on the thread's own loop
+            # ...but starts none of the batch's items after it (the run is stopping):
+            # drained in C, holding the GIL (see take_back).
+            if never := len(list(rest)) if GIL else 0:
+                self._never[id(items)] = never  # for unstarted, asked once
             raise
         finally:
             del self._rest[id(items)]
@@ -205,7 +210,9 @@ class ThreadsMode(Mode):
 
     def unstarted(self, items: list[Any]) -> int:
         rest = self._rest.get(id(items))
-        return 0 if rest is None or not GIL else operator.length_hint(rest)
+        if rest is None:  # (back, or cancelled: its items not started never will be)
+            return self._never.pop(id(items), 0)
+        return 0 if not GIL else operator.length_hint(rest)
 
     async def take_back(self, items: list[Any]) -> list[Any]:
         # list() drains the iterator in C, holding the GIL: the thread gets every
@@ -260,3 +267,4 @@ class ThreadsMode(Mode):
         # A thread cannot be killed: one still busy with a task ends when the task
         # does (the threads are daemons, so they never hold up interpreter exit).
         self._threads.clear()
+        self._never.clear()
