@@ -266,10 +266,13 @@ class AutoMode(Mode):
 
     def _take_turn(self, slot: int) -> bool:
         """Give ``slot`` a turn if one is free and no one waits for one before it."""
+        return not self._turn_waits and self._give_turn(slot)
+
+    def _give_turn(self, slot: int) -> bool:
+        """Give ``slot`` a turn if one is free (or none is needed): may it go on?"""
         if (room := self._room()) is None:
-            return not self._turn_waits
-        free = set(range(room)).difference(self._turns.values())
-        if not free or self._turn_waits:
+            return True
+        if not (free := set(range(room)).difference(self._turns.values())):
             return False
         self._turns[slot] = min(free)
         return True
@@ -279,17 +282,11 @@ class AutoMode(Mode):
         waits = self._turn_waits
         while waits:
             slot, wait = waits[0]
-            if wait.done():  # (cancelled)
-                waits.popleft()
-                continue
-            room = self._room()
-            if room is not None:
-                free = set(range(room)).difference(self._turns.values())
-                if not free:
+            if not wait.done():  # (else cancelled as it waited)
+                if not self._give_turn(slot):
                     return
-                self._turns[slot] = min(free)
+                wait.set_result(None)
             waits.popleft()
-            wait.set_result(None)
 
     def _place(self, slot: int) -> int:
         """The slot ``slot``'s attempt runs in: its own thread, or its turn's worker."""
