@@ -1064,8 +1064,7 @@ class Scheduler:
                     self._release(task)
                     self._abandon(task)
                     continue
-                # Read now, not before the wait: auto may have moved meanwhile.
-                worker = mode.worker(slot) if status is OK else ""
+                worker = ""  # (named as the attempt starts, after the wait: auto may move)
                 # Attempts that run on this loop or in this thread: only they can end late.
                 late_is_timed_out = not mode.stoppable or mode.name == "async"
                 task.attempts += 1
