@@ -249,34 +249,32 @@ class Fetcher:
             )
 
     async def __call__(self, target: Target) -> Fetched:
+        import aiohttp
+
         if target.problem:
             raise UsageError(target.problem)
         if self._session is None:
             await self.open()
         started = time.perf_counter()
         try:
-            return await self._fetch(target, started)
+            try:
+                async with await self._follow(target) as response:
+                    if response.status in RETRY_STATUSES:
+                        after = retry_after(response.headers.get("Retry-After"))
+                        if after is not None and after > self.max_wait:
+                            raise TooLongToWait(response.status, target, after, self.max_wait)
+                        if after is not None and after >= NOTE_WAIT:
+                            self._tell_wait(response.status, target, after)
+                        message = f"HTTP {response.status} from {target!r}"
+                        raise Busy(response.status, message, after)
+                    if response.status >= 400:
+                        raise HTTPStatusError(response.status, target)
+                    size, saved = await self._body(response, target)
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise FetchError(f"{_reason(exc, target)} (fetching {target!r})") from None
         except (HTTPStatusError, Busy, FetchError) as exc:
             exc.elapsed = time.perf_counter() - started  # (for --results)
             raise
-
-    async def _fetch(self, target: Target, started: float) -> Fetched:
-        import aiohttp
-
-        try:
-            async with await self._follow(target) as response:
-                if response.status in RETRY_STATUSES:
-                    after = retry_after(response.headers.get("Retry-After"))
-                    if after is not None and after > self.max_wait:
-                        raise TooLongToWait(response.status, target, after, self.max_wait)
-                    if after is not None and after >= NOTE_WAIT:
-                        self._tell_wait(response.status, target, after)
-                    raise Busy(response.status, f"HTTP {response.status} from {target!r}", after)
-                if response.status >= 400:
-                    raise HTTPStatusError(response.status, target)
-                size, saved = await self._body(response, target)
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise FetchError(f"{_reason(exc, target)} (fetching {target!r})") from None
         return Fetched(response.status, size, time.perf_counter() - started, saved)
 
     def _tell_wait(self, status: int, target: Target, after: float) -> None:
